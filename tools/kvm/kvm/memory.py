@@ -1,0 +1,93 @@
+"""Guest physical memory: host mappings and bounds-checked access.
+
+Every address a guest hands us goes through `view()`, which refuses any
+range that is not wholly inside one RAM region; nothing else in lkvm turns
+a guest address into host memory.
+"""
+
+import bisect
+import mmap
+from dataclasses import dataclass
+
+from include.uapi import ffi
+from kvm.errors import GuestError, LkvmError
+
+
+@dataclass
+class Region:
+    gpa: int
+    size: int
+    map: mmap.mmap
+    host: int  # host virtual address, for KVM's memory slots
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+
+class GuestMemory:
+    """RAM as one or more regions of guest physical address space."""
+
+    def __init__(self, layout: list[tuple[int, int]], hugetlbfs: str | None = None) -> None:
+        self.regions: list[Region] = []
+        for gpa, size in sorted(layout):
+            mm = self._map(size, hugetlbfs)
+            host = int(ffi.cast("uintptr_t", ffi.from_buffer(mm)))
+            self.regions.append(Region(gpa, size, mm, host))
+        self._starts = [r.gpa for r in self.regions]
+        self.size = sum(r.size for r in self.regions)
+
+    @staticmethod
+    def _map(size: int, hugetlbfs: str | None) -> mmap.mmap:
+        if hugetlbfs is None:
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
+            return mmap.mmap(-1, size, flags=flags)
+        import os
+        import tempfile
+        try:
+            fd, path = tempfile.mkstemp(dir=hugetlbfs, prefix="lkvm-")
+        except OSError as e:
+            raise LkvmError(f"cannot use hugetlbfs at {hugetlbfs}: {e.strerror}") from None
+        try:
+            os.unlink(path)
+            os.ftruncate(fd, size)
+            return mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        except OSError as e:
+            raise LkvmError(f"cannot map {size >> 20} MiB from {hugetlbfs}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def region(self, gpa: int, length: int) -> Region:
+        i = bisect.bisect_right(self._starts, gpa) - 1
+        if i >= 0 and length >= 0:
+            r = self.regions[i]
+            if gpa + length <= r.end:
+                return r
+        raise GuestError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A writable view of guest memory, without copying."""
+        r = self.region(gpa, length)
+        off = gpa - r.gpa
+        return memoryview(r.map)[off:off + length]
+
+    def contains(self, gpa: int, length: int) -> bool:
+        try:
+            self.region(gpa, length)
+        except GuestError:
+            return False
+        return True
+
+    def read(self, gpa: int, length: int) -> bytes:
+        return bytes(self.view(gpa, length))
+
+    def write(self, gpa: int, data: bytes) -> None:
+        self.view(gpa, len(data))[:] = data
+
+    def struct(self, ctype: str, gpa: int) -> object:
+        """A cffi pointer of type `ctype *` onto guest memory at `gpa`."""
+        return ffi.from_buffer(ctype + " *", self.view(gpa, ffi.sizeof(ctype)))
+
+    def close(self) -> None:
+        for r in self.regions:
+            r.map.close()
