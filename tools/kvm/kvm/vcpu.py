@@ -1,0 +1,155 @@
+"""A virtual CPU: its thread, KVM_RUN, and the dispatch of exits.
+
+The thread spends its life in KVM_RUN, which drops the GIL; each exit is
+looked up in a table by reason.  Another thread stops or pauses a vCPU by
+setting `immediate_exit` and sending it KICK_SIGNAL, so KVM_RUN returns
+EINTR whether the signal lands inside the ioctl or just before it.
+"""
+
+import fcntl
+import mmap
+import signal
+import sys
+import threading
+
+from include.uapi import ffi, lib
+from kvm.ioctl import ioctl, ioctl_fd
+
+KICK_SIGNAL = signal.SIGUSR1
+
+EXIT_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_")
+              and not n.startswith(("KVM_EXIT_IO_", "KVM_EXIT_HYPERV_", "KVM_EXIT_XEN_"))}
+
+
+class VcpuStop(Exception):
+    """Raised inside a vCPU thread to end its loop."""
+
+
+class Vcpu:
+    def __init__(self, vm: "object", index: int) -> None:
+        self.vm = vm
+        self.id = index
+        self.fd = ioctl_fd(vm.fd, lib.KVM_CREATE_VCPU, index)
+        self.run_map = mmap.mmap(self.fd, vm.kvm.vcpu_mmap_size, flags=mmap.MAP_SHARED,
+                                 prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.run = ffi.from_buffer("struct kvm_run *", self.run_map)
+        self.run_bytes = memoryview(self.run_map)
+        self.thread: threading.Thread | None = None
+        self.exits = {
+            lib.KVM_EXIT_IO: self._exit_io,
+            lib.KVM_EXIT_MMIO: self._exit_mmio,
+            lib.KVM_EXIT_HLT: self._exit_hlt,
+            lib.KVM_EXIT_SHUTDOWN: self._exit_fatal,
+            lib.KVM_EXIT_FAIL_ENTRY: self._exit_fatal,
+            lib.KVM_EXIT_INTERNAL_ERROR: self._exit_fatal,
+            lib.KVM_EXIT_SYSTEM_EVENT: self._exit_system_event,
+            lib.KVM_EXIT_INTR: self._exit_intr,
+        }
+
+    # Register access, by the struct names of the uapi.
+    def get(self, what: str, ctype: str | None = None) -> object:
+        """KVM_GET_<WHAT> into a fresh `ctype`, by default `struct kvm_<what>`."""
+        buf = ffi.new((ctype or f"struct kvm_{what}") + " *")
+        ioctl(self.fd, getattr(lib, f"KVM_GET_{what.upper()}"), buf)
+        return buf
+
+    def set(self, what: str, value: object) -> None:
+        ioctl(self.fd, getattr(lib, f"KVM_SET_{what.upper()}"), value)
+
+    # The thread.
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._thread, name=f"kvm-vcpu-{self.id}",
+                                       daemon=True)
+        self.thread.start()
+
+    def kick(self) -> None:
+        """Make KVM_RUN return soon, wherever the thread is."""
+        self.run.immediate_exit = 1
+        if self.thread is not None and self.thread.is_alive():
+            try:
+                signal.pthread_kill(self.thread.ident, KICK_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    def _thread(self) -> None:
+        try:
+            self._loop()
+        except VcpuStop:
+            pass
+        except Exception as e:  # a bug in a device model must not hang the VM
+            import traceback
+            traceback.print_exc()
+            self.vm.stop(1, f"vCPU {self.id}: {e}")
+
+    def _loop(self) -> None:
+        fd, run, exits, vm = self.fd, self.run, self.exits, self.vm
+        request = lib.KVM_RUN
+        while True:
+            if vm.stopping:
+                raise VcpuStop
+            try:
+                fcntl.ioctl(fd, request, 0)
+            except InterruptedError:
+                run.immediate_exit = 0
+                vm.vcpu_checkpoint(self)
+                continue
+            exits.get(run.exit_reason, self._exit_fatal)()
+
+    # Exits.
+    def _exit_io(self) -> None:
+        io = self.run.io
+        port, size, count, off = io.port, io.size, io.count, io.data_offset
+        data = self.run_bytes
+        pio = self.vm.pio
+        if io.direction == lib.KVM_EXIT_IO_OUT:
+            for i in range(off, off + size * count, size):
+                pio.write(port, size, int.from_bytes(data[i:i + size], "little"))
+        else:
+            for i in range(off, off + size * count, size):
+                data[i:i + size] = pio.read(port, size).to_bytes(size, "little")
+
+    def _exit_mmio(self) -> None:
+        m = self.run.mmio
+        size = m.len
+        if m.is_write:
+            self.vm.mmio.write(m.phys_addr, size,
+                               int.from_bytes(ffi.buffer(m.data, size), "little"))
+        else:
+            ffi.buffer(m.data, size)[:] = self.vm.mmio.read(m.phys_addr, size).to_bytes(
+                size, "little")
+
+    def _exit_hlt(self) -> None:
+        # Only seen without an in-kernel LAPIC: a halted CPU ends the guest.
+        self.vm.stop(0)
+        raise VcpuStop
+
+    def _exit_intr(self) -> None:
+        self.vm.vcpu_checkpoint(self)
+
+    def _exit_system_event(self) -> None:
+        self.vm.stop(0)
+        raise VcpuStop
+
+    def _exit_fatal(self) -> None:
+        reason = self.run.exit_reason
+        name = EXIT_NAMES.get(reason, "unknown")
+        detail = ""
+        if reason == lib.KVM_EXIT_INTERNAL_ERROR:
+            detail = f", suberror {self.run.internal.suberror}"
+        elif reason == lib.KVM_EXIT_FAIL_ENTRY:
+            detail = f", hardware reason {self.run.fail_entry.hardware_entry_failure_reason:#x}"
+        print(f"\n  # KVM exit reason: {reason} ({name}){detail} on vCPU {self.id}",
+              file=sys.stderr)
+        try:
+            print(self.vm.arch.dump_vcpu(self), file=sys.stderr)
+        except OSError as e:
+            print(f"  (registers unavailable: {e.strerror})", file=sys.stderr)
+        self.vm.stop(1)
+        raise VcpuStop
+
+    def close(self) -> None:
+        self.run = None
+        self.run_bytes.release()
+        self.run_map.close()
+        import os
+        os.close(self.fd)
