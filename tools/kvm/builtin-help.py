@@ -1,0 +1,11 @@
+"""lkvm help [COMMAND]: the command list, or one command's document."""
+
+from kvm.cmd import show_doc
+from kvm.commands import usage
+
+
+def cmd_help(argv: list[str]) -> int:
+    if not argv:
+        print(usage())
+        return 0
+    return show_doc(argv[0])

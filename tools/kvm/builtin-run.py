@@ -1,0 +1,125 @@
+"""lkvm run: start a virtual machine.  Options, defaults and messages
+follow kvmtool's, so its users' scripts keep working."""
+
+import os
+import platform
+import signal
+import sys
+from dataclasses import dataclass
+
+from include.uapi import lib
+from kvm import arch as arch_loader
+from kvm.cmd import TOP, Parser, size_mib
+from kvm.errors import LkvmError
+from kvm.kvm import Kvm
+from kvm.term import Terminal
+from kvm.vm import Vm
+
+MIN_RAM_MIB = 1
+HOST_RAM_SHARE = 0.8  # kvmtool's default never takes more of the host
+
+
+def host_ram_mib() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+
+
+def default_ram_mib(cpus: int) -> int:
+    return min(64 * (cpus + 3), int(host_ram_mib() * HOST_RAM_SHARE))
+
+
+def kernel_candidates() -> list[str]:
+    """Where kvmtool looks for a kernel when none is named, in order."""
+    release = platform.release()
+    return ["./bzImage", "arch/x86/boot/bzImage",
+            os.path.normpath(os.path.join(TOP, "../../arch/x86/boot/bzImage")),
+            f"/boot/vmlinuz-{release}", f"/boot/bzImage-{release}"]
+
+
+def find_kernel() -> str:
+    for path in kernel_candidates():
+        if os.path.isfile(path):
+            return path
+    raise LkvmError("could not find a kernel image; searched: " + ", ".join(kernel_candidates()))
+
+
+def read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise LkvmError(f"unable to open {what} {path}: {e.strerror}") from None
+
+
+def parser() -> Parser:
+    p = Parser("run")
+    p.add_argument("image", nargs="?", help="kernel image (same as -k)")
+    p.add_argument("--name", help="a name for the guest")
+    p.add_argument("-c", "--cpus", type=int, help="number of vCPUs")
+    p.add_argument("-m", "--mem", type=size_mib, help="guest RAM in MiB")
+    p.add_argument("-k", "--kernel", help="kernel image to boot")
+    p.add_argument("-i", "--initrd", help="initial RAM disk image")
+    p.add_argument("-p", "--params", default="", help="kernel command line additions")
+    p.add_argument("--console", choices=["serial"], default="serial")
+    p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
+    p.add_argument("--debug-ioport", action="store_true")
+    p.add_argument("--debug-mmio", action="store_true")
+    return p
+
+
+@dataclass
+class RunConfig:
+    name: str
+    cpus: int
+    ram_mib: int
+    kernel: str
+    initrd: str | None
+    params: str
+
+
+def configure(argv: list[str]) -> tuple[RunConfig, object]:
+    args = parser().parse(argv)
+    if args.image and args.kernel:
+        raise LkvmError("give the kernel either as -k or as the argument, not both")
+    cpus = args.cpus if args.cpus is not None else os.cpu_count()
+    if cpus < 1:
+        raise LkvmError(f"--cpus {cpus}: a guest needs at least one vCPU")
+    ram = args.mem if args.mem is not None else default_ram_mib(cpus)
+    if ram < MIN_RAM_MIB:
+        raise LkvmError(f"--mem {ram}: a guest needs at least {MIN_RAM_MIB} MiB")
+    if ram > host_ram_mib():
+        raise LkvmError(f"--mem {ram}: more than the host's {host_ram_mib()} MiB of RAM")
+    cfg = RunConfig(name=args.name or f"guest-{os.getpid()}", cpus=cpus, ram_mib=ram,
+                    kernel=args.image or args.kernel or find_kernel(),
+                    initrd=args.initrd, params=args.params)
+    return cfg, args
+
+
+def cmd_run(argv: list[str]) -> int:
+    cfg, args = configure(argv)
+    image = read_file(cfg.kernel, "kernel")
+    initrd = read_file(cfg.initrd, "initrd") if cfg.initrd else None
+    kvm = Kvm()
+    max_cpus = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
+    if cfg.cpus > max_cpus:
+        raise LkvmError(f"--cpus {cfg.cpus}: this host's KVM allows at most {max_cpus}")
+    arch = arch_loader.load()
+    vm = Vm(kvm, arch, cfg.cpus, cfg.ram_mib << 20, args.debug_ioport, args.debug_mmio,
+            args.hugetlbfs)
+    term = Terminal(on_quit=lambda: vm.stop(0))
+    uarts = arch.add_platform_devices(vm, term.write)
+    boot = arch.load_kernel(vm, image, initrd, cfg.params)
+    for vcpu in vm.vcpus:
+        arch.setup_vcpu(vcpu, boot)
+
+    print(f"  # lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}",
+          file=sys.stderr)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _: vm.stop(128 + signum))
+    term.start(uarts[0].receive)
+    try:
+        status = vm.run()
+    finally:
+        term.close()
+    if status == 0:
+        print("\n  # KVM session ended normally.", file=sys.stderr)
+    return status

@@ -1,0 +1,62 @@
+"""lkvm: the kernel's KVM tool.  Finds the command in kvm/commands.py and
+runs its builtin-<name>.py."""
+
+import importlib.util
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from kvm.cmd import HelpRequested, show_doc  # noqa: E402
+from kvm.commands import COMMANDS, usage  # noqa: E402
+from kvm.errors import LkvmError  # noqa: E402
+
+
+def load_builtin(name: str) -> object:
+    """builtin-<name>.py, loaded by path: the hyphen is the kernel's spelling."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"builtin-{name}.py")
+    spec = importlib.util.spec_from_file_location(f"builtin_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dispatch(argv: list[str]) -> int:
+    if not argv or argv[0] in ("--help", "-h"):
+        print(usage())
+        return 0
+    if argv[0] == "--version":
+        argv = ["version"]
+    name = argv[0]
+    if name not in dict(COMMANDS):
+        print(f"  Fatal: '{name}' is not a lkvm command.", file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        return 1
+    module = load_builtin(name)
+    try:
+        return getattr(module, f"cmd_{name}")(argv[1:])
+    except HelpRequested as e:
+        return show_doc(str(e))
+
+
+def main() -> None:
+    try:
+        status = dispatch(sys.argv[1:])
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
+    except LkvmError as e:
+        print(f"  Fatal: {e}", file=sys.stderr)
+        status = 1
+    except KeyboardInterrupt:
+        status = 130
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (lkvm help | head): not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
