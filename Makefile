@@ -1,0 +1,96 @@
+# lkvm: the kernel's KVM tool, in Python.
+#
+#   make            set up: Debian packages, .venv, uapi bindings, test guests
+#   make check      ruff and the tests (tiny guests on /dev/kvm, Linux boots)
+#   make run        boot the default guest
+#   make bench      benchmarks against a C baseline and QEMU
+#   make help       all targets
+#
+# V=1 shows the full commands.
+
+ifeq ($(V),1)
+  Q =
+  say = @true
+else
+  Q = @
+  say = @printf '  %-7s %s\n'
+endif
+
+PYTHON3   ?= python3
+VENV      := .venv
+PY        := $(VENV)/bin/python
+KVMDIR    := tools/kvm
+GUESTDIR  := $(KVMDIR)/tests/guests
+BUILD     := .build
+
+# Debian packages the build and the tests use.
+DEB_PKGS  := gcc make binutils libc6-dev linux-libc-dev python3-venv python3-dev \
+             qemu-system-x86 qemu-utils busybox-static cpio
+
+# The uapi headers: a surrounding kernel tree's when lkvm sits in one, else
+# the system's.
+KERNEL_TREE ?= $(shell scripts/find-kernel-tree.sh)
+ifneq ($(KERNEL_TREE),)
+  UAPI_INC := $(BUILD)/uapi/include
+  UAPI_DEP := $(UAPI_INC)/linux/kvm.h
+else
+  UAPI_INC :=
+  UAPI_DEP :=
+endif
+
+UAPI_SO   := $(KVMDIR)/include/_uapi.so.stamp
+GUESTS    := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/*.S))
+
+.PHONY: all deps check test lint run bench clean help
+all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS)
+
+deps: $(BUILD)/deps.stamp
+$(BUILD)/deps.stamp: scripts/install-deps.sh Makefile
+	$(Q)mkdir -p $(BUILD)
+	$(Q)scripts/install-deps.sh $(DEB_PKGS)
+	$(Q)touch $@
+
+$(VENV)/.stamp: requirements.txt $(BUILD)/deps.stamp
+	$(say) VENV $(VENV)
+	$(Q)$(PYTHON3) -m venv $(VENV)
+	$(Q)$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	$(Q)touch $@
+
+$(UAPI_INC)/linux/kvm.h:
+	$(say) HDRINST $(KERNEL_TREE)
+	$(Q)$(MAKE) -s -C $(KERNEL_TREE) headers_install INSTALL_HDR_PATH=$(abspath $(BUILD)/uapi)
+
+$(UAPI_SO): $(KVMDIR)/include/uapi_build.py $(VENV)/.stamp $(UAPI_DEP)
+	$(say) CFFI $(KVMDIR)/include/_uapi
+	$(Q)$(PY) $(KVMDIR)/include/uapi_build.py $(KVMDIR)/include $(addprefix -I,$(UAPI_INC))
+	$(Q)touch $@
+
+$(GUESTDIR)/%.bin: $(GUESTDIR)/%.S $(BUILD)/deps.stamp
+	$(say) AS $@
+	$(Q)as --32 -o $(@:.bin=.o) $<
+	$(Q)ld -m elf_i386 -Ttext=0 --oformat binary -o $@ $(@:.bin=.o)
+	$(Q)rm -f $(@:.bin=.o)
+
+lint: all
+	$(say) RUFF $(KVMDIR) scripts
+	$(Q)$(VENV)/bin/ruff check -q $(KVMDIR) scripts
+
+test: all
+	$(say) PYTEST $(KVMDIR)/tests
+	$(Q)$(PY) -m pytest -q $(PYTEST_FLAGS) $(KVMDIR)/tests
+
+check: lint test
+
+run: all
+	$(Q)./lkvm run $(GUESTDIR)/hello.bin
+
+bench: all
+	$(Q)$(PY) $(KVMDIR)/bench/run.py
+
+clean:
+	$(say) CLEAN .
+	$(Q)rm -rf $(BUILD) $(GUESTS) $(KVMDIR)/include/_uapi.* .pytest_cache .ruff_cache
+	$(Q)find . -name __pycache__ -prune -exec rm -rf {} +
+
+help:
+	@sed -n 's/^#   //p' Makefile
