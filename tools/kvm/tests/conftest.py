@@ -1,0 +1,38 @@
+"""Shared test fixtures: the import path, and lkvm run as a user runs it."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+KVMDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOP = os.path.dirname(os.path.dirname(KVMDIR))
+GUESTS = os.path.join(KVMDIR, "tests", "guests")
+LKVM = os.path.join(TOP, "lkvm")
+
+if KVMDIR not in sys.path:
+    sys.path.insert(0, KVMDIR)
+
+# A tiny guest runs in well under a second even with emulated CPL0; a
+# stuck one is a failure, not a hang.
+TINY_TIMEOUT = 30
+
+
+def guest(name: str) -> str:
+    path = os.path.join(GUESTS, f"{name}.bin")
+    assert os.path.exists(path), f"{path} is not built: run make"
+    return path
+
+
+def run_lkvm(*args: str, timeout: float = TINY_TIMEOUT,
+             input: bytes | None = None) -> subprocess.CompletedProcess:
+    """`./lkvm ARGS`, as a user would type it, with output captured."""
+    return subprocess.run([LKVM, *args], input=input, capture_output=True,
+                          timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+
+
+@pytest.fixture
+def kvm_available() -> None:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("no usable /dev/kvm")

@@ -1,0 +1,19 @@
+/* Print a greeting on ttyS0, then reset through the i8042: the smallest
+ * guest that shows output and a clean stop. */
+	.code16
+	.globl	_start
+_start:
+	mov	$msg, %si
+	mov	$0x3f8, %dx
+	cld
+1:	lodsb
+	test	%al, %al
+	jz	2f
+	out	%al, %dx
+	jmp	1b
+2:	mov	$0xfe, %al		/* i8042: pulse the reset line */
+	out	%al, $0x64
+3:	hlt
+	jmp	3b
+
+msg:	.asciz	"Hello, lkvm!\n"

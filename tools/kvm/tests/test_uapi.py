@@ -1,0 +1,53 @@
+"""The cffi bindings agree with the C compiler on the same headers."""
+
+import subprocess
+
+from include.uapi import ffi, lib
+
+CONSTANTS = ("KVM_RUN", "KVM_SET_USER_MEMORY_REGION", "KVM_CREATE_VCPU", "KVM_GET_SREGS",
+             "KVM_IRQFD", "KVM_EXIT_IO", "KVM_EXIT_MMIO", "KVM_CAP_IRQCHIP",
+             "VIRTIO_F_VERSION_1", "VIRTIO_ID_BLOCK", "PCI_COMMAND", "X86_CR0_PE")
+SIZES = ("struct kvm_run", "struct kvm_sregs", "struct kvm_regs", "struct kvm_cpuid_entry2",
+         "struct kvm_lapic_state", "struct boot_params", "struct setup_header",
+         "struct virtio_pci_common_cfg")
+OFFSETS = (("struct kvm_run", "io"), ("struct kvm_run", "mmio"), ("struct kvm_run", "s"),
+           ("struct kvm_sregs", "efer"), ("struct boot_params", "hdr"),
+           ("struct boot_params", "e820_table"), ("struct setup_header", "cmd_line_ptr"),
+           ("struct virtio_pci_common_cfg", "queue_desc_lo"))
+
+
+def compiled_values(tmp_path) -> list[int]:
+    body = [f'printf("%llu\\n", (unsigned long long)({c}));' for c in CONSTANTS]
+    body += [f'printf("%zu\\n", sizeof({t}));' for t in SIZES]
+    body += [f'printf("%zu\\n", offsetof({t}, {f}));' for t, f in OFFSETS]
+    src = tmp_path / "probe.c"
+    src.write_text("#include <stdio.h>\n#include <stddef.h>\n#include <linux/kvm.h>\n"
+                   "#include <linux/virtio_config.h>\n#include <linux/virtio_ids.h>\n"
+                   "#include <linux/virtio_pci.h>\n#include <linux/pci_regs.h>\n"
+                   "#include <asm/bootparam.h>\n#include <asm/processor-flags.h>\n"
+                   "int main(void) {\n" + "\n".join(body) + "\nreturn 0; }\n")
+    exe = tmp_path / "probe"
+    subprocess.run(["gcc", "-o", str(exe), str(src)], check=True)
+    return [int(x) for x in subprocess.run([str(exe)], capture_output=True,
+                                           check=True).stdout.split()]
+
+
+def test_bindings_match_the_compiler(tmp_path):
+    ours = [getattr(lib, c) for c in CONSTANTS]
+    ours += [ffi.sizeof(t) for t in SIZES]
+    ours += [ffi.offsetof(t, f) for t, f in OFFSETS]
+    assert ours == compiled_values(tmp_path)
+
+
+def test_known_abi_values():
+    # Fixed by the kernel ABI since KVM's first days; a wrong build shows here.
+    assert lib.KVM_RUN == 0xAE80
+    assert lib.KVM_SET_USER_MEMORY_REGION == 0x4020AE46
+    assert lib.KVM_API_VERSION == 12
+
+
+def test_nested_anonymous_fields_are_reachable():
+    # io and mmio share kvm_run's exit union: what one writes, the other sees.
+    run = ffi.new("struct kvm_run *")
+    run.mmio.phys_addr = 0x3F8
+    assert run.io.direction == 0xF8 and run.io.size == 0x03
