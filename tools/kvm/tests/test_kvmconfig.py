@@ -20,15 +20,17 @@ SCRIPTS = TOP / "scripts"
 
 
 def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_"),
+                                                  SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
 kvmconfig = _load_script("kvmconfig")
 kconfig_compat = kvmconfig.kconfig_compat
+guest_kernel = _load_script("guest-kernel")
 
 # A kernel-shaped tree: MODULES in the >= 5.13 syntax, options with unmet
 # dependencies and prompt conditions, a defconfig and tinyconfig fragments.
@@ -321,6 +323,44 @@ def test_bad_input_is_one_line_and_nonzero(case: str, tree: Path,
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("lkvm kvmconfig: ")
     assert expect[case] in proc.stderr
+
+
+# --- make guest-kernel --------------------------------------------------------
+
+def test_guest_kernel_unpacks_once_per_version(tmp_path: Path) -> None:
+    src = tmp_path / "linux-source-9.9"
+    src.mkdir()
+    (src / "Kconfig").write_text("")
+    tarball = tmp_path / "linux-source-9.9.tar.xz"
+    subprocess.run(["tar", "-cJf", str(tarball), "-C", str(tmp_path),
+                    src.name], check=True)
+    cache = tmp_path / "cache"
+    tree = guest_kernel.unpack(tarball, "9.9-1", cache)
+    assert tree == cache / src.name and (tree / "Kconfig").is_file()
+    (tree / "marker").write_text("")
+    assert guest_kernel.unpack(tarball, "9.9-1", cache) == tree
+    assert (tree / "marker").exists()  # reused, not unpacked again
+    guest_kernel.unpack(tarball, "9.9-2", cache)
+    assert not (tree / "marker").exists()
+    assert sorted(p.name for p in cache.iterdir()) == [src.name]
+
+
+def test_guest_kernel_key_follows_the_fragments(tree: Path) -> None:
+    first = guest_kernel.fragment_hash(tree)
+    assert guest_kernel.fragment_hash(tree) == first
+    (tree / "kernel/configs/kvm_guest.config").write_text("CONFIG_X=y\n")
+    assert guest_kernel.fragment_hash(tree) != first
+
+
+def test_guest_kernel_wants_virtio_and_9p_built_in(tmp_path: Path) -> None:
+    config = tmp_path / ".config"
+    config.write_text("".join(f"CONFIG_{n}=y\n"
+                              for n in guest_kernel.BUILT_IN))
+    guest_kernel.check_built_in(config)
+    config.write_text(config.read_text().replace("CONFIG_9P_FS=y",
+                                                 "CONFIG_9P_FS=m"))
+    with pytest.raises(guest_kernel.Error, match="9P_FS"):
+        guest_kernel.check_built_in(config)
 
 
 # --- against the kernel's C kconfig (slow) -----------------------------------
