@@ -322,6 +322,9 @@ def write_atomically(kconf: kconfiglib.Kconfig, config: Path) -> bool:
               f"# {kconf.mainmenu_text}\n#\n")
     fd, tmp = tempfile.mkstemp(prefix=".config.", dir=config.parent)
     os.close(fd)
+    # mkstemp makes the file private; a .config is as readable as any
+    # file the user creates.
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         kconf.write_config(tmp, header=header, save_old=False)
         if config.is_file() and config.read_bytes() == Path(tmp).read_bytes():
@@ -331,6 +334,12 @@ def write_atomically(kconf: kconfiglib.Kconfig, config: Path) -> bool:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def prepare_objtree(objtree: Path) -> None:

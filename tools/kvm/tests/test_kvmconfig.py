@@ -257,6 +257,9 @@ def test_runs_twice_without_change(tree: Path, fragment: Path,
     run(tree, out, fragment)  # base: the .config just written
     assert (out / ".config").read_bytes() == first
     assert (out / ".config").stat().st_mtime_ns == mtime
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / ".config").stat().st_mode & 0o777 == 0o666 & ~umask
     assert sorted(p.name for p in out.iterdir()) == [".config"]
 
 
