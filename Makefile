@@ -3,6 +3,9 @@
 #   make            set up: Debian packages, .venv, uapi bindings, test guests
 #   make check      ruff and the tests (tiny guests on /dev/kvm, Linux boots)
 #   make run        boot the default guest
+#   make kvmconfig  [KERNEL=<tree>] [O=<objdir>] [BASE=tinyconfig] [STRICT=1]:
+#                   a kernel .config that boots under lkvm
+#   make guest-kernel  the tests' kernel, built once into the cache
 #   make bench      benchmarks against a C baseline and QEMU
 #   make help       all targets
 #
@@ -26,6 +29,8 @@ BUILD     := .build
 # Debian packages the build and the tests use.
 DEB_PKGS  := gcc make binutils libc6-dev linux-libc-dev python3-venv python3-dev \
              qemu-system-x86 qemu-utils busybox-static cpio
+# ... and what building the guest kernel from Debian's source takes.
+KERNEL_PKGS := linux-source-6.1 flex bison bc libelf-dev libssl-dev xz-utils
 
 # The uapi headers: a surrounding kernel tree's when lkvm sits in one, else
 # the system's.
@@ -41,7 +46,7 @@ endif
 UAPI_SO   := $(KVMDIR)/include/_uapi.so.stamp
 GUESTS    := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/*.S))
 
-.PHONY: all deps check test lint run bench clean help
+.PHONY: all deps check test lint run bench clean help kvmconfig guest-kernel
 all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS)
 
 deps: $(BUILD)/deps.stamp
@@ -80,6 +85,14 @@ test: all
 	$(Q)$(PY) -m pytest -q $(PYTEST_FLAGS) $(KVMDIR)/tests
 
 check: lint test
+
+kvmconfig: $(VENV)/.stamp
+	$(Q)$(PY) scripts/kvmconfig.py $(if $(KERNEL),--srctree $(KERNEL)) \
+		$(if $(O),-O $(O)) $(if $(BASE),--base $(BASE)) $(if $(STRICT),--strict)
+
+guest-kernel: $(VENV)/.stamp
+	$(Q)scripts/install-deps.sh $(KERNEL_PKGS)
+	$(Q)$(PY) scripts/guest-kernel.py
 
 run: all
 	$(Q)./lkvm run $(GUESTDIR)/hello.bin
