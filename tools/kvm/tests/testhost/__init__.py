@@ -1,0 +1,6 @@
+"""The e2e test host: real KVM for real Linux guests, nested in QEMU when needed.
+
+Where the local KVM runs guest CPL0 code natively, e2e tests run directly;
+where it doesn't (nested PVM), they run inside an L1 QEMU TCG guest with
+emulated SVM and Debian's kernel with kvm_amd (see DESIGN.md §1).
+"""
