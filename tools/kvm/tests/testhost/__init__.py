@@ -4,3 +4,8 @@ Where the local KVM runs guest CPL0 code natively, e2e tests run directly;
 where it doesn't (nested PVM), they run inside an L1 QEMU TCG guest with
 emulated SVM and Debian's kernel with kvm_amd (see DESIGN.md §1).
 """
+
+from .cache import TestHostError
+from .session import L1Error, Result, Session, run
+
+__all__ = ["L1Error", "Result", "Session", "TestHostError", "run"]
