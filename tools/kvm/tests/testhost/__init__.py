@@ -6,6 +6,7 @@ emulated SVM and Debian's kernel with kvm_amd (see DESIGN.md §1).
 """
 
 from .cache import TestHostError
+from .probe import needed
 from .session import L1Error, Result, Session, run
 
-__all__ = ["L1Error", "Result", "Session", "TestHostError", "run"]
+__all__ = ["L1Error", "Result", "Session", "TestHostError", "needed", "run"]
