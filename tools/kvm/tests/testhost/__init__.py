@@ -5,8 +5,20 @@ where it doesn't (nested PVM), they run inside an L1 QEMU TCG guest with
 emulated SVM and Debian's kernel with kvm_amd (see DESIGN.md §1).
 """
 
+from . import l1
 from .cache import TestHostError
+from .l2 import guest_kernel, make_initrd
 from .probe import needed
 from .session import L1Error, Result, Session, run
 
-__all__ = ["L1Error", "Result", "Session", "TestHostError", "needed", "run"]
+
+def prepare() -> None:
+    """Fill the cache with everything L1 and the L2 guests need."""
+    l1.prepare()
+    guest_kernel()
+
+
+__all__ = [
+    "L1Error", "Result", "Session", "TestHostError",
+    "guest_kernel", "make_initrd", "needed", "prepare", "run",
+]  # fmt: skip
