@@ -126,6 +126,10 @@ class Session:
         line, _, self._buf = self._buf.partition(b"\n")
         return line.decode(errors="replace").strip()
 
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
     def console(self) -> str:
         """The tail of L1's serial console, for error messages."""
         text = ""
@@ -143,7 +147,7 @@ class Session:
         cwd: str | None = None,
     ) -> Result:
         """Run `cmd` in L1 with `cwd` (default: the caller's) and return its status and output."""
-        if self._conn is None:
+        if self.closed:
             raise L1Error("the L1 session is closed")
         self._jobs += 1
         job = f"j{self._jobs}"
