@@ -19,6 +19,7 @@ mount -t devtmpfs devtmpfs /dev
 while read -r ko params; do
 	insmod "/lib/modules/$ko" $params || fail "insmod $ko failed"
 done < /etc/modules
+echo "testhost-l1: modules loaded"
 
 # The host's / is cached (cache=loose: Python starts 4x faster than with
 # cache=none), so files the host changes while L1 runs must appear under new
@@ -42,6 +43,7 @@ mount -t tmpfs -o mode=0755 tmpfs run
 mkdir run/testhost
 mount -t 9p -o "$p9" results run/testhost || fail "cannot mount the results share"
 cd /
+echo "testhost-l1: root ready"
 
 # The control channel: the host sends "RUN <job>" or "QUIT"; each job is
 # <job>.sh in the results share and is answered with "DONE <job> <status>".

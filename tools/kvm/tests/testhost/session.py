@@ -168,9 +168,10 @@ class Session:
         self._conn.sendall(f"RUN {job}\n".encode())
         deadline = time.monotonic() + timeout
         try:
-            while not (
-                line := self._readline(deadline, f"{shlex.join(cmd)}")
-            ).startswith(f"DONE {job} "):
+            what = f"{shlex.join(cmd)} (timeout {timeout} s)"
+            while not (line := self._readline(deadline, what)).startswith(
+                f"DONE {job} "
+            ):
                 pass
         except L1Error as e:
             out = self._output(job)
