@@ -2,11 +2,12 @@
 and /dev/kvm there boots a Linux guest (QEMU as the L2 VMM for now)."""
 
 import os
+import subprocess
 import time
 
 import pytest
 
-from tests.testhost import guest_kernel, make_initrd
+from tests.testhost import L1Error, Session, guest_kernel, make_initrd, needed
 
 pytestmark = pytest.mark.e2e
 
@@ -35,3 +36,17 @@ def test_kvm_boots_l2_linux(l2host) -> None:
     assert r.returncode == 0, r.stderr
     assert f"{MARKER} cpus=2" in r.stdout
     assert "testhost-l2: exit 0" in r.stdout
+
+
+def test_l1_timeout_reports_and_cleans_up() -> None:
+    if not needed():
+        pytest.skip("this host runs e2e tests directly, without L1")
+    session = Session()
+    tmp = session._tmp
+    cmd = ["sh", "-c", "echo started; sleep 1000"]
+    with pytest.raises(L1Error, match=r"(?s)timeout 1\.0 s.*--- stdout ---\nstarted"):
+        session.run(cmd, timeout=1.0)
+    assert session.closed
+    assert not tmp.exists()
+    qemus = subprocess.run(["pgrep", "-f", str(tmp)], capture_output=True, check=False)
+    assert qemus.stdout == b""
