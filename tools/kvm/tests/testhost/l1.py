@@ -15,6 +15,10 @@ MODULES = {
     "9p": "",
     "overlay": "",
     "kvm_amd": "nested=1 npt=1",
+    # Host-side backends lkvm can use, missing on the PVM host itself.
+    "tun": "",
+    "vhost_net": "",
+    "vhost_vsock": "",
 }
 
 INIT = Path(__file__).with_name("l1init.sh")
