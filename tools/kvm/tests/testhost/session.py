@@ -1,8 +1,10 @@
 """Boot the L1 test host in QEMU (TCG, emulated SVM) and run commands in it.
 
-The host's / is shared read-only, so a command sees the caller's paths (the
-checkout, Python, the cache). Jobs go in over a second serial port, a line per
-job; their scripts and output travel through a writable 9p share.
+The host's / is shared read-only and overlaid with a tmpfs in L1, so a command
+sees the caller's paths (the checkout, Python, the cache) and what it writes
+stays in L1's memory. Files the host changes during a session must get new
+names to be seen (see l1init.sh). Jobs go in over a second serial port, a line
+per job; their scripts and output travel through a writable 9p share.
 """
 
 import contextlib
@@ -35,7 +37,7 @@ class Result:
 
 
 class L1Error(TestHostError):
-    """L1 failed, or a command in it timed out; the message ends with L1's console."""
+    """L1 failed, or a command in it timed out; the message has L1's console tail."""
 
 
 def _tail(text: str, lines: int = 30) -> str:
