@@ -21,7 +21,7 @@ from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
-import kvmconfig
+import kvmconfig  # noqa: E402  (a sibling script, found through the path above)
 
 PROG = "lkvm guest-kernel"
 BASE = "tinyconfig"

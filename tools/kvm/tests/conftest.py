@@ -1,35 +1,14 @@
-"""Shared test fixtures: the import path, and lkvm run as a user runs it."""
+"""Shared pytest fixtures.  tools/kvm is on sys.path (pytest puts the
+first directory above the tests package there), so tests import lkvm's
+packages by their names."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-KVMDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOP = os.path.dirname(os.path.dirname(KVMDIR))
-GUESTS = os.path.join(KVMDIR, "tests", "guests")
-LKVM = os.path.join(TOP, "lkvm")
+from tests.testhost.fixture import l2host
 
-if KVMDIR not in sys.path:
-    sys.path.insert(0, KVMDIR)
-
-# A tiny guest runs in well under a second even with emulated CPL0; a
-# stuck one is a failure, not a hang.
-TINY_TIMEOUT = 30
-
-
-def guest(name: str) -> str:
-    path = os.path.join(GUESTS, f"{name}.bin")
-    assert os.path.exists(path), f"{path} is not built: run make"
-    return path
-
-
-def run_lkvm(*args: str, timeout: float = TINY_TIMEOUT,
-             input: bytes | None = None) -> subprocess.CompletedProcess:
-    """`./lkvm ARGS`, as a user would type it, with output captured."""
-    return subprocess.run([LKVM, *args], input=input, capture_output=True,
-                          timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+__all__ = ["l2host"]
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The command line as a user meets it: help, version, and bad input
 answered in one line with a non-zero exit."""
 
-from conftest import guest, run_lkvm
+from tests.helpers import guest, run_lkvm
 
 
 def lines(data: bytes) -> list[str]:

@@ -3,7 +3,7 @@ output, port I/O both ways, the i8042 reset, SMP, and a fatal exit."""
 
 import pytest
 
-from conftest import guest, run_lkvm
+from tests.helpers import guest, run_lkvm
 
 pytestmark = pytest.mark.usefixtures("kvm_available")
 

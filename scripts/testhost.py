@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""The e2e test host from the command line.
+
+scripts/testhost.py prepare              fill the cache (kernels, initramfs)
+scripts/testhost.py needed               does this host need L1? (probe timing)
+scripts/testhost.py run [-t S] -- CMD…   run CMD in L1; exit with its status
+scripts/testhost.py guest-kernel         print the L2 guest kernel's path
+scripts/testhost.py initrd SCRIPT        print the path of an L2 initramfs running SCRIPT
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "kvm"))
+
+from tests import testhost
+from tests.testhost import l1, probe
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    start = time.monotonic()
+    assets = l1.prepare()
+    print(f"L1 kernel     {assets.kernel}\nL1 initrd     {assets.initrd}")
+    print(f"guest kernel  {testhost.guest_kernel()}")
+    print(f"ready in {time.monotonic() - start:.1f} s")
+    return 0
+
+
+def cmd_needed(args: argparse.Namespace) -> int:
+    halted, ns = probe.measure()
+    how = f"{ns / 1e6:.3f} ms" if halted else f"did not halt ({ns / 1e6:.3f} ms)"
+    print(f"CPL0 probe: {how}; threshold {probe.THRESHOLD_NS / 1e6:.0f} ms")
+    print("L1 needed" if testhost.needed() else "L1 not needed")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        sys.exit("testhost run: no command given")
+    with testhost.Session(cpus=args.cpus, mem=args.mem) as session:
+        print(f"testhost: L1 booted in {session.boot_seconds:.1f} s", file=sys.stderr)
+        start = time.monotonic()
+        result = session.run(cmd, args.timeout)
+        took = time.monotonic() - start
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    print(f"testhost: exit {result.returncode} after {took:.1f} s", file=sys.stderr)
+    return result.returncode
+
+
+def cmd_guest_kernel(args: argparse.Namespace) -> int:
+    print(testhost.guest_kernel())
+    return 0
+
+
+def cmd_initrd(args: argparse.Namespace) -> int:
+    print(testhost.make_initrd(Path(args.script).read_text()))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("prepare", help="fill the cache").set_defaults(func=cmd_prepare)
+    sub.add_parser("needed", help="probe /dev/kvm").set_defaults(func=cmd_needed)
+    run = sub.add_parser("run", help="run a command in L1")
+    run.add_argument("-t", "--timeout", type=float, default=600.0)
+    run.add_argument("-c", "--cpus", type=int, default=2)
+    run.add_argument("-m", "--mem", default="4G")
+    run.add_argument("cmd", nargs=argparse.REMAINDER)
+    run.set_defaults(func=cmd_run)
+    kernel = sub.add_parser("guest-kernel", help="print the L2 kernel's path")
+    kernel.set_defaults(func=cmd_guest_kernel)
+    initrd = sub.add_parser("initrd", help="build an L2 initramfs")
+    initrd.add_argument("script", help="shell script the guest runs")
+    initrd.set_defaults(func=cmd_initrd)
+    args = parser.parse_args()
+    try:
+        return args.func(args)
+    except testhost.TestHostError as e:
+        sys.exit(f"testhost: {e}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""The e2e test host: real KVM for real Linux guests, nested in QEMU when needed.
+
+Where the local KVM runs guest CPL0 code natively, e2e tests run directly;
+where it doesn't (nested PVM), they run inside an L1 QEMU TCG guest with
+emulated SVM and Debian's kernel with kvm_amd (see DESIGN.md §1).
+"""
+
+from . import l1
+from .cache import TestHostError
+from .l2 import guest_kernel, make_initrd
+from .probe import needed
+from .session import L1Error, Result, Session, run
+
+
+def prepare() -> None:
+    """Fill the cache with everything L1 and the L2 guests need."""
+    l1.prepare()
+    guest_kernel()
+
+
+__all__ = [
+    "L1Error", "Result", "Session", "TestHostError",
+    "guest_kernel", "make_initrd", "needed", "prepare", "run",
+]  # fmt: skip

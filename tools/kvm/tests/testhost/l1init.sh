@@ -1,0 +1,67 @@
+#!/bin/sh
+# /init of the L1 test host (busybox sh). Builds a root from the host's /
+# (read-only 9p) under a tmpfs overlay, so the host's paths are valid here and
+# anything written stays in L1's memory; then serves jobs from the host over
+# the second serial port until told to quit.
+
+/bin/busybox --install -s /bin
+export PATH=/bin
+
+fail() {
+	echo "testhost-l1: $*"
+	poweroff -f
+}
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+
+while read -r ko params; do
+	insmod "/lib/modules/$ko" $params || fail "insmod $ko failed"
+done < /etc/modules
+echo "testhost-l1: modules loaded"
+
+# The host's / is cached (cache=loose: Python starts 4x faster than with
+# cache=none), so files the host changes while L1 runs must appear under new
+# names, as the test host's cache and pytest's tmp_path do. The results share
+# is written by both sides and stays uncached.
+p9=trans=virtio,version=9p2000.L,msize=262144
+mount -t 9p -o "ro,cache=loose,$p9" hostfs /lower || fail "cannot mount the host's /"
+mount -t tmpfs -o mode=0755 tmpfs /rw
+mkdir /rw/upper /rw/work
+mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot ||
+	fail "cannot mount the overlay root"
+
+cd /newroot
+mount -t proc proc proc
+mount -t sysfs sysfs sys
+mount -t devtmpfs devtmpfs dev
+mkdir -p dev/pts dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts dev/pts
+mount -t tmpfs -o mode=1777 tmpfs dev/shm
+mount -t tmpfs -o mode=0755 tmpfs run
+mkdir run/testhost
+mount -t 9p -o "$p9" results run/testhost || fail "cannot mount the results share"
+cd /
+echo "testhost-l1: root ready"
+
+# The control channel: the host sends "RUN <job>" or "QUIT"; each job is
+# <job>.sh in the results share and is answered with "DONE <job> <status>".
+ctl=/dev/ttyS1
+stty -F $ctl raw -echo || fail "no control port"
+exec 3<>$ctl
+echo READY >&3
+while read -r verb job <&3; do
+	case $verb in
+	RUN)
+		r=/run/testhost/$job
+		chroot /newroot /bin/sh "$r.sh" </dev/null >"/newroot$r.out" 2>"/newroot$r.err"
+		echo "DONE $job $?" >&3
+		;;
+	QUIT)
+		break
+		;;
+	esac
+done
+sync
+poweroff -f

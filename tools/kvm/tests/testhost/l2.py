@@ -1,0 +1,66 @@
+"""The L2 test guests' kernel (Debian's cloud flavour) and their initramfs."""
+
+from pathlib import Path
+
+from . import cache, debs
+from .cpio import Cpio
+from .modules import load_order
+
+# The cloud kernel builds these virtio drivers as modules; dependencies follow.
+MODULES = [
+    "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_net", "virtio_console",
+    "virtio_rng", "virtio_balloon", "vmw_vsock_virtio_transport",
+]  # fmt: skip
+
+INIT = Path(__file__).with_name("l2init.sh")
+
+
+def _packages() -> tuple[Path, Path]:
+    with cache.locked():
+        kernel = debs.unpacked("linux-image-cloud-amd64")
+        busybox = debs.unpacked("busybox-static")
+    return kernel, busybox
+
+
+def guest_kernel() -> Path:
+    """The cloud kernel's bzImage, unpacked into the cache."""
+    (bzimage,) = (_packages()[0] / "boot").glob("vmlinuz-*")
+    return bzimage
+
+
+def make_initrd(script: str, extra_files: dict[str, bytes | str] | None = None) -> Path:
+    """An initramfs whose init loads the virtio modules, runs `script` with
+    busybox sh, prints "testhost-l2: exit <status>" and reboots.
+
+    `extra_files` maps paths in the guest (relative to /) to contents. The
+    result is cached under a digest of everything that goes in.
+    """
+    kernel_dir, busybox_dir = _packages()
+    extra = {
+        k.lstrip("/"): v.encode() if isinstance(v, str) else v
+        for k, v in (extra_files or {}).items()
+    }
+    mods = load_order(kernel_dir / "lib" / "modules", MODULES)
+    listing = "".join(f"{p.name}\n" for p in mods)
+    init = INIT.read_bytes()
+    parts = [init, script, listing, kernel_dir.name, busybox_dir.name]
+    parts += [x for name in sorted(extra) for x in (name, extra[name])]
+
+    def make(tmp: Path) -> None:
+        a = Cpio()
+        for d in ("proc", "sys", "dev", "tmp"):
+            a.dir(d)
+        a.file("bin/busybox", (busybox_dir / "bin" / "busybox").read_bytes(), 0o755)
+        a.symlink("bin/sh", "busybox")
+        a.file("init", init, 0o755)
+        a.file("test.sh", script.encode(), 0o755)
+        a.file("etc/modules", listing.encode())
+        for p in mods:
+            a.file(f"lib/modules/{p.name}", p.read_bytes())
+        for name in sorted(extra):
+            a.file(name, extra[name], 0o755)
+        a.write(tmp)
+
+    return cache.build(
+        cache.root() / "l2" / f"initrd-{cache.digest(*parts)}.cpio", make
+    )

@@ -1,0 +1,60 @@
+"""Kernel modules of an unpacked Debian kernel package, in load order.
+
+The package ships no modules.dep (depmod writes it at install time), so the
+dependencies come from each module's own `.modinfo` section.
+"""
+
+import struct
+from pathlib import Path
+
+
+def _modinfo(path: Path) -> dict[str, str]:
+    """The key=value strings of an ELF64 module's .modinfo section."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        raise ValueError(f"{path}: not an ELF64 module")
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+
+    def section(i: int) -> tuple[int, int, int]:
+        name, _, _, _, off, size = struct.unpack_from(
+            "<IIQQQQ", data, shoff + i * shentsize
+        )
+        return name, off, size
+
+    _, stroff, _ = section(shstrndx)
+    for i in range(shnum):
+        name, off, size = section(i)
+        if data[stroff + name : data.index(b"\0", stroff + name)] == b".modinfo":
+            fields = (
+                f.decode() for f in data[off : off + size].split(b"\0") if b"=" in f
+            )
+            return dict(f.split("=", 1) for f in fields)
+    raise ValueError(f"{path}: no .modinfo section")
+
+
+def _canon(name: str) -> str:
+    # Module names treat '-' and '_' alike (kvm-amd.ko registers as kvm_amd).
+    return name.replace("-", "_")
+
+
+def load_order(moddir: Path, wanted: list[str]) -> list[Path]:
+    """Paths of `wanted` modules and everything they depend on, dependencies first."""
+    index = {_canon(p.name.removesuffix(".ko")): p for p in moddir.rglob("*.ko")}
+    order: list[Path] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        if name not in index:
+            raise FileNotFoundError(f"module {name} not found under {moddir}")
+        deps = _modinfo(index[name]).get("depends", "")
+        for dep in filter(None, deps.split(",")):
+            visit(_canon(dep))
+        order.append(index[name])
+
+    for name in wanted:
+        visit(_canon(name))
+    return order

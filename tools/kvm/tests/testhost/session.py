@@ -1,0 +1,223 @@
+"""Boot the L1 test host in QEMU (TCG, emulated SVM) and run commands in it.
+
+The host's / is shared read-only and overlaid with a tmpfs in L1, so a command
+sees the caller's paths (the checkout, Python, the cache) and what it writes
+stays in L1's memory. Files the host changes during a session must get new
+names to be seen (see l1init.sh). Jobs go in over a second serial port, a line
+per job; their scripts and output travel through a writable 9p share.
+"""
+
+import contextlib
+import os
+import select
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from . import cache, l1
+from .cache import TestHostError
+
+QEMU = "qemu-system-x86_64"
+# Variables a command keeps from the caller; the rest of its environment is
+# set here, so runs in L1 don't depend on what the caller's shell had.
+_KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "VIRTUAL_ENV", "PYTHONPATH")
+
+
+@dataclass(frozen=True)
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class L1Error(TestHostError):
+    """L1 failed, or a command in it timed out; the message has L1's console tail."""
+
+
+def _tail(text: str, lines: int = 30) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Session:
+    """One L1 boot that runs any number of commands, one at a time.
+
+    Use as a context manager; close() always stops qemu and removes the
+    temporary directory. A timed-out command ends the session.
+    """
+
+    def __init__(
+        self, *, mem: str = "4G", cpus: int = 2, boot_timeout: float = 300.0
+    ) -> None:
+        if shutil.which(QEMU) is None:
+            raise TestHostError(f"{QEMU} not found: install qemu-system-x86")
+        assets = l1.prepare()
+        self._tmp = Path(tempfile.mkdtemp(prefix="lkvm-l1-"))
+        self._share = self._tmp / "share"
+        self._share.mkdir()
+        self._console = self._tmp / "console.log"
+        self._jobs = 0
+        self._buf = b""
+        self._conn: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pidfd = -1
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._boot(assets, mem, cpus, boot_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _boot(self, assets: l1.L1Assets, mem: str, cpus: int, timeout: float) -> None:
+        start = time.monotonic()
+        ctl = self._tmp / "ctl.sock"
+        self._listener.bind(str(ctl))
+        self._listener.listen(1)
+        virtfs = "local,security_model=none,multidevs=remap"
+        # setpriv: qemu must not outlive a test run that was killed.
+        cmd = [
+            "setpriv", "--pdeathsig", "KILL",
+            QEMU, "-accel", "tcg", "-cpu", "max", "-m", mem, "-smp", str(cpus),
+            "-nodefaults", "-no-reboot", "-display", "none",
+            "-kernel", str(assets.kernel), "-initrd", str(assets.initrd),
+            "-append", "console=ttyS0 panic=-1 quiet mitigations=off",
+            "-serial", f"file:{self._console}",
+            "-chardev", f"socket,id=ctl,path={ctl}", "-serial", "chardev:ctl",
+            "-virtfs", f"{virtfs},path=/,mount_tag=hostfs,readonly=on",
+            "-virtfs", f"{virtfs},path={self._share},mount_tag=results",
+        ]  # fmt: skip
+        with open(self._tmp / "qemu.err", "wb") as err:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+            )
+        self._pidfd = os.pidfd_open(self._proc.pid)
+        deadline = start + timeout
+        self._wait(self._listener, deadline, "qemu to connect")
+        self._conn, _ = self._listener.accept()
+        while self._readline(deadline, "L1 to boot") != "READY":
+            pass
+        self.boot_seconds = time.monotonic() - start
+
+    def _wait(self, sock: socket.socket, deadline: float, what: str) -> None:
+        """Block until `sock` is readable; fail if qemu exits or time runs out first."""
+        remaining = max(deadline - time.monotonic(), 0)
+        ready = select.select([sock, self._pidfd], [], [], remaining)[0]
+        if self._pidfd in ready:
+            status = self._proc.wait() if self._proc else None
+            raise L1Error(
+                f"qemu exited with status {status} while waiting for {what}\n{self.console()}"
+            )
+        if not ready:
+            raise L1Error(f"timed out waiting for {what}\n{self.console()}")
+
+    def _readline(self, deadline: float, what: str) -> str:
+        assert self._conn is not None
+        while b"\n" not in self._buf:
+            self._wait(self._conn, deadline, what)
+            chunk = self._conn.recv(4096)
+            if not chunk:
+                raise L1Error(
+                    f"L1 closed its control port while waiting for {what}\n{self.console()}"
+                )
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode(errors="replace").strip()
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def console(self) -> str:
+        """The tail of L1's serial console, for error messages."""
+        text = ""
+        for name in ("qemu.err", "console.log"):
+            path = self._tmp / name
+            if path.exists():
+                text += path.read_text(errors="replace")
+        return "--- L1 console (tail) ---\n" + _tail(text)
+
+    def run(
+        self,
+        cmd: list[str],
+        timeout: float,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> Result:
+        """Run `cmd` in L1 with `cwd` (default: the caller's) and return its status and output."""
+        if self.closed:
+            raise L1Error("the L1 session is closed")
+        self._jobs += 1
+        job = f"j{self._jobs}"
+        full_env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
+        full_env |= {
+            "HOME": "/run/home",  # tmpfs: unix sockets cannot be bound on 9p
+            "PYTHONDONTWRITEBYTECODE": "1",  # the host's / is read-only
+            "LKVM_CACHE": str(cache.root().parent),
+            "LKVM_TESTHOST": "direct",  # L1's KVM runs CPL0 natively
+        }
+        full_env |= env or {}
+        script = (
+            f"mkdir -p /run/home\ncd {shlex.quote(cwd or os.getcwd())} || exit 125\n"
+            f"exec /usr/bin/env -i {shlex.join(f'{k}={v}' for k, v in full_env.items())}"
+            f" {shlex.join(cmd)}\n"
+        )
+        (self._share / f"{job}.sh").write_text(script)
+        self._conn.sendall(f"RUN {job}\n".encode())
+        deadline = time.monotonic() + timeout
+        try:
+            what = f"{shlex.join(cmd)} (timeout {timeout} s)"
+            while not (line := self._readline(deadline, what)).startswith(
+                f"DONE {job} "
+            ):
+                pass
+        except L1Error as e:
+            out = self._output(job)
+            self.close(polite=False)
+            raise L1Error(
+                f"{e}\n--- stdout ---\n{_tail(out.stdout)}\n--- stderr ---\n{_tail(out.stderr)}"
+            ) from None
+        return self._output(job, int(line.split()[2]))
+
+    def _output(self, job: str, returncode: int = -1) -> Result:
+        def read(suffix: str) -> str:
+            path = self._share / f"{job}.{suffix}"
+            return path.read_text(errors="replace") if path.exists() else ""
+
+        return Result(returncode, read("out"), read("err"))
+
+    def close(self, polite: bool = True) -> None:
+        """Stop L1 (asking it to power off first if `polite`) and remove every temporary file."""
+        if self._proc is not None:
+            if polite and self._conn is not None:
+                with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                    self._conn.sendall(b"QUIT\n")
+                    self._proc.wait(timeout=30)
+            if self._proc.poll() is None:
+                self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+        for sock in (self._conn, self._listener):
+            if sock is not None:
+                sock.close()
+        self._conn = None
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> Result:
+    """Run one command in a fresh L1 (boot time is bounded separately from `timeout`)."""
+    with Session() as s:
+        return s.run(cmd, timeout, env)

@@ -1,0 +1,41 @@
+"""Extract the uncompressed ELF vmlinux from an x86 bzImage.
+
+QEMU boots an ELF vmlinux with a PVH note directly (`-kernel vmlinux`), which
+skips the kernel's self-decompression: slow under TCG, where L1 runs.
+"""
+
+import lzma
+import struct
+import zlib
+
+# Boot protocol header fields (Documentation/x86/boot.rst).
+_SETUP_SECTS = 0x1F1
+_HEADER_MAGIC = 0x202
+_VERSION = 0x206
+_PAYLOAD_OFFSET = 0x248
+
+
+def _decompress(payload: bytes) -> bytes:
+    # Trailing bytes after the stream (the build appends the decompressed
+    # size) are left in unused_data.
+    if payload.startswith(b"\xfd7zXZ\0"):
+        return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
+    if payload.startswith(b"\x1f\x8b"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(payload)
+    raise ValueError(f"unsupported kernel compression (magic {payload[:6].hex()})")
+
+
+def extract(bzimage: bytes) -> bytes:
+    """The vmlinux ELF inside `bzimage` (xz or gzip compressed, protocol >= 2.08)."""
+    if bzimage[_HEADER_MAGIC : _HEADER_MAGIC + 4] != b"HdrS":
+        raise ValueError("not a bzImage: no HdrS header")
+    (version,) = struct.unpack_from("<H", bzimage, _VERSION)
+    if version < 0x208:
+        raise ValueError(f"boot protocol {version:#x} has no payload fields")
+    setup_sects = bzimage[_SETUP_SECTS] or 4
+    offset, length = struct.unpack_from("<II", bzimage, _PAYLOAD_OFFSET)
+    start = (setup_sects + 1) * 512 + offset
+    elf = _decompress(bzimage[start : start + length])
+    if not elf.startswith(b"\x7fELF"):
+        raise ValueError("payload did not decompress to an ELF image")
+    return elf
