@@ -16,6 +16,8 @@ other failed request.
 
 import enum
 import errno
+import functools
+import re
 import struct
 
 NOTAG = 0xFFFF
@@ -95,10 +97,21 @@ LAYOUTS: dict[int, tuple[str, str]] = {
     Msg.TREMOVE: ("d", ""),
 }
 
-_INTS = {code: struct.Struct("<" + fmt) for code, fmt in
-         (("b", "B"), ("w", "H"), ("d", "I"), ("q", "Q"))}
-_U16 = _INTS["w"]
-_U32 = _INTS["d"]
+_INTS = {"b": "B", "w": "H", "d": "I", "q": "Q"}
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+
+
+@functools.cache
+def _compile(layout: str) -> tuple:
+    """A layout as steps: a Struct for each run of integers, else a code.
+
+    Runs of fixed-size fields are (un)packed in one call, which is most of
+    the cost of a message.
+    """
+    return tuple(struct.Struct("<" + "".join(_INTS[c] for c in run))
+                 if run[0] in _INTS else run
+                 for run in re.findall(r"[bwdq]+|[^bwdq]", layout))
 
 
 class ProtocolError(OSError):
@@ -125,6 +138,15 @@ class Reader:
     def uint(self, st: struct.Struct) -> int:
         return st.unpack(self.take(st.size))[0]
 
+    def fields(self, layout: str) -> list:
+        out = []
+        for step in _compile(layout):
+            if isinstance(step, struct.Struct):
+                out += step.unpack(self.take(step.size))
+            else:
+                out.append(_READ[step](self))
+        return out
+
     def string(self) -> bytes:
         return bytes(self.take(self.uint(_U16)))
 
@@ -142,9 +164,6 @@ class Reader:
 
     def data(self) -> bytes:
         return bytes(self.take(self.uint(_U32)))
-
-    def fields(self, layout: str) -> list:
-        return [self.uint(_INTS[c]) if c in _INTS else _READ[c](self) for c in layout]
 
     def end(self) -> None:
         if self.pos != len(self.buf):
@@ -180,8 +199,18 @@ _WRITE = {
 
 def pack(layout: str, *fields) -> bytes:
     """The body for fields laid out as layout."""
-    return b"".join(_INTS[c].pack(f) if c in _INTS else _WRITE[c](f)
-                    for c, f in zip(layout, fields, strict=True))
+    if len(fields) != len(layout):
+        raise TypeError(f"layout {layout!r} takes {len(layout)} fields")
+    out, i = [], 0
+    for step in _compile(layout):
+        if isinstance(step, struct.Struct):
+            n = len(step.format) - 1
+            out.append(step.pack(*fields[i:i + n]))
+            i += n
+        else:
+            out.append(_WRITE[step](fields[i]))
+            i += 1
+    return b"".join(out)
 
 
 def header(msg: bytes | memoryview) -> tuple[int, int, int]:
