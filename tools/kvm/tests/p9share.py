@@ -6,6 +6,8 @@
 
 import logging
 import os
+import shutil
+import stat
 
 from virtio.p9 import Server
 from virtio.p9.client import Client
@@ -18,20 +20,44 @@ class Share:
         self.base = str(base)
         self.root = os.path.join(self.base, "root")
         self.outside = os.path.join(self.base, "outside")
-        os.makedirs(self.outside, exist_ok=True)
-        os.makedirs(os.path.join(self.root, "dir"), exist_ok=True)
+        os.makedirs(self.outside)
         with open(os.path.join(self.outside, "secret"), "wb") as f:
             f.write(SECRET)
-        with open(os.path.join(self.root, "file"), "wb") as f:
-            f.write(b"0123456789")
-        for name, target in (("abs", self.outside), ("rel", "../outside"),
-                             ("abs_secret", os.path.join(self.outside, "secret"))):
-            if not os.path.lexists(os.path.join(self.root, name)):
-                os.symlink(target, os.path.join(self.root, name))
+        os.makedirs(self.root)
+        self.populate()
         self.before = self.snapshot()
         self.server = Server(self.root, readonly=readonly)
         self.errors = _Recorder()
         logging.getLogger("virtio.p9").addHandler(self.errors)
+
+    def populate(self) -> None:
+        """(Re)make the share's own entries, whatever the guest did to them."""
+        want = {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "abs": stat.S_IFLNK,
+                "rel": stat.S_IFLNK, "abs_secret": stat.S_IFLNK}
+        for name, kind in want.items():
+            p = os.path.join(self.root, name)
+            try:
+                if stat.S_IFMT(os.lstat(p).st_mode) == kind:
+                    continue
+                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+            except FileNotFoundError:
+                pass
+            self._make(name, p)
+
+    def _make(self, name: str, p: str) -> None:
+        targets = {"abs": self.outside, "rel": "../outside",
+                   "abs_secret": os.path.join(self.outside, "secret")}
+        if name == "dir":
+            os.mkdir(p)
+        elif name == "file":
+            with open(p, "wb") as f:
+                f.write(b"0123456789")
+        else:
+            os.symlink(targets[name], p)
+
+    def inodes_outside(self) -> set[int]:
+        return {os.lstat(p).st_ino for p in (self.base, self.outside,
+                                              os.path.join(self.outside, "secret"))}
 
     def client(self, msize: int = 65536) -> Client:
         c = Client(self.server.handle)
