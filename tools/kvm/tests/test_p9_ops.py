@@ -6,7 +6,7 @@ import stat
 
 import pytest
 from p9share import Share
-from virtio.p9.client import dirents
+from virtio.p9.client import Client, dirents
 from virtio.p9.fs import QTDIR, QTFILE, QTSYMLINK
 from virtio.p9.wire import NOFID, Msg
 
@@ -269,3 +269,9 @@ def test_flush_and_clunk(c):
     assert c.rpc(Msg.TFLUSH, 3) == []
     c.walk(0, 1)
     assert c.rpc(Msg.TCLUNK, 1) == []
+
+
+def test_handle_takes_a_memoryview(share):
+    c = Client(lambda m: share.server.handle(memoryview(bytearray(m))))
+    c.mount()
+    assert c.walk(0, 1, b"dir")[0][0] == QTDIR
