@@ -62,6 +62,7 @@ class Server:
         self.fids = FidTable()
         self.msize = MAX_MSIZE
         self.ready = False      # no requests but Tversion until negotiated
+        # Reading the umask means setting it; done once, before any I/O thread.
         self.umask = os.umask(0o22)
         os.umask(self.umask)
 
