@@ -2,16 +2,20 @@
 
 import errno
 import os
+import shutil
 import stat
+import tempfile
 
 import pytest
 from p9share import Share
+from virtio.p9 import Server
 from virtio.p9.client import Client, dirents
 from virtio.p9.fs import QTDIR, QTFILE, QTSYMLINK
 from virtio.p9.wire import NOFID, Msg
 
 O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_DIRECTORY = 0, 1, 2, 0o100, 0o1000, 0o200000
 ALL = 0x3FFF
+NOBODY = 65534
 
 
 @pytest.fixture
@@ -275,3 +279,31 @@ def test_handle_takes_a_memoryview(share):
     c = Client(lambda m: share.server.handle(memoryview(bytearray(m))))
     c.mount()
     assert c.walk(0, 1, b"dir")[0][0] == QTDIR
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_unprivileged_create_keeps_our_owner():
+    # tmp_path sits under a 0700 directory, out of reach once we drop root.
+    base = tempfile.mkdtemp()
+    os.chmod(base, 0o755)
+    os.chown(base, NOBODY, NOBODY)
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            c = Client(Server(base).handle)
+            c.mount(uid=1234)
+            c.walk(0, 1)
+            c.rpc(Msg.TLCREATE, 1, b"f", O_RDWR | O_CREAT, 0o640, 77)
+            c.rpc(Msg.TMKDIR, 0, b"d", 0o750, 77)
+            status = 0
+        finally:
+            os._exit(status)
+    assert os.waitpid(pid, 0)[1] == 0
+    for name, mode in (("f", 0o640), ("d", 0o750)):
+        st = os.stat(os.path.join(base, name))
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (NOBODY, NOBODY, mode)
+    shutil.rmtree(base)
