@@ -55,7 +55,7 @@ $(BUILD)/deps.stamp: scripts/install-deps.sh Makefile
 	$(Q)scripts/install-deps.sh $(DEB_PKGS)
 	$(Q)touch $@
 
-$(VENV)/.stamp: requirements.txt $(BUILD)/deps.stamp
+$(VENV)/.stamp: requirements.txt | $(BUILD)/deps.stamp
 	$(say) VENV $(VENV)
 	$(Q)$(PYTHON3) -m venv $(VENV)
 	$(Q)$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
@@ -97,7 +97,12 @@ guest-kernel: $(VENV)/.stamp
 run: all
 	$(Q)./lkvm run $(GUESTDIR)/hello.bin
 
-bench: all
+$(BUILD)/bench/pio_loop: $(KVMDIR)/bench/pio_loop.c $(BUILD)/deps.stamp
+	$(say) CC $@
+	$(Q)mkdir -p $(dir $@)
+	$(Q)$(CC) -O2 -Wall $(addprefix -I,$(UAPI_INC)) -o $@ $<
+
+bench: all $(BUILD)/bench/pio_loop
 	$(Q)$(PY) $(KVMDIR)/bench/run.py
 
 clean:
