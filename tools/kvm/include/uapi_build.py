@@ -241,7 +241,10 @@ def main() -> None:
     ap.add_argument("-I", dest="incdirs", action="append", default=[])
     args = ap.parse_args()
     try:
-        build(args.outdir, [f"-I{d}" for d in args.incdirs])
+        # Absolute, since cffi compiles from inside its own directory; and
+        # system headers, as installed uapi headers are: gcc then reports a
+        # bad macro where it is used (the probe's line), not where defined.
+        build(args.outdir, [f"-isystem{os.path.abspath(d)}" for d in args.incdirs])
     except subprocess.CalledProcessError as e:
         sys.exit(f"uapi_build: {' '.join(e.cmd)} failed:\n{e.stderr}")
 

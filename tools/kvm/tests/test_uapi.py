@@ -1,8 +1,14 @@
 """The cffi bindings agree with the C compiler on the same headers."""
 
+import os
 import subprocess
 
 from include.uapi import ffi, lib
+from tests.helpers import TOP
+
+# Where make installs a surrounding kernel tree's headers; the bindings
+# were built from them when they exist, so the probe must use them too.
+TREE_HEADERS = os.path.join(TOP, ".build", "uapi", "include")
 
 CONSTANTS = ("KVM_RUN", "KVM_SET_USER_MEMORY_REGION", "KVM_CREATE_VCPU", "KVM_GET_SREGS",
              "KVM_IRQFD", "KVM_EXIT_IO", "KVM_EXIT_MMIO", "KVM_CAP_IRQCHIP",
@@ -27,7 +33,8 @@ def compiled_values(tmp_path) -> list[int]:
                    "#include <asm/bootparam.h>\n#include <asm/processor-flags.h>\n"
                    "int main(void) {\n" + "\n".join(body) + "\nreturn 0; }\n")
     exe = tmp_path / "probe"
-    subprocess.run(["gcc", "-o", str(exe), str(src)], check=True)
+    includes = ["-isystem", TREE_HEADERS] if os.path.isdir(TREE_HEADERS) else []
+    subprocess.run(["gcc", *includes, "-o", str(exe), str(src)], check=True)
     return [int(x) for x in subprocess.run([str(exe)], capture_output=True,
                                            check=True).stdout.split()]
 
