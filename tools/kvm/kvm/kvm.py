@@ -28,7 +28,11 @@ class Kvm:
         except OSError as e:
             hint = OPEN_HINTS.get(e.errno, e.strerror)
             raise LkvmError(f"cannot open {path}: {hint}") from None
-        version = ioctl(self.fd, lib.KVM_GET_API_VERSION)
+        try:
+            version = ioctl(self.fd, lib.KVM_GET_API_VERSION)
+        except OSError:
+            os.close(self.fd)
+            raise LkvmError(f"{path} is not a KVM device") from None
         if version != lib.KVM_API_VERSION:
             raise LkvmError(f"KVM API version {version}, lkvm needs {lib.KVM_API_VERSION}")
         self.vcpu_mmap_size = ioctl(self.fd, lib.KVM_GET_VCPU_MMAP_SIZE)

@@ -39,3 +39,17 @@ def test_fatal_exit_dumps_registers():
     assert "rbx: 000000005a5a5a5a" in err
     assert "Segment registers:" in err and "Code:" in err
     assert "Traceback" not in err
+
+
+def test_unhandled_ports_are_ignored_and_reported_on_request(tmp_path):
+    # pio_bench writes port 0x80, which no device claims; its exit count
+    # sits at offset 2 of the image.
+    image = bytearray(open(guest("pio_bench"), "rb").read())
+    image[2:6] = (3).to_bytes(4, "little")
+    path = tmp_path / "three.bin"
+    path.write_bytes(image)
+    quiet = run_lkvm("run", "-c", "1", "-m", "16", str(path))
+    loud = run_lkvm("run", "-c", "1", "-m", "16", "--debug-ioport", str(path))
+    assert quiet.returncode == loud.returncode == 0
+    assert b"unhandled ioport" not in quiet.stderr
+    assert loud.stderr.count(b"unhandled ioport out at 0x80, size 1") == 3
