@@ -45,9 +45,10 @@ endif
 
 UAPI_SO   := $(KVMDIR)/include/_uapi.so.stamp
 GUESTS    := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/*.S))
+INIT      := $(KVMDIR)/guest/init
 
 .PHONY: all deps check test lint run bench clean help kvmconfig guest-kernel
-all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS)
+all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(INIT)
 
 deps: $(BUILD)/deps.stamp
 $(BUILD)/deps.stamp: scripts/install-deps.sh Makefile
@@ -75,6 +76,12 @@ $(GUESTDIR)/%.bin: $(GUESTDIR)/%.S $(BUILD)/deps.stamp
 	$(Q)as --32 -o $(@:.bin=.o) $<
 	$(Q)ld -m elf_i386 -Ttext=0 --oformat binary -o $@ $(@:.bin=.o)
 	$(Q)rm -f $(@:.bin=.o)
+
+# The guest init runs on the host's files, so it must not need the host's
+# libraries before /host is mounted: static.
+$(INIT): $(INIT).c $(BUILD)/deps.stamp
+	$(say) CC $@
+	$(Q)$(CC) -static -Os -Wall -Wextra -o $@ $<
 
 lint: all
 	$(say) RUFF $(KVMDIR) scripts
@@ -107,7 +114,7 @@ bench: all $(BUILD)/bench/pio_loop
 
 clean:
 	$(say) CLEAN .
-	$(Q)rm -rf $(BUILD) $(GUESTS) $(KVMDIR)/include/_uapi.* .pytest_cache .ruff_cache
+	$(Q)rm -rf $(BUILD) $(GUESTS) $(INIT) $(KVMDIR)/include/_uapi.* .pytest_cache .ruff_cache
 	$(Q)find . -name __pycache__ -prune -exec rm -rf {} +
 
 help:
