@@ -3,6 +3,7 @@ builtin-<name>.py file in tools/kvm and a row here."""
 
 COMMANDS = (
     ("run", "Start the virtual machine"),
+    ("setup", "Setup a new virtual machine"),
     ("version", "Print the version of lkvm"),
     ("help", "Display help information about lkvm"),
 )
