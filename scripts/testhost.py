@@ -2,8 +2,9 @@
 """The e2e test host from the command line.
 
 scripts/testhost.py prepare              fill the cache (kernels, initramfs)
-scripts/testhost.py needed               does this host need L1? (probe timing)
+scripts/testhost.py needed               does this host need L1? (exit 0 if so)
 scripts/testhost.py run [-t S] -- CMD…   run CMD in L1; exit with its status
+scripts/testhost.py console -- CMD…      run CMD in L1 on this terminal (make run)
 scripts/testhost.py guest-kernel         print the L2 guest kernel's path
 scripts/testhost.py initrd SCRIPT        print the path of an L2 initramfs running SCRIPT
 """
@@ -32,8 +33,9 @@ def cmd_needed(args: argparse.Namespace) -> int:
     halted, ns = probe.measure()
     how = f"{ns / 1e6:.3f} ms" if halted else f"did not halt ({ns / 1e6:.3f} ms)"
     print(f"CPL0 probe: {how}; threshold {probe.THRESHOLD_NS / 1e6:.0f} ms")
-    print("L1 needed" if testhost.needed() else "L1 not needed")
-    return 0
+    needed = testhost.needed()
+    print("L1 needed" if needed else "L1 not needed")
+    return 0 if needed else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -49,6 +51,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.stderr.write(result.stderr)
     print(f"testhost: exit {result.returncode} after {took:.1f} s", file=sys.stderr)
     return result.returncode
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    """CMD on L1's console, which is this terminal: for a person, not a test."""
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        sys.exit("testhost console: no command given")
+    print("testhost: booting the nested host (L1) ...", file=sys.stderr)
+    with testhost.Session(cpus=args.cpus, mem=args.mem, interactive=True) as session:
+        return session.run(cmd, args.timeout).returncode
 
 
 def cmd_guest_kernel(args: argparse.Namespace) -> int:
@@ -72,6 +84,12 @@ def main() -> int:
     run.add_argument("-m", "--mem", default="4G")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
+    console = sub.add_parser("console", help="run a command in L1 on this terminal")
+    console.add_argument("-t", "--timeout", type=float, default=24 * 3600.0)
+    console.add_argument("-c", "--cpus", type=int, default=2)
+    console.add_argument("-m", "--mem", default="4G")
+    console.add_argument("cmd", nargs=argparse.REMAINDER)
+    console.set_defaults(func=cmd_console)
     kernel = sub.add_parser("guest-kernel", help="print the L2 kernel's path")
     kernel.set_defaults(func=cmd_guest_kernel)
     initrd = sub.add_parser("initrd", help="build an L2 initramfs")

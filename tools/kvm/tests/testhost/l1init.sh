@@ -45,8 +45,10 @@ mount -t 9p -o "$p9" results run/testhost || fail "cannot mount the results shar
 cd /
 echo "testhost-l1: root ready"
 
-# The control channel: the host sends "RUN <job>" or "QUIT"; each job is
-# <job>.sh in the results share and is answered with "DONE <job> <status>".
+# The control channel: the host sends "RUN <job>", "CONSOLE <job>" or "QUIT";
+# each job is <job>.sh in the results share and is answered with
+# "DONE <job> <status>". RUN keeps the job's output in the share; CONSOLE
+# gives the job L1's console as its terminal, for a person at the keyboard.
 ctl=/dev/ttyS1
 stty -F $ctl raw -echo || fail "no control port"
 exec 3<>$ctl
@@ -56,6 +58,11 @@ while read -r verb job <&3; do
 	RUN)
 		r=/run/testhost/$job
 		chroot /newroot /bin/sh "$r.sh" </dev/null >"/newroot$r.out" 2>"/newroot$r.err"
+		echo "DONE $job $?" >&3
+		;;
+	CONSOLE)
+		r=/run/testhost/$job
+		setsid -c chroot /newroot /bin/sh "$r.sh" <>/dev/ttyS0 >&0 2>&0
 		echo "DONE $job $?" >&3
 		;;
 	QUIT)

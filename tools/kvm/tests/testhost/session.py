@@ -52,7 +52,12 @@ class Session:
     """
 
     def __init__(
-        self, *, mem: str = "4G", cpus: int = 2, boot_timeout: float = 300.0
+        self,
+        *,
+        mem: str = "4G",
+        cpus: int = 2,
+        boot_timeout: float = 300.0,
+        interactive: bool = False,
     ) -> None:
         if shutil.which(QEMU) is None:
             raise TestHostError(f"{QEMU} not found: install qemu-system-x86")
@@ -67,6 +72,7 @@ class Session:
         self._proc: subprocess.Popen[bytes] | None = None
         self._pidfd = -1
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._interactive = interactive
         try:
             self._boot(assets, mem, cpus, boot_timeout)
         except BaseException:
@@ -86,14 +92,16 @@ class Session:
             "-nodefaults", "-no-reboot", "-display", "none",
             "-kernel", str(assets.kernel), "-initrd", str(assets.initrd),
             "-append", "console=ttyS0 panic=-1 quiet mitigations=off",
-            "-serial", f"file:{self._console}",
+            *self._console_args(),
             "-chardev", f"socket,id=ctl,path={ctl}", "-serial", "chardev:ctl",
             "-virtfs", f"{virtfs},path=/,mount_tag=hostfs,readonly=on",
             "-virtfs", f"{virtfs},path={self._share},mount_tag=results",
         ]  # fmt: skip
+        stdin = None if self._interactive else subprocess.DEVNULL
         with open(self._tmp / "qemu.err", "wb") as err:
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+                cmd, stdin=stdin, stdout=None if self._interactive else subprocess.DEVNULL,
+                stderr=err,
             )
         self._pidfd = os.pidfd_open(self._proc.pid)
         deadline = start + timeout
@@ -102,6 +110,13 @@ class Session:
         while self._readline(deadline, "L1 to boot") != "READY":
             pass
         self.boot_seconds = time.monotonic() - start
+
+    def _console_args(self) -> list[str]:
+        """L1's console: a log file, or the caller's terminal when a person
+        drives it (signal=off: Ctrl-C belongs to the guest)."""
+        if self._interactive:
+            return ["-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con"]
+        return ["-serial", f"file:{self._console}"]
 
     def _wait(self, sock: socket.socket, deadline: float, what: str) -> None:
         """Block until `sock` is readable; fail if qemu exits or time runs out first."""
@@ -167,7 +182,8 @@ class Session:
             f" {shlex.join(cmd)}\n"
         )
         (self._share / f"{job}.sh").write_text(script)
-        self._conn.sendall(f"RUN {job}\n".encode())
+        verb = "CONSOLE" if self._interactive else "RUN"
+        self._conn.sendall(f"{verb} {job}\n".encode())
         deadline = time.monotonic() + timeout
         try:
             what = f"{shlex.join(cmd)} (timeout {timeout} s)"
