@@ -14,11 +14,18 @@ import threading
 
 from include.uapi import ffi, lib
 from kvm.ioctl import ioctl, ioctl_fd
+from kvm.layout import reader
 
 KICK_SIGNAL = signal.SIGUSR1
 
 EXIT_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_")
               and not n.startswith(("KVM_EXIT_IO_", "KVM_EXIT_HYPERV_", "KVM_EXIT_XEN_"))}
+
+
+# The exit path reads kvm_run with one unpack each, not a cffi read per field.
+EXIT_REASON, EXIT_REASON_AT = reader("struct kvm_run", ("exit_reason",))
+IO, IO_AT = reader("kvm_run__io", ("direction", "size", "port", "count", "data_offset"),
+                   ffi.offsetof("struct kvm_run", "io"))
 
 
 class VcpuStop(Exception):
@@ -83,7 +90,8 @@ class Vcpu:
 
     def _loop(self) -> None:
         fd, run, exits, vm = self.fd, self.run, self.exits, self.vm
-        request = lib.KVM_RUN
+        request, page, reason_at = lib.KVM_RUN, self.run_map, EXIT_REASON_AT
+        unpack_reason, fatal = EXIT_REASON.unpack_from, self._exit_fatal
         while True:
             if vm.stopping:
                 raise VcpuStop
@@ -93,15 +101,14 @@ class Vcpu:
                 run.immediate_exit = 0
                 vm.vcpu_checkpoint(self)
                 continue
-            exits.get(run.exit_reason, self._exit_fatal)()
+            exits.get(unpack_reason(page, reason_at)[0], fatal)()
 
     # Exits.
     def _exit_io(self) -> None:
-        io = self.run.io
-        port, size, count, off = io.port, io.size, io.count, io.data_offset
+        direction, size, port, count, off = IO.unpack_from(self.run_map, IO_AT)
         data = self.run_bytes
         pio = self.vm.pio
-        if io.direction == lib.KVM_EXIT_IO_OUT:
+        if direction == lib.KVM_EXIT_IO_OUT:
             for i in range(off, off + size * count, size):
                 pio.write(port, size, int.from_bytes(data[i:i + size], "little"))
         else:

@@ -58,3 +58,17 @@ def test_nested_anonymous_fields_are_reachable():
     run = ffi.new("struct kvm_run *")
     run.mmio.phys_addr = 0x3F8
     assert run.io.direction == 0xF8 and run.io.size == 0x03
+
+
+def test_struct_readers_agree_with_cffi():
+    from kvm.layout import reader
+
+    run = ffi.new("struct kvm_run *")
+    run.exit_reason = lib.KVM_EXIT_IO
+    run.io.direction, run.io.size, run.io.port = lib.KVM_EXIT_IO_OUT, 2, 0x3F8
+    run.io.count, run.io.data_offset = 7, 4096
+    io, at = reader("kvm_run__io", ("direction", "size", "port", "count", "data_offset"),
+                    ffi.offsetof("struct kvm_run", "io"))
+    assert io.unpack_from(ffi.buffer(run), at) == (lib.KVM_EXIT_IO_OUT, 2, 0x3F8, 7, 4096)
+    reason, at = reader("struct kvm_run", ("exit_reason",))
+    assert reason.unpack_from(ffi.buffer(run), at) == (lib.KVM_EXIT_IO,)
