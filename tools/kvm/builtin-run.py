@@ -112,12 +112,13 @@ def cmd_run(argv: list[str]) -> int:
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)
 
-    # ~/.lkvm/<name>.sock for lkvm list/pause/stop/debug; vm.run's exit hooks remove it.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _: vm.stop(128 + signum))
+    # ~/.lkvm/<name>.sock for lkvm list/pause/stop/debug; vm.run's exit hooks
+    # remove it, so it is made once signals end lkvm through vm.run.
     vm.on_exit.append(IpcServer(vm, cfg.name, sysrq=uarts[0].sysrq).close)
     print(f"  # lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}",
           file=sys.stderr)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _: vm.stop(128 + signum))
     term.start(uarts[0].receive)
     try:
         status = vm.run()
