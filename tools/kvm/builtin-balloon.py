@@ -8,7 +8,7 @@ from kvm.ipc_client import connect
 
 def parser() -> Parser:
     p = Parser("balloon")
-    p.add_argument("-n", "--name", required=True, help="the guest's name")
+    p.add_argument("-n", "--name", help="the guest's name")
     p.add_argument("-i", "--inflate", type=int, metavar="MB", help="take MB from the guest")
     p.add_argument("-d", "--deflate", type=int, metavar="MB", help="give MB back to the guest")
     return p
@@ -16,6 +16,8 @@ def parser() -> Parser:
 
 def cmd_balloon(argv: list[str]) -> int:
     args = parser().parse(argv)
+    if not args.name:
+        raise LkvmError("give the guest's name with -n NAME")
     if (args.inflate is None) == (args.deflate is None):
         raise LkvmError("give either --inflate MB or --deflate MB")
     mib = args.inflate if args.inflate is not None else args.deflate
