@@ -11,6 +11,7 @@ from include.uapi import lib
 from kvm import arch as arch_loader
 from kvm.cmd import TOP, Parser, size_mib
 from kvm.errors import LkvmError
+from kvm.ipc import IpcServer
 from kvm.kvm import Kvm
 from kvm.term import Terminal
 from kvm.vm import Vm
@@ -111,10 +112,13 @@ def cmd_run(argv: list[str]) -> int:
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)
 
-    print(f"  # lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}",
-          file=sys.stderr)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _: vm.stop(128 + signum))
+    # ~/.lkvm/<name>.sock for lkvm list/pause/stop/debug; vm.run's exit hooks
+    # remove it, so it is made once signals end lkvm through vm.run.
+    vm.on_exit.append(IpcServer(vm, cfg.name, sysrq=uarts[0].sysrq).close)
+    print(f"  # lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}",
+          file=sys.stderr)
     term.start(uarts[0].receive)
     try:
         status = vm.run()

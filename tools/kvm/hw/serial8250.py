@@ -16,13 +16,16 @@ IIR_NO_INT, IIR_THRI, IIR_RDI, IIR_FIFO_ENABLED = 0x01, 0x02, 0x04, 0xC0
 FCR_ENABLE_FIFO, FCR_CLEAR_RCVR = 0x01, 0x02
 LCR_DLAB = 0x80
 MCR_DTR, MCR_RTS, MCR_OUT1, MCR_OUT2, MCR_LOOP = 0x01, 0x02, 0x04, 0x08, 0x10
-LSR_DR, LSR_THRE, LSR_TEMT = 0x01, 0x20, 0x40
+LSR_DR, LSR_BI, LSR_THRE, LSR_TEMT = 0x01, 0x10, 0x20, 0x40
 MSR_CTS, MSR_DSR, MSR_RI, MSR_DCD = 0x10, 0x20, 0x40, 0x80
 
 # In loopback the modem outputs come back as its inputs.
 LOOPBACK_MSR = ((MCR_DTR, MSR_DSR), (MCR_RTS, MSR_CTS), (MCR_OUT1, MSR_RI), (MCR_OUT2, MSR_DCD))
 
 RX_LIMIT = 4096  # bytes of input held for a guest that is not reading
+# A break condition waits in the FIFO as a NUL flagged with it, as the chip
+# reports one: LSR_BI set while that NUL is at the head.
+BREAK = 0x100
 
 
 class Serial8250:
@@ -53,7 +56,7 @@ class Serial8250:
     def _read(self, offset: int) -> int:
         dlab = self.lcr & LCR_DLAB
         if offset == RBR_THR_DLL:
-            return self.dll if dlab else (self.rx.popleft() if self.rx else 0)
+            return self.dll if dlab else (self.rx.popleft() & 0xFF if self.rx else 0)
         if offset == IER_DLM:
             return self.dlm if dlab else self.ier
         if offset == IIR_FCR:
@@ -62,7 +65,9 @@ class Serial8250:
                 self.thri_pending = False  # reading IIR acknowledges THRE
             return iir | (IIR_FIFO_ENABLED if self.fcr & FCR_ENABLE_FIFO else 0)
         if offset == LSR:
-            return LSR_THRE | LSR_TEMT | (LSR_DR if self.rx else 0)
+            head = self.rx[0] if self.rx else None
+            return LSR_THRE | LSR_TEMT | (LSR_DR if self.rx else 0) | \
+                (LSR_BI if head == BREAK else 0)
         if offset == MSR:
             return self._msr()
         return {LCR: self.lcr, MCR: self.mcr, SCR: self.scr}[offset]
@@ -122,6 +127,14 @@ class Serial8250:
         """Bytes typed on the terminal, for the guest to read."""
         with self.lock:
             self._receive_locked(data)
+            self._update_irq()
+
+    def sysrq(self, key: bytes) -> None:
+        """A break then `key`: what Linux's serial console takes as
+        Magic SysRq, as `lkvm debug --sysrq` sends it."""
+        with self.lock:
+            if len(self.rx) + 2 <= RX_LIMIT:
+                self.rx.extend((BREAK, key[0]))
             self._update_irq()
 
     def _receive_locked(self, data: bytes) -> None:

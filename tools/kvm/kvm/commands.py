@@ -4,6 +4,13 @@ builtin-<name>.py file in tools/kvm and a row here."""
 COMMANDS = (
     ("run", "Start the virtual machine"),
     ("setup", "Setup a new virtual machine"),
+    ("list", "Print a list of running instances on the host"),
+    ("pause", "Pause the virtual machine"),
+    ("resume", "Resume the virtual machine"),
+    ("stop", "Stop a running instance"),
+    ("debug", "Print debug information from a running instance"),
+    ("balloon", "Inflate or deflate the virtio balloon"),
+    ("stat", "Print statistics about a running instance"),
     ("version", "Print the version of lkvm"),
     ("help", "Display help information about lkvm"),
 )

@@ -8,6 +8,7 @@ import shutil
 
 from kvm.cmd import TOP
 from kvm.errors import LkvmError
+from kvm.home import lkvm_dir
 
 DIRS = ("dev", "etc", "home", "host", "proc", "root", "sys", "tmp", "var", "var/lib",
         "virt", "virt/home")
@@ -18,18 +19,10 @@ DEFAULT = "default"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def lkvm_home() -> str:
-    """~/.lkvm, where rootfs directories and guests' sockets live."""
-    home = os.environ.get("HOME")
-    if not home:
-        raise LkvmError("HOME is not set: lkvm keeps its state in $HOME/.lkvm")
-    return os.path.join(home, ".lkvm")
-
-
 def rootfs_path(name: str) -> str:
     if not NAME.match(name):
         raise LkvmError(f"'{name}' is not a rootfs name: use letters, digits, '.', '_', '-'")
-    return os.path.join(lkvm_home(), name)
+    return os.path.join(lkvm_dir(), name)
 
 
 def install_init(root: str) -> None:
@@ -52,8 +45,7 @@ def create(name: str) -> str:
     """Make ~/.lkvm/NAME; it must not exist yet."""
     root = rootfs_path(name)
     try:
-        os.makedirs(lkvm_home(), mode=0o700, exist_ok=True)
-        os.mkdir(root, 0o755)
+        os.mkdir(os.path.join(lkvm_dir(create=True), name), 0o755)
         for d in DIRS:
             os.makedirs(os.path.join(root, d), exist_ok=True)
         for link in HOST_LINKS:

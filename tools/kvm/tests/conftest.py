@@ -3,6 +3,8 @@ first directory above the tests package there), so tests import lkvm's
 packages by their names."""
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -15,6 +17,16 @@ __all__ = ["l2host"]
 def kvm_available() -> None:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("no usable /dev/kvm")
+
+
+@pytest.fixture
+def lkvm_home(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A private HOME (so ~/.lkvm is the test's own) with a short path:
+    unix socket paths must fit in 108 bytes."""
+    home = tempfile.mkdtemp(prefix="lkvm-")
+    monkeypatch.setenv("HOME", home)
+    yield home
+    shutil.rmtree(home)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

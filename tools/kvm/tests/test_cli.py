@@ -60,3 +60,11 @@ def test_bad_options():
     assert "not a memory size" in one_fatal_line(run_lkvm("run", "-m", "lots", guest("hello")))
     assert "more than the host" in one_fatal_line(run_lkvm("run", "-m", "64T", guest("hello")))
     assert "either as -k" in one_fatal_line(run_lkvm("run", "-k", "a", "b"))
+
+
+def test_every_command_has_its_document():
+    from kvm.commands import COMMANDS
+    for name, _ in COMMANDS:
+        r = run_lkvm("help", name)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"lkvm-{name}(1)".encode()), name

@@ -12,6 +12,7 @@ from x86.layout import IDENTITY_MAP_ADDR, TSS_ADDR, ram_layout
 
 memory_layout = ram_layout
 dump_vcpu = cpu.dump
+inject_nmi = cpu.inject_nmi
 
 # The PC's four COM ports: (I/O base, ISA IRQ).
 SERIAL_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))

@@ -3,6 +3,7 @@
 from include.uapi import ffi, lib
 from kvm.errors import GuestError
 from kvm.ioctl import ioctl
+from x86 import pagetable
 
 # Local APIC register offsets and LVT fields, from the Intel SDM vol. 3
 # (hardware, not kernel ABI: no uapi header carries them).
@@ -106,4 +107,22 @@ def dump(vcpu: object) -> str:
     where = f" rip: [<{r.rip:016x}>] linear {linear:#x}, physical "
     out.append(where + (f"{phys:#x}" if phys is not None else "unmapped"))
     out.append(" " + (code.hex(" ") if code else "(not in guest RAM)"))
+    out += ["", " Page Tables:", " ------------"]
+    stack = r.rsp + s.ss.base if not s.cs.l else r.rsp
+    for name, addr in (("rip", linear), ("rsp", stack)):
+        out.append(f" {name} linear {addr:#x}: " + describe_walk(
+            pagetable.walk(vcpu.vm.mem, s.cr0, s.cr3, s.cr4, s.efer, addr)))
     return "\n".join(out)
+
+
+def describe_walk(w: pagetable.Walk) -> str:
+    steps = [f"{name} {entry:016x}" for name, entry in w.entries]
+    end = f"physical {w.physical:#x}" if w.physical is not None else "unmapped"
+    if w.problem:
+        end += f" ({w.problem})"
+    return "  ".join(steps + [end])
+
+
+def inject_nmi(vcpu: object) -> None:
+    """KVM_NMI: only while the vCPU is out of KVM_RUN (paused)."""
+    ioctl(vcpu.fd, lib.KVM_NMI)

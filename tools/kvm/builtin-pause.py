@@ -1,0 +1,17 @@
+"""lkvm pause: stop a guest's vCPUs; the command returns once all of them
+are stopped."""
+
+from kvm.ipc import PAUSE, VMSTATE_PAUSED
+from kvm.ipc_client import Guest, for_each, instance_parser
+
+
+def pause(guest: Guest) -> None:
+    if guest.vmstate() == VMSTATE_PAUSED:
+        print(f"Guest {guest.name} is already paused.")
+        return
+    guest.request(PAUSE)
+    print(f"Guest {guest.name} paused")
+
+
+def cmd_pause(argv: list[str]) -> int:
+    return for_each(instance_parser("pause").parse(argv), pause)

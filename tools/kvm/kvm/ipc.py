@@ -1,0 +1,309 @@
+"""The IPC socket of a running guest: how `lkvm list`, `pause`, `stop`,
+`debug` ... reach it.
+
+One AF_UNIX stream socket per guest, ~/.lkvm/<name>.sock, served by one
+thread.  Requests are kvmtool's: u32 type, u32 length, payload, in host
+(little-endian) order.  Every request gets a framed reply, u32 status
+(0 or an errno value), u32 length, payload (the answer, or a one-line
+message when status is not 0): a client learns that a pause took effect,
+or why a request failed.  Documentation/lkvm-ipc.txt has the details.
+"""
+
+import errno
+import os
+import selectors
+import socket
+import stat
+import struct
+import sys
+import threading
+from collections.abc import Callable
+
+from include.uapi import lib
+from kvm.errors import LkvmError
+from kvm.home import lkvm_dir
+from kvm.ioctl import ioctl
+
+# Message types, kvmtool's numbers (include/kvm/kvm-ipc.h).
+BALLOON, DEBUG, STAT, PAUSE, RESUME, STOP, PID, VMSTATE = range(1, 9)
+VMSTATE_RUNNING, VMSTATE_PAUSED = 0, 1
+
+HEADER = struct.Struct("<II")  # requests: type, length; replies: status, length
+U32 = struct.Struct("<I")
+S32 = struct.Struct("<i")
+# kvmtool's struct debug_cmd_params: u32 dbg_type, u32 cpu, char sysrq,
+# padded to 12 bytes.
+DEBUG_PARAMS = struct.Struct("<IIc3x")
+DEBUG_DUMP, DEBUG_NMI, DEBUG_SYSRQ = 1 << 0, 1 << 1, 1 << 2
+
+MAX_PAYLOAD = 4096  # far above any request; a bigger length is garbage
+SEND_TIMEOUT = 5.0  # a client that stops reading loses its connection, not the server
+SOCK_SUFFIX = ".sock"
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+
+
+class IpcError(Exception):
+    """A request the guest cannot carry out: sent back as status `errno`
+    with the message."""
+
+    def __init__(self, err: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
+def socket_path(name: str, create_dir: bool = False) -> str:
+    if not name or "/" in name or name.startswith(".") or "\0" in name:
+        raise LkvmError(f"'{name}' is not a usable guest name")
+    path = os.path.join(lkvm_dir(create_dir), name + SOCK_SUFFIX)
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise LkvmError(f"socket path {path} is longer than a unix socket allows "
+                        f"({SUN_PATH_MAX} bytes): use a shorter name or HOME")
+    return path
+
+
+def is_live(path: str) -> bool:
+    """Does a guest answer on this socket?  Refused means a dead guest's
+    leftover."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
+        try:
+            s.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return False
+    return True
+
+
+def _bind(path: str, name: str) -> socket.socket:
+    """A listening socket at `path`.  It is bound under a private name and
+    linked into place, so a socket file at `path` always has a listener:
+    a client never mistakes a guest that is starting for a dead one."""
+    tmp = f"{path}.{os.getpid()}.new"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)  # our pid's, from a killed run: nobody else's
+        sock.bind(tmp)
+        os.chmod(tmp, 0o600)
+        sock.listen(16)
+        try:
+            for _ in range(3):
+                try:
+                    os.link(tmp, path)
+                    return sock
+                except FileExistsError:
+                    pass
+                if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                    raise LkvmError(f"{path} exists and is not a socket")
+                if is_live(path):
+                    raise LkvmError(f"the guest name '{name}' is in use: "
+                                    f"{path} belongs to a running guest")
+                os.unlink(path)
+                print(f"  # removed stale socket {path}", file=sys.stderr)
+            raise LkvmError(f"cannot claim {path}: other guests keep taking it")
+        finally:
+            os.unlink(tmp)
+    except OSError as e:
+        sock.close()
+        raise LkvmError(f"cannot create {path}: {e.strerror}") from None
+    except LkvmError:
+        sock.close()
+        raise
+
+
+Handler = Callable[[bytes], bytes]
+
+
+class IpcServer:
+    """Serves one guest's socket from a thread until close().  Handlers
+    take the payload and return the reply payload, or raise IpcError; a
+    table maps each message type to its handler and payload size."""
+
+    def __init__(self, vm: object, name: str,
+                 sysrq: Callable[[bytes], None] | None = None) -> None:
+        self.vm = vm
+        self.name = name
+        self.sysrq = sysrq
+        self.path = socket_path(name, create_dir=True)
+        self.handlers: dict[int, tuple[Handler, int | None]] = {
+            PID: (self._pid, 0),
+            VMSTATE: (self._vmstate, 0),
+            PAUSE: (self._pause, 0),
+            RESUME: (self._resume, 0),
+            STOP: (self._stop, 0),
+            DEBUG: (self._debug, DEBUG_PARAMS.size),
+            # The balloon device registers its own handlers when present.
+            BALLOON: (self._no_balloon, S32.size),
+            STAT: (self._no_balloon, 0),
+        }
+        self.sock = _bind(self.path, name)
+        self.ino = os.stat(self.path).st_ino
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.thread = threading.Thread(target=self._serve, name="kvm-ipc", daemon=True)
+        self.thread.start()
+
+    def register(self, msg_type: int, handler: Handler, size: int | None) -> None:
+        """Serve `msg_type` with `handler`; `size` is the payload length it
+        takes (None: any up to MAX_PAYLOAD)."""
+        self.handlers[msg_type] = (handler, size)
+
+    def close(self) -> None:
+        """Remove the socket, end the thread, close every connection."""
+        try:
+            if os.stat(self.path).st_ino == self.ino:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        if self._wake is not None:
+            os.eventfd_write(self._wake, 1)
+            self.thread.join(SEND_TIMEOUT * 2)
+
+    def __enter__(self) -> "IpcServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # The thread.
+    def _serve(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        sel.register(self._wake, selectors.EVENT_READ)
+        try:
+            while True:
+                for key, _ in sel.select():
+                    if key.fileobj == self._wake:
+                        return
+                    if key.fileobj is self.sock:
+                        self._accept(sel)
+                    elif not self._receive(key.fileobj, key.data):
+                        sel.unregister(key.fileobj)
+                        key.fileobj.close()
+        finally:
+            for key in list(sel.get_map().values()):
+                if isinstance(key.fileobj, socket.socket):
+                    key.fileobj.close()
+            sel.close()
+            os.close(self._wake)
+            self._wake = None
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        conn.settimeout(SEND_TIMEOUT)
+        sel.register(conn, selectors.EVENT_READ, bytearray())
+
+    def _receive(self, conn: socket.socket, buf: bytearray) -> bool:
+        """Read what is there and serve every whole request in it; False
+        ends the connection (peer gone, garbage, or a failed reply)."""
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            return False
+        if not data:
+            return False
+        buf += data
+        while len(buf) >= HEADER.size:
+            msg_type, length = HEADER.unpack_from(buf)
+            if length > MAX_PAYLOAD:
+                return False
+            if len(buf) < HEADER.size + length:
+                return True
+            payload = bytes(buf[HEADER.size:HEADER.size + length])
+            del buf[:HEADER.size + length]
+            if not self._dispatch(conn, msg_type, payload):
+                return False
+        return True
+
+    def _dispatch(self, conn: socket.socket, msg_type: int, payload: bytes) -> bool:
+        entry = self.handlers.get(msg_type)
+        keep = True
+        if entry is None:
+            status, reply, keep = errno.EINVAL, f"unknown message type {msg_type}".encode(), False
+        elif entry[1] is not None and len(payload) != entry[1]:
+            status, reply, keep = (errno.EINVAL, f"message type {msg_type} takes {entry[1]} "
+                                   f"bytes, not {len(payload)}".encode(), False)
+        else:
+            try:
+                status, reply = 0, entry[0](payload)
+            except IpcError as e:
+                status, reply = e.errno, str(e).encode()
+            except Exception as e:  # a bug here must not end the guest's IPC
+                print(f"  Warning: IPC message type {msg_type}: {e!r}", file=sys.stderr)
+                status, reply = errno.EIO, f"internal error: {e}".encode()
+        try:
+            conn.sendall(HEADER.pack(status, len(reply)) + reply)
+        except OSError:
+            return False
+        return keep
+
+    # Handlers.
+    def _pid(self, payload: bytes) -> bytes:
+        return U32.pack(os.getpid())
+
+    def _vmstate(self, payload: bytes) -> bytes:
+        return U32.pack(VMSTATE_PAUSED if self.vm.paused else VMSTATE_RUNNING)
+
+    def _require_running(self) -> None:
+        if self.vm.stopping:
+            raise IpcError(errno.ESHUTDOWN, f"guest '{self.name}' is shutting down")
+
+    def _pause(self, payload: bytes) -> bytes:
+        """Answer only once every vCPU is out of KVM_RUN, and tell the
+        guest's kvmclock, so its watchdogs forgive the lost time."""
+        self._require_running()
+        self.vm.pause()
+        self._require_running()
+        for vcpu in self.vm.vcpus:
+            kvmclock_ctrl(vcpu)
+        return b""
+
+    def _resume(self, payload: bytes) -> bytes:
+        self._require_running()
+        self.vm.resume()
+        return b""
+
+    def _stop(self, payload: bytes) -> bytes:
+        self.vm.stop(0)
+        return b""
+
+    def _debug(self, payload: bytes) -> bytes:
+        flags, cpu, sysrq = DEBUG_PARAMS.unpack(payload)
+        vcpus = self.vm.vcpus
+        if flags & DEBUG_NMI and cpu >= len(vcpus):
+            raise IpcError(errno.EINVAL, f"no vCPU {cpu}: guest '{self.name}' has "
+                           f"{len(vcpus)}")
+        if flags & DEBUG_SYSRQ:
+            if self.sysrq is None:
+                raise IpcError(errno.ENODEV, "no serial console for sysrq")
+            self.sysrq(sysrq)
+        if not flags & (DEBUG_NMI | DEBUG_DUMP):
+            return b""
+        # vCPU ioctls wait while the vCPU is in KVM_RUN: park them all.
+        self._require_running()
+        was_paused = self.vm.paused
+        self.vm.pause()
+        try:
+            self._require_running()
+            if flags & DEBUG_NMI:
+                self.vm.arch.inject_nmi(vcpus[cpu])
+            if not flags & DEBUG_DUMP:
+                return b""
+            return "".join(f"\n #\n # vCPU #{v.id}'s dump:\n #\n{self.vm.arch.dump_vcpu(v)}\n"
+                           for v in vcpus).encode()
+        finally:
+            if not was_paused:
+                self.vm.resume()
+
+    def _no_balloon(self, payload: bytes) -> bytes:
+        raise IpcError(errno.ENODEV, f"guest '{self.name}' has no balloon device")
+
+
+def kvmclock_ctrl(vcpu: object) -> None:
+    """KVM_KVMCLOCK_CTRL: the guest will see it was stopped, not stuck.
+    Hosts or guests without kvmclock refuse it, which is fine."""
+    try:
+        ioctl(vcpu.fd, lib.KVM_KVMCLOCK_CTRL, 0)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTTY, errno.EOPNOTSUPP):
+            raise
