@@ -83,8 +83,7 @@ class Virtqueue:
             self._used = self.mem.view(self.used_addr, used)
         except GuestError as e:
             raise QueueError(f"queue rings outside RAM: {e}") from None
-        self.last_avail = self._u16(self._avail, AVAIL_IDX)
-        self.used_idx = self._u16(self._used, USED_IDX)
+        self.last_avail = self.used_idx = 0  # a fresh queue starts at 0, whatever RAM says
         self.enabled = True
 
     @staticmethod
