@@ -137,7 +137,8 @@ class Driver:
         self.queues: list[DriverQueue] = []
 
     def alloc(self, size: int, align: int = 8) -> int:
-        """Bump allocation in low RAM, wrapping round when it runs out."""
+        """Bump allocation in low RAM, wrapping round to just after the
+        rings when it runs out."""
         if self.next + size > LOW_RAM:
             self.next = self.base
         addr = -(-self.next // align) * align
@@ -160,6 +161,7 @@ class Driver:
     def setup_queue(self, index: int, size: int | None = None) -> DriverQueue:
         q = self.device.queues[index]
         dq = DriverQueue(self, index, size or q.max_size)
+        self.base = self.next  # buffers wrap round to here, never over the rings
         q.size, q.desc_addr, q.avail_addr, q.used_addr = dq.size, dq.desc, dq.avail, dq.used
         self.device.enable_queue(index)
         self.queues.append(dq)
