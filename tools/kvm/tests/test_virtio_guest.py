@@ -29,3 +29,25 @@ def test_guest_reads_random_bytes_over_pci():
 def test_guest_finds_no_rng_without_rng():
     r = run_lkvm("run", "-c", "1", "-m", "16", guest("virtio_rng"))
     assert r.returncode == 0 and r.stdout == b"?"
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("/nonexistent.img", b"Fatal: unable to open disk image /nonexistent.img"),
+    ("/dev/null,bogus", b"Fatal: --disk /dev/null,bogus: expected file[,ro][,direct]"),
+    ("/dev/null", b"Fatal: disk image /dev/null is smaller than one sector"),
+])
+def test_bad_disks_are_one_line_errors(spec, message):
+    r = run_lkvm("run", "-c", "1", "-m", "16", "-d", spec, guest("hello"))
+    assert r.returncode != 0
+    assert message in r.stderr and b"Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("transport", ["pci", "mmio", "mmio-legacy"])
+def test_every_transport_starts_and_stops(tmp_path, transport):
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(1 << 20))
+    r = run_lkvm("run", "-c", "1", "-m", "16", "--rng", "--console", "virtio",
+                 "--virtio-transport", transport, "-d", str(img), "-d", f"{img},ro",
+                 guest("hello"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"Hello, lkvm!\n"
