@@ -65,6 +65,8 @@ def parser() -> Parser:
     p.add_argument("--rng", action="store_true", help="a virtio-rng device")
     p.add_argument("-d", "--disk", action="append", default=[], metavar="FILE[,ro][,direct]",
                    help="a virtio-blk disk (repeatable)")
+    p.add_argument("--9p", dest="p9", action="append", default=[], metavar="DIR[,TAG]",
+                   help="share DIR with the guest as 9p mount TAG (repeatable)")
     p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")

@@ -3,6 +3,7 @@ device makers, run in order (hvc0 first, then the rng, then the disks in
 the order given, so /dev/vda is the first -d), and one table of
 transports."""
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,7 +69,16 @@ def blk(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[Virtio
             for i, spec in enumerate(args.disk)]
 
 
-DEVICES = (console, rng, blk)
+def p9(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[VirtioDevice]:
+    device = importlib.import_module("virtio.9p").P9  # named as kvmtool's virtio/9p.c
+    shares = []
+    for spec in args.p9:
+        root, _, tag = spec.partition(",")
+        shares.append(device(ctx.vm.mem, root, *([tag] if tag else [])))
+    return shares
+
+
+DEVICES = (console, rng, blk, p9)
 
 
 def attach(vm: object, args: object, console_out: Callable[[bytes], None]) -> Context:
