@@ -15,6 +15,8 @@ from kvm.ipc import IpcServer
 from kvm.kvm import Kvm
 from kvm.term import Terminal
 from kvm.vm import Vm
+from virtio import setup as virtio_setup
+from virtio.setup import TRANSPORTS
 
 MIN_RAM_MIB = 1
 HOST_RAM_SHARE = 0.8  # kvmtool's default never takes more of the host
@@ -60,7 +62,13 @@ def parser() -> Parser:
     p.add_argument("-k", "--kernel", help="kernel image to boot")
     p.add_argument("-i", "--initrd", help="initial RAM disk image")
     p.add_argument("-p", "--params", default="", help="kernel command line additions")
-    p.add_argument("--console", choices=["serial"], default="serial")
+    p.add_argument("--console", choices=["serial", "virtio"], default="serial")
+    p.add_argument("--rng", action="store_true", help="a virtio-rng device")
+    p.add_argument("-d", "--disk", action="append", default=[], metavar="FILE[,ro][,direct]",
+                   help="a virtio-blk disk (repeatable)")
+    p.add_argument("--9p", dest="p9", action="append", default=[], metavar="DIR[,TAG]",
+                   help="share DIR with the guest as 9p mount TAG (repeatable)")
+    p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")
     p.add_argument("--debug-mmio", action="store_true")
@@ -108,7 +116,8 @@ def cmd_run(argv: list[str]) -> int:
             args.hugetlbfs)
     term = Terminal(on_quit=lambda: vm.stop(0))
     uarts = arch.add_platform_devices(vm, term.write)
-    boot = arch.load_kernel(vm, image, initrd, cfg.params)
+    virtio = virtio_setup.attach(vm, args, term.write)
+    boot = arch.load_kernel(vm, image, initrd, " ".join([*vm.cmdline, cfg.params]).strip())
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)
 
@@ -119,7 +128,7 @@ def cmd_run(argv: list[str]) -> int:
     vm.on_exit.append(IpcServer(vm, cfg.name, sysrq=uarts[0].sysrq).close)
     print(f"  # lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}",
           file=sys.stderr)
-    term.start(uarts[0].receive)
+    term.start(virtio.console.receive if virtio.console else uarts[0].receive)
     try:
         status = vm.run()
     finally:

@@ -1,20 +1,21 @@
-"""make bench: every benchmark in this directory, one after another."""
+#!/usr/bin/env python3
+"""make bench: run every benchmark script in this directory in turn."""
 
-import importlib
 import os
+import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# Each module's main() prints its own lines, with ratios against its baseline.
-BENCHES = ("pio",)
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def main() -> None:
-    for name in BENCHES:
-        print(f"== {name}")
-        importlib.import_module(f"bench.{name}").main()
+def main() -> int:
+    status = 0
+    for name in sorted(os.listdir(HERE)):
+        if name.endswith(".py") and name != "run.py":
+            print(f"== {name}", flush=True)
+            status |= subprocess.call([sys.executable, os.path.join(HERE, name)])
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

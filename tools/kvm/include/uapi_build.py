@@ -24,6 +24,7 @@ from pycparser import c_ast, c_generator, c_parser
 HEADERS = (
     "linux/kvm.h",
     "linux/pci_regs.h",
+    "linux/falloc.h",
     "linux/if_tun.h",
     "linux/virtio_9p.h",
     "linux/virtio_balloon.h",

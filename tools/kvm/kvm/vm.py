@@ -48,6 +48,8 @@ class Vm:
         self._pause_lock = threading.Condition()
         self._parked = 0
         self.on_exit: list[Callable[[], None]] = []
+        # Kernel command line fragments devices need (virtio_mmio.device=...).
+        self.cmdline: list[str] = []
 
     # Interrupts.
     def irq_line(self, irq: int, level: int) -> None:
@@ -70,12 +72,21 @@ class Vm:
         """An eventfd the kernel signals on a guest write to `addr`, instead
         of exiting to a vCPU thread."""
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        flags = (lib.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | \
+        self._ioeventfd(efd, addr, length, pio, datamatch, 0)
+        return efd
+
+    def remove_ioeventfd(self, efd: int, addr: int, length: int, pio: bool,
+                         datamatch: int | None = None) -> None:
+        """Undo ioeventfd() (the eventfd stays open: the caller owns it)."""
+        self._ioeventfd(efd, addr, length, pio, datamatch, lib.KVM_IOEVENTFD_FLAG_DEASSIGN)
+
+    def _ioeventfd(self, efd: int, addr: int, length: int, pio: bool,
+                   datamatch: int | None, flags: int) -> None:
+        flags |= (lib.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | \
             (lib.KVM_IOEVENTFD_FLAG_DATAMATCH if datamatch is not None else 0)
         ioctl(self.fd, lib.KVM_IOEVENTFD, ffi.new("struct kvm_ioeventfd *", {
             "addr": addr, "len": length, "fd": efd, "flags": flags,
             "datamatch": datamatch or 0}))
-        return efd
 
     # Life.
     def run(self) -> int:

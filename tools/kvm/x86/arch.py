@@ -8,7 +8,7 @@ from include.uapi import ffi, lib
 from kvm.ioctl import ioctl
 from x86 import cpu
 from x86.flat import FlatBinary
-from x86.layout import IDENTITY_MAP_ADDR, TSS_ADDR, ram_layout
+from x86.layout import GAP_START, IDENTITY_MAP_ADDR, TSS_ADDR, VIRTIO_MMIO_START, ram_layout
 
 memory_layout = ram_layout
 dump_vcpu = cpu.dump
@@ -58,3 +58,24 @@ def setup_vcpu(vcpu: object, boot: object) -> None:
     cpu.set_cpuid(vcpu, vcpu.vm.supported_cpuid)
     cpu.wire_lapic(vcpu)
     boot.setup_vcpu(vcpu)
+
+
+# ISA lines free for PCI INTx and virtio-mmio, as kvmtool hands out from 5
+# up (the UARTs have 3 and 4, the i8042 1 and 12, the RTC 8, the PIT 0,
+# the PIC cascade 2, the IDE legacy 14 and 15 are left alone too).
+LEGACY_IRQS = (5, 6, 7, 9, 10, 11)
+IOAPIC_PINS = 24
+PIC_PINS = 8
+
+
+def irqchip_routes() -> list[tuple[int, int, int]]:
+    """KVM's default routes for the PIC pair and the IOAPIC, which
+    KVM_SET_GSI_ROUTING would otherwise drop: (gsi, irqchip, pin)."""
+    routes = [(gsi, lib.KVM_IRQCHIP_IOAPIC, gsi) for gsi in range(IOAPIC_PINS)]
+    for gsi in range(2 * PIC_PINS):
+        chip = lib.KVM_IRQCHIP_PIC_MASTER if gsi < PIC_PINS else lib.KVM_IRQCHIP_PIC_SLAVE
+        routes.append((gsi, chip, gsi % PIC_PINS))
+    return routes
+
+# Where devices go in the 32-bit gap: PCI BARs first, virtio-mmio after.
+PCI_MMIO = (GAP_START, VIRTIO_MMIO_START)

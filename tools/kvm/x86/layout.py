@@ -21,3 +21,7 @@ def ram_layout(size: int) -> list[tuple[int, int]]:
     if size <= GAP_START:
         return [(0, size)]
     return [(0, GAP_START), (GAP_END, size - GAP_START)]
+
+# virtio-mmio devices sit after 256 MiB of PCI BAR space, well below the
+# IOAPIC (0xFEC00000) and the LAPIC (0xFEE00000).
+VIRTIO_MMIO_START = GAP_START + (256 << 20)

@@ -1,0 +1,135 @@
+"""Raw disk images and block devices, moved to and from guest memory
+without copies (preadv/pwritev on views of guest RAM).
+
+`,ro` opens the image read-only and maps it privately, as kvmtool does:
+the guest may write, but its writes land in copy-on-write pages in our
+memory and never reach the file.  `,direct` opens it O_DIRECT.
+"""
+
+import ctypes
+import errno
+import mmap
+import os
+
+from include.uapi import lib
+from kvm.errors import LkvmError
+from virtio.iov import advance, total
+
+IOV_MAX = os.sysconf("SC_IOV_MAX")
+SECTOR = 512
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+PUNCH = lib.FALLOC_FL_PUNCH_HOLE | lib.FALLOC_FL_KEEP_SIZE
+ZERO = lib.FALLOC_FL_ZERO_RANGE | lib.FALLOC_FL_KEEP_SIZE
+UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENODEV)
+
+
+class RawDisk:
+    def __init__(self, path: str, readonly: bool = False, direct: bool = False) -> None:
+        self.path = path
+        self.direct = direct
+        flags = os.O_RDONLY if readonly else os.O_RDWR
+        flags |= os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
+        try:
+            self.fd = os.open(path, flags)
+        except OSError as e:
+            raise LkvmError(f"unable to open disk image {path}: {e.strerror}") from None
+        self.size = os.lseek(self.fd, 0, os.SEEK_END)
+        if self.size < SECTOR:
+            os.close(self.fd)
+            raise LkvmError(f"disk image {path} is smaller than one sector")
+        self.cow = mmap.mmap(self.fd, self.size, flags=mmap.MAP_PRIVATE,
+                             prot=mmap.PROT_READ | mmap.PROT_WRITE) if readonly else None
+        self.can_discard = not readonly and self._probe(PUNCH)
+        self.can_zero = not readonly and self._probe(ZERO)
+
+    def _probe(self, mode: int) -> bool:
+        """Whether the host file system does `mode`: try it on one byte
+        past the end, which leaves the contents alone."""
+        try:
+            fallocate(self.fd, mode, self.size, 1)
+        except OSError as e:
+            return e.errno not in UNSUPPORTED
+        return True
+
+    def readv(self, views: list[memoryview], offset: int) -> None:
+        if self.cow is not None:
+            for v in views:
+                v[:] = self.cow[offset:offset + len(v)]
+                offset += len(v)
+        else:
+            self._io(os.preadv, views, offset)
+
+    def writev(self, views: list[memoryview], offset: int) -> None:
+        if self.cow is not None:
+            for v in views:
+                self.cow[offset:offset + len(v)] = v
+                offset += len(v)
+        else:
+            self._io(os.pwritev, views, offset)
+
+    def _io(self, op: object, views: list[memoryview], offset: int) -> None:
+        views = [v for v in views if len(v)]
+        while views:
+            try:
+                n = op(self.fd, views[:IOV_MAX], offset)
+            except OSError as e:
+                if e.errno != errno.EINVAL or not self.direct:
+                    raise
+                return self._bounce(op, views, offset)
+            if n == 0:
+                raise OSError(errno.EIO, "short transfer")
+            offset += n
+            views = advance(views, n)
+
+    def _bounce(self, op: object, views: list[memoryview], offset: int) -> None:
+        """O_DIRECT wants aligned buffers; guest buffers need not be, so
+        go through a page-aligned one."""
+        size = total(views)
+        with mmap.mmap(-1, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE) as buf:
+            if op is os.pwritev:
+                pos = 0
+                for v in views:
+                    buf[pos:pos + len(v)] = v
+                    pos += len(v)
+            bounce = memoryview(buf)[:size]
+            self._io_plain(op, bounce, offset)
+            if op is os.preadv:
+                pos = 0
+                for v in views:
+                    v[:] = bounce[pos:pos + len(v)]
+                    pos += len(v)
+            bounce.release()
+
+    def _io_plain(self, op: object, view: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(view):
+            n = op(self.fd, [view[done:]], offset + done)
+            if n == 0:
+                raise OSError(errno.EIO, "short transfer")
+            done += n
+
+    def flush(self) -> None:
+        if self.cow is None:
+            os.fsync(self.fd)
+
+    def discard(self, offset: int, length: int) -> None:
+        fallocate(self.fd, PUNCH, offset, length)
+
+    def write_zeroes(self, offset: int, length: int, unmap: bool) -> None:
+        punch = self.can_discard and (unmap or not self.can_zero)
+        fallocate(self.fd, PUNCH if punch else ZERO, offset, length)
+
+    def close(self) -> None:
+        if self.cow is not None:
+            self.cow.close()
+        os.close(self.fd)

@@ -1,0 +1,208 @@
+"""A PCI bus: configuration mechanism #1 at 0xCF8/0xCFC, a host bridge at
+00:00.0, BARs placed by lkvm (the guest may size and move them), and the
+MSI-X capability with its table and pending bits.
+
+Linux booted with `pci=conf1` finds devices through the ports, keeps the
+BAR addresses given here and takes the legacy IRQ from
+PCI_INTERRUPT_LINE.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from include.uapi import lib
+from kvm.errors import LkvmError
+
+CONFIG_ADDRESS, CONFIG_DATA = 0xCF8, 0xCFC
+CONFIG_ENABLE = 1 << 31           # PCI Local Bus 3.0 §3.2.2.3.2: the enable bit
+CONFIG_SPACE = 256
+MAX_SLOTS = 32
+IO_BAR_START = 0x6200             # where kvmtool's I/O BARs begin
+
+# Not in any uapi header: PCI Code and ID Assignment Specification.
+CLASS_BRIDGE_HOST = 0x060000
+INTEL_VENDOR, I440FX_DEVICE = 0x8086, 0x1237  # a host bridge Linux knows
+
+MSIX_ENTRY = lib.PCI_MSIX_ENTRY_SIZE
+
+
+@dataclass
+class Bar:
+    size: int
+    io: bool
+    dev: object            # BusDevice for the range
+    addr: int = 0
+
+
+class PciDevice:
+    """Type 0 configuration header; subclasses add BARs and capabilities
+    before the bus places them."""
+
+    def __init__(self, vendor: int, device: int, class_code: int, revision: int = 0,
+                 subsys_vendor: int = 0, subsys_id: int = 0) -> None:
+        self.config = bytearray(CONFIG_SPACE)
+        self.bars: list[Bar] = []
+        self.irq_line = 0
+        self.bus: PciBus | None = None
+        self._put(lib.PCI_VENDOR_ID, 2, vendor)
+        self._put(lib.PCI_DEVICE_ID, 2, device)
+        self._put(lib.PCI_REVISION_ID, 4, class_code << 8 | revision)
+        self._put(lib.PCI_SUBSYSTEM_VENDOR_ID, 2, subsys_vendor)
+        self._put(lib.PCI_SUBSYSTEM_ID, 2, subsys_id)
+        self._cap_end = lib.PCI_STD_HEADER_SIZEOF
+        self.on_bar_moved: list[Callable[[int, int, int], None]] = []
+
+    def _put(self, offset: int, size: int, value: int) -> None:
+        self.config[offset:offset + size] = value.to_bytes(size, "little")
+
+    def _get(self, offset: int, size: int) -> int:
+        return int.from_bytes(self.config[offset:offset + size], "little")
+
+    def add_bar(self, size: int, io: bool, dev: object) -> int:
+        """A BAR of `size` bytes (a power of two) decoded by `dev`."""
+        self.bars.append(Bar(size, io, dev))
+        return len(self.bars) - 1
+
+    def add_capability(self, cap_id: int, body: bytes) -> int:
+        """Append a capability; returns its offset in config space."""
+        off = self._cap_end
+        self.config[off] = cap_id
+        self.config[off + 1] = self.config[lib.PCI_CAPABILITY_LIST]  # chain: newest first
+        self.config[off + 2:off + 2 + len(body)] = body
+        self.config[lib.PCI_CAPABILITY_LIST] = off
+        self._put(lib.PCI_STATUS, 2, self._get(lib.PCI_STATUS, 2) | lib.PCI_STATUS_CAP_LIST)
+        self._cap_end = (off + 2 + len(body) + 3) & ~3
+        return off
+
+    def set_irq(self, line: int) -> None:
+        self.irq_line = line
+        self.config[lib.PCI_INTERRUPT_PIN] = 1  # INTA#
+        self.config[lib.PCI_INTERRUPT_LINE] = line
+
+    # Configuration space as the guest sees it.
+    def read_config(self, offset: int, size: int) -> int:
+        return self._get(offset, size)
+
+    def write_config(self, offset: int, size: int, value: int) -> None:
+        bar = (offset - lib.PCI_BASE_ADDRESS_0) // 4
+        if 0 <= bar < 6 and offset % 4 == 0 and size == 4:
+            self._write_bar(bar, value)
+        elif offset in (lib.PCI_COMMAND, lib.PCI_INTERRUPT_LINE, lib.PCI_CACHE_LINE_SIZE,
+                        lib.PCI_LATENCY_TIMER):
+            self._put(offset, size, value)
+        else:
+            self.write_capability(offset, size, value)
+
+    def write_capability(self, offset: int, size: int, value: int) -> None:
+        """Hook: writes to capability registers; the rest is read-only."""
+
+    def _write_bar(self, index: int, value: int) -> None:
+        reg = lib.PCI_BASE_ADDRESS_0 + 4 * index
+        if index >= len(self.bars):
+            return  # unimplemented BARs read as zero and stay so
+        bar = self.bars[index]
+        flags = lib.PCI_BASE_ADDRESS_SPACE_IO if bar.io else 0
+        addr = value & ~(bar.size - 1) & 0xFFFFFFFF
+        self._put(reg, 4, addr | flags)  # all ones reads back as the size mask
+        if value != 0xFFFFFFFF and addr != bar.addr and addr:
+            self.bus.move_bar(self, bar, addr)
+
+    def place_bar(self, index: int, addr: int) -> None:
+        bar = self.bars[index]
+        bar.addr = addr
+        flags = lib.PCI_BASE_ADDRESS_SPACE_IO if bar.io else 0
+        self._put(lib.PCI_BASE_ADDRESS_0 + 4 * index, 4, addr | flags)
+
+
+class HostBridge(PciDevice):
+    def __init__(self) -> None:
+        super().__init__(INTEL_VENDOR, I440FX_DEVICE, CLASS_BRIDGE_HOST)
+
+
+class PciBus:
+    """Bus 0 with up to 32 single-function devices."""
+
+    def __init__(self, vm: object, mmio_start: int, mmio_end: int) -> None:
+        self.vm = vm
+        self.address = 0
+        self.slots: list[PciDevice | None] = [None] * MAX_SLOTS
+        self.next_mmio, self.mmio_end = mmio_start, mmio_end
+        self.next_io = IO_BAR_START
+        vm.pio.register(CONFIG_ADDRESS, 4, _AddressPort(self))
+        vm.pio.register(CONFIG_DATA, 4, _DataPort(self))
+        self.add(HostBridge())
+
+    def add(self, dev: PciDevice) -> int:
+        """Plug `dev` into the next free slot and place its BARs."""
+        try:
+            slot = self.slots.index(None)
+        except ValueError:
+            raise LkvmError(f"no free PCI slot: the bus has {MAX_SLOTS}") from None
+        self.slots[slot] = dev
+        dev.bus = self
+        for i, bar in enumerate(dev.bars):
+            dev.place_bar(i, self._alloc(bar))
+            (self.vm.pio if bar.io else self.vm.mmio).register(bar.addr, bar.size, bar.dev)
+        return slot
+
+    def _alloc(self, bar: Bar) -> int:
+        """Naturally aligned, as BAR sizing requires."""
+        if bar.io:
+            addr = -(-self.next_io // bar.size) * bar.size
+            self.next_io = addr + bar.size
+        else:
+            addr = -(-self.next_mmio // bar.size) * bar.size
+            self.next_mmio = addr + bar.size
+            if self.next_mmio > self.mmio_end:
+                raise LkvmError("PCI devices do not fit in the 32-bit MMIO gap")
+        return addr
+
+    def move_bar(self, dev: PciDevice, bar: Bar, addr: int) -> None:
+        """The guest placed a BAR itself."""
+        bus = self.vm.pio if bar.io else self.vm.mmio
+        old = bar.addr
+        bus.unregister(old)
+        try:
+            bus.register(addr, bar.size, bar.dev)
+        except ValueError:
+            bus.register(old, bar.size, bar.dev)  # overlaps another: keep it where it was
+            dev.place_bar(dev.bars.index(bar), old)
+            return
+        bar.addr = addr
+        for hook in dev.on_bar_moved:
+            hook(dev.bars.index(bar), old, addr)
+
+    def _target(self) -> tuple[PciDevice, int] | None:
+        a = self.address
+        bus, slot, fn = a >> 16 & 0xFF, a >> 11 & 0x1F, a >> 8 & 0x7
+        if not a & CONFIG_ENABLE or bus or fn or self.slots[slot] is None:
+            return None
+        return self.slots[slot], a & 0xFC
+
+
+class _AddressPort:
+    def __init__(self, bus: PciBus) -> None:
+        self.bus = bus
+
+    def read(self, offset: int, size: int) -> int:
+        return self.bus.address >> 8 * offset & ((1 << 8 * size) - 1)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset == 0 and size == 4:
+            self.bus.address = value
+
+
+class _DataPort:
+    def __init__(self, bus: PciBus) -> None:
+        self.bus = bus
+
+    def read(self, offset: int, size: int) -> int:
+        hit = self.bus._target()
+        if hit is None or offset + size > 4:
+            return (1 << 8 * size) - 1
+        return hit[0].read_config(hit[1] + offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        hit = self.bus._target()
+        if hit is not None and offset + size <= 4:
+            hit[0].write_config(hit[1] + offset, size, value)

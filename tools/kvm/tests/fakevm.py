@@ -1,0 +1,82 @@
+"""A VM without KVM for transport tests: real buses and guest memory, and
+interrupts, routes and eventfds recorded instead of handed to the kernel."""
+
+import os
+
+from hw.pci import PciBus
+from kvm.bus import Bus
+from kvm.iothread import IoThread
+from virtio.mock import mock_memory
+from virtio.setup import Context
+from x86 import arch
+
+
+class FakeRouting:
+    def __init__(self) -> None:
+        self.msi: dict[int, tuple[int, int]] = {}
+        self.lines = iter(arch.LEGACY_IRQS)
+
+    def alloc_line(self) -> int:
+        return next(self.lines)
+
+    def add_msi(self) -> int:
+        gsi = 24 + len(self.msi)
+        self.msi[gsi] = (0, 0)
+        return gsi
+
+    def set_msi(self, gsi: int, address: int, data: int) -> None:
+        self.msi[gsi] = (address, data)
+
+
+class FakeVm:
+    arch = arch
+
+    def __init__(self) -> None:
+        self.mem = mock_memory()
+        self.pio, self.mmio = Bus("ioport"), Bus("mmio")
+        self.lines: dict[int, int] = {}
+        self.irqfds: dict[int, int] = {}      # eventfd -> gsi
+        self.ioeventfds: dict[int, tuple] = {}
+        self.cmdline: list[str] = []
+        self.fds: list[int] = []
+
+    def _eventfd(self) -> int:
+        fd = os.eventfd(0, os.EFD_NONBLOCK)
+        self.fds.append(fd)
+        return fd
+
+    def irq_line(self, irq: int, level: int) -> None:
+        self.lines[irq] = level
+
+    def irqfd(self, gsi: int) -> int:
+        fd = self._eventfd()
+        self.irqfds[fd] = gsi
+        return fd
+
+    def fired(self) -> list[int]:
+        """GSIs raised through irqfds since the last look."""
+        out = []
+        for fd, gsi in self.irqfds.items():
+            try:
+                out += [gsi] * os.eventfd_read(fd)
+            except BlockingIOError:
+                pass
+        return sorted(out)
+
+    def ioeventfd(self, addr: int, length: int, pio: bool, datamatch: int | None = None) -> int:
+        fd = self._eventfd()
+        self.ioeventfds[fd] = (addr, length, pio, datamatch)
+        return fd
+
+    def remove_ioeventfd(self, efd: int, addr: int, length: int, pio: bool,
+                         datamatch: int | None = None) -> None:
+        del self.ioeventfds[efd]
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+def context(vm: FakeVm) -> Context:
+    return Context(vm, FakeRouting(), IoThread(lambda why: None),
+                   PciBus(vm, *arch.PCI_MMIO), arch.VIRTIO_MMIO_START)

@@ -1,0 +1,39 @@
+"""Scatter lists of guest memory views: splitting a header off the front,
+a status byte off the back."""
+
+
+def total(views: list[memoryview]) -> int:
+    return sum(len(v) for v in views)
+
+
+def take(views: list[memoryview], n: int) -> tuple[bytes | None, list[memoryview]]:
+    """The first `n` bytes (None if there are fewer) and the views after."""
+    head, rest = bytearray(), list(views)
+    while rest and len(head) < n:
+        v = rest.pop(0)
+        want = n - len(head)
+        head += v[:want]
+        if len(v) > want:
+            rest.insert(0, v[want:])
+    return (bytes(head) if len(head) == n else None), rest
+
+
+def drop_last(views: list[memoryview]) -> tuple[memoryview | None, list[memoryview]]:
+    """The last byte as a view (None if there is none) and the views before."""
+    rest = [v for v in views if len(v)]
+    if not rest:
+        return None, []
+    last = rest.pop()
+    if len(last) > 1:
+        rest.append(last[:-1])
+    return last[-1:], rest
+
+
+def advance(views: list[memoryview], n: int) -> list[memoryview]:
+    """The views after the first `n` bytes."""
+    while views and n >= len(views[0]):
+        n -= len(views[0])
+        views = views[1:]
+    if n:
+        views = [views[0][n:], *views[1:]]
+    return views

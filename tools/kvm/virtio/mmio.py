@@ -1,0 +1,151 @@
+"""virtio over MMIO (virtio 1.x §4.2), version 2 (modern) and version 1
+(legacy).  x86 has no device tree, so each device is announced on the
+kernel command line as virtio_mmio.device=<size>@<addr>:<irq>, a
+fragment the run command collects from vm.cmdline."""
+
+import threading
+
+from include.uapi import lib
+from virtio.device import VirtioDevice
+from virtio.pci import legacy_layout
+
+MAGIC = 0x74726976               # "virt", virtio 1.x §4.2.2
+VENDOR = 0x4D564B4C              # "LKVM", as kvmtool reports
+REGION_SIZE = 0x200              # registers, then config from 0x100
+MODERN_VERSION, LEGACY_VERSION = 2, 1
+
+_ADDR_REGS = {
+    lib.VIRTIO_MMIO_QUEUE_DESC_LOW: ("desc_addr", 0), lib.VIRTIO_MMIO_QUEUE_DESC_HIGH:
+    ("desc_addr", 32), lib.VIRTIO_MMIO_QUEUE_AVAIL_LOW: ("avail_addr", 0),
+    lib.VIRTIO_MMIO_QUEUE_AVAIL_HIGH: ("avail_addr", 32), lib.VIRTIO_MMIO_QUEUE_USED_LOW:
+    ("used_addr", 0), lib.VIRTIO_MMIO_QUEUE_USED_HIGH: ("used_addr", 32),
+}
+
+
+class VirtioMmio:
+    def __init__(self, dev: VirtioDevice, ctx: object, base: int, modern: bool) -> None:
+        self.dev, self.vm, self.base, self.modern = dev, ctx.vm, base, modern
+        dev.modern, dev.transport = modern, self
+        self.irq = ctx.routing.alloc_line()
+        self.status = 0
+        self.lock = threading.Lock()
+        self.dfselect = self.gfselect = self.qsel = 0
+        self.page_size = 4096
+        self.align = 4096
+        ctx.vm.mmio.register(base, REGION_SIZE, self)
+        ctx.vm.cmdline.append(f"virtio_mmio.device={REGION_SIZE:#x}@{base:#x}:{self.irq}")
+        for q in range(len(dev.queues)):
+            efd = ctx.vm.ioeventfd(base + lib.VIRTIO_MMIO_QUEUE_NOTIFY, 4, False, q)
+            ctx.iothread.add(efd, lambda q=q: dev.notify(q))
+
+    # Interrupts: a level line, up while any status bit is.
+    def signal_queue(self, index: int) -> None:
+        self._raise(lib.VIRTIO_MMIO_INT_VRING)
+
+    def signal_config(self) -> None:
+        self.dev.config_generation = (self.dev.config_generation + 1) & 0xFF
+        self._raise(lib.VIRTIO_MMIO_INT_CONFIG)
+
+    def _raise(self, bit: int) -> None:
+        with self.lock:
+            self.status |= bit
+            self.vm.irq_line(self.irq, 1)
+
+    def _ack(self, bits: int) -> None:
+        with self.lock:
+            self.status &= ~bits
+            if not self.status:
+                self.vm.irq_line(self.irq, 0)
+
+    def _queue(self) -> object:
+        qs = self.dev.queues
+        return qs[self.qsel] if self.qsel < len(qs) else None
+
+    def read(self, offset: int, size: int) -> int:
+        if offset >= lib.VIRTIO_MMIO_CONFIG:
+            return self.dev.read_config(offset - lib.VIRTIO_MMIO_CONFIG, size)
+        if size != 4:
+            return 0
+        dev, q = self.dev, self._queue()
+        values = {
+            lib.VIRTIO_MMIO_MAGIC_VALUE: lambda: MAGIC,
+            lib.VIRTIO_MMIO_VERSION: lambda: MODERN_VERSION if self.modern else LEGACY_VERSION,
+            lib.VIRTIO_MMIO_DEVICE_ID: lambda: dev.device_id,
+            lib.VIRTIO_MMIO_VENDOR_ID: lambda: VENDOR,
+            lib.VIRTIO_MMIO_DEVICE_FEATURES: lambda: dev.offered() >> 32 * self.dfselect
+            & 0xFFFFFFFF if self.dfselect < 2 else 0,
+            lib.VIRTIO_MMIO_QUEUE_NUM_MAX: lambda: q.max_size if q else 0,
+            lib.VIRTIO_MMIO_QUEUE_READY: lambda: int(q.enabled) if q else 0,
+            lib.VIRTIO_MMIO_QUEUE_PFN: lambda: q.desc_addr // self.page_size if q else 0,
+            lib.VIRTIO_MMIO_INTERRUPT_STATUS: lambda: self.status,
+            lib.VIRTIO_MMIO_STATUS: lambda: dev.status,
+            lib.VIRTIO_MMIO_CONFIG_GENERATION: lambda: dev.config_generation,
+        }
+        if offset in _ADDR_REGS and q is not None:
+            attr, shift = _ADDR_REGS[offset]
+            return getattr(q, attr) >> shift & 0xFFFFFFFF
+        get = values.get(offset)
+        return get() if get else 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset >= lib.VIRTIO_MMIO_CONFIG:
+            self.dev.write_config(offset - lib.VIRTIO_MMIO_CONFIG, size, value)
+            return
+        if size != 4:
+            return
+        with self.dev.lock:
+            self._write(offset, value)
+
+    def _write(self, offset: int, value: int) -> None:
+        dev, q = self.dev, self._queue()
+        if offset == lib.VIRTIO_MMIO_DEVICE_FEATURES_SEL:
+            self.dfselect = value
+        elif offset == lib.VIRTIO_MMIO_DRIVER_FEATURES_SEL:
+            self.gfselect = value
+        elif offset == lib.VIRTIO_MMIO_DRIVER_FEATURES:
+            if self.gfselect < 2:
+                mask = 0xFFFFFFFF << 32 * self.gfselect
+                dev.set_driver_features(dev.driver_features & ~mask | value << 32 * self.gfselect)
+            elif value:
+                dev.set_driver_features(dev.driver_features | 1 << 64)  # fails FEATURES_OK
+        elif offset == lib.VIRTIO_MMIO_QUEUE_SEL:
+            self.qsel = value
+        elif offset == lib.VIRTIO_MMIO_QUEUE_NOTIFY:
+            dev.notify(value)
+        elif offset == lib.VIRTIO_MMIO_INTERRUPT_ACK:
+            self._ack(value)
+        elif offset == lib.VIRTIO_MMIO_STATUS:
+            dev.set_status(value)
+            if value == 0:
+                self._ack(~0)
+        elif offset == lib.VIRTIO_MMIO_GUEST_PAGE_SIZE:
+            self.page_size = value
+        elif q is None or q.enabled and offset != lib.VIRTIO_MMIO_QUEUE_READY:
+            return
+        elif offset == lib.VIRTIO_MMIO_QUEUE_NUM:
+            q.size = value
+        elif offset == lib.VIRTIO_MMIO_QUEUE_ALIGN:
+            self.align = value
+        elif offset == lib.VIRTIO_MMIO_QUEUE_PFN:
+            self._set_pfn(q, value)
+        elif offset == lib.VIRTIO_MMIO_QUEUE_READY:
+            if value and not q.enabled:
+                dev.enable_queue(self.qsel)
+            elif not value:
+                q.reset()
+        elif offset in _ADDR_REGS:
+            attr, shift = _ADDR_REGS[offset]
+            keep = ~(0xFFFFFFFF << shift)
+            setattr(q, attr, getattr(q, attr) & keep | value << shift)
+
+    def _set_pfn(self, q: object, pfn: int) -> None:
+        if not pfn:
+            q.reset()
+            return
+        if self.align <= 0 or self.align & (self.align - 1):
+            dev = self.dev
+            dev.fail(f"queue alignment {self.align} is not a power of two")
+            return
+        legacy_layout(q, pfn * self.page_size, self.align)
+        self.dev.set_driver_features(self.dev.driver_features)
+        self.dev.enable_queue(self.qsel)
