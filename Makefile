@@ -45,9 +45,10 @@ endif
 
 UAPI_SO   := $(KVMDIR)/include/_uapi.so.stamp
 GUESTS    := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/*.S))
+BIOS      := $(KVMDIR)/x86/bios/bios.bin
 
 .PHONY: all deps check test lint run bench clean help kvmconfig guest-kernel
-all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS)
+all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(BIOS)
 
 deps: $(BUILD)/deps.stamp
 $(BUILD)/deps.stamp: scripts/install-deps.sh Makefile
@@ -70,11 +71,19 @@ $(UAPI_SO): $(KVMDIR)/include/uapi_build.py $(VENV)/.stamp $(UAPI_DEP)
 	$(Q)$(PY) $(KVMDIR)/include/uapi_build.py $(KVMDIR)/include $(addprefix -I,$(UAPI_INC))
 	$(Q)touch $@
 
-$(GUESTDIR)/%.bin: $(GUESTDIR)/%.S $(BUILD)/deps.stamp
+# Real-mode flat binaries linked at 0: the test guests and the BIOS.
+define flat_binary
 	$(say) AS $@
 	$(Q)as --32 -o $(@:.bin=.o) $<
 	$(Q)ld -m elf_i386 -Ttext=0 --oformat binary -o $@ $(@:.bin=.o)
 	$(Q)rm -f $(@:.bin=.o)
+endef
+
+$(GUESTDIR)/%.bin: $(GUESTDIR)/%.S $(BUILD)/deps.stamp
+	$(flat_binary)
+
+$(BIOS): $(BIOS:.bin=.S) $(BUILD)/deps.stamp
+	$(flat_binary)
 
 lint: all
 	$(say) RUFF $(KVMDIR) scripts
@@ -102,7 +111,7 @@ bench: all
 
 clean:
 	$(say) CLEAN .
-	$(Q)rm -rf $(BUILD) $(GUESTS) $(KVMDIR)/include/_uapi.* .pytest_cache .ruff_cache
+	$(Q)rm -rf $(BUILD) $(GUESTS) $(BIOS) $(KVMDIR)/include/_uapi.* .pytest_cache .ruff_cache
 	$(Q)find . -name __pycache__ -prune -exec rm -rf {} +
 
 help:

@@ -5,10 +5,15 @@ from hw.i8042 import I8042
 from hw.rtc import Rtc
 from hw.serial8250 import Serial8250
 from include.uapi import ffi, lib
+from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
-from x86 import cpu
+from x86 import bios, cpu, mptable, probe
+from x86.bzimage import BzImage
+from x86.cmdline import kernel_cmdline
+from x86.e820 import e820_map
 from x86.flat import FlatBinary
-from x86.layout import IDENTITY_MAP_ADDR, TSS_ADDR, ram_layout
+from x86.layout import IDENTITY_MAP_ADDR, MPTABLE_START, TSS_ADDR, ram_layout
+from x86.vmlinux import Vmlinux
 
 memory_layout = ram_layout
 dump_vcpu = cpu.dump
@@ -18,8 +23,15 @@ SERIAL_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
 I8042_PORT, RTC_PORT = 0x60, 0x70
 
 # Kernel image formats, tried in order; the first that accepts the image
-# loads it.  A flat binary accepts anything, so it comes last.
-LOADERS = [FlatBinary]
+# loads it.  A flat binary accepts anything, so it comes last.  Each Linux
+# format lists its boot modes, the fastest first: the default.
+LOADERS = [BzImage, Vmlinux, FlatBinary]
+BOOT_MODES = ("auto", "realmode", "64", "pvh")
+
+
+def add_options(parser: object) -> None:
+    parser.add_argument("--boot-mode", choices=BOOT_MODES, default="auto",
+                        help="how to enter a Linux kernel (default: the fastest it supports)")
 
 
 def init_vm(vm: object) -> None:
@@ -46,11 +58,32 @@ def add_platform_devices(vm: object, console_out: object) -> list[Serial8250]:
     return uarts
 
 
-def load_kernel(vm: object, image: bytes, initrd: bytes | None, cmdline: str) -> object:
+def load_kernel(vm: object, image: bytes, initrd: bytes | None, params: str,
+                opts: object) -> object:
     """Load the image with the first loader that recognises it; the
-    result sets up each vCPU."""
+    result sets up each vCPU.  A Linux kernel also gets the platform's
+    firmware tables and lkvm's command line."""
     loader = next(loader for loader in LOADERS if loader.probe(image))
-    return loader(vm, image, initrd, cmdline)
+    if loader is FlatBinary:
+        return loader(vm, image, initrd, params)
+    mode = opts.boot_mode
+    if mode != "auto" and mode not in loader.modes:
+        raise LkvmError(f"--boot-mode {mode}: a {loader.name} boots with "
+                        f"{' or '.join(loader.modes)}")
+    probe.warn_if_slow(vm.kvm)
+    install_firmware(vm)
+    cmdline = kernel_cmdline(params, opts.console, acpi=False)
+    return loader(vm, image, initrd, cmdline, mode, None)
+
+
+def install_firmware(vm: object) -> None:
+    """What a PC's BIOS leaves for the kernel: the real-mode services and
+    memory map, and the MP table that lists the CPUs."""
+    bios.install(vm.mem, e820_map(vm.mem.layout()))
+    leaf1 = next(e for e in vm.supported_cpuid.entries[0:vm.supported_cpuid.nent]
+                 if e.function == 1)
+    vm.mem.write(MPTABLE_START, mptable.build(MPTABLE_START, len(vm.vcpus), leaf1.eax,
+                                              leaf1.edx))
 
 
 def setup_vcpu(vcpu: object, boot: object) -> None:
