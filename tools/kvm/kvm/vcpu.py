@@ -93,6 +93,9 @@ class Vcpu:
                 run.immediate_exit = 0
                 vm.vcpu_checkpoint(self)
                 continue
+            except BlockingIOError:
+                # An AP that was waiting for INIT/SIPI got them: run it.
+                continue
             exits.get(run.exit_reason, self._exit_fatal)()
 
     # Exits.

@@ -1,18 +1,21 @@
 """The x86 arch hooks the core calls: memory layout, VM set-up, platform
 devices, kernel loading, vCPU set-up and register dumps."""
 
+import argparse
+
+from hw.acpi_pm import AcpiPm
 from hw.i8042 import I8042
 from hw.rtc import Rtc
 from hw.serial8250 import Serial8250
 from include.uapi import ffi, lib
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
-from x86 import bios, cpu, mptable, probe
+from x86 import acpi, bios, cpu, mptable, probe
 from x86.bzimage import BzImage
 from x86.cmdline import kernel_cmdline
 from x86.e820 import e820_map
 from x86.flat import FlatBinary
-from x86.layout import IDENTITY_MAP_ADDR, MPTABLE_START, TSS_ADDR, ram_layout
+from x86.layout import ACPI_START, IDENTITY_MAP_ADDR, MPTABLE_START, TSS_ADDR, ram_layout
 from x86.vmlinux import Vmlinux
 
 memory_layout = ram_layout
@@ -32,6 +35,8 @@ BOOT_MODES = ("auto", "realmode", "64", "pvh")
 def add_options(parser: object) -> None:
     parser.add_argument("--boot-mode", choices=BOOT_MODES, default="auto",
                         help="how to enter a Linux kernel (default: the fastest it supports)")
+    parser.add_argument("--acpi", action=argparse.BooleanOptionalAction, default=True,
+                        help="give the guest ACPI tables (default: yes)")
 
 
 def init_vm(vm: object) -> None:
@@ -55,6 +60,7 @@ def add_platform_devices(vm: object, console_out: object) -> list[Serial8250]:
         uarts.append(uart)
     vm.pio.register(I8042_PORT, 5, I8042(lambda: vm.stop(0), lambda level: vm.irq_line(1, level)))
     vm.pio.register(RTC_PORT, 2, Rtc())
+    vm.pio.register(acpi.PM_BASE, acpi.PM_LEN, AcpiPm(acpi.S5_SLP_TYP, lambda: vm.stop(0)))
     return uarts
 
 
@@ -71,19 +77,24 @@ def load_kernel(vm: object, image: bytes, initrd: bytes | None, params: str,
         raise LkvmError(f"--boot-mode {mode}: a {loader.name} boots with "
                         f"{' or '.join(loader.modes)}")
     probe.warn_if_slow(vm.kvm)
-    install_firmware(vm)
-    cmdline = kernel_cmdline(params, opts.console, acpi=False)
-    return loader(vm, image, initrd, cmdline, mode, None)
+    rsdp = install_firmware(vm, opts.acpi)
+    cmdline = kernel_cmdline(params, opts.console, opts.acpi)
+    return loader(vm, image, initrd, cmdline, mode, rsdp)
 
 
-def install_firmware(vm: object) -> None:
+def install_firmware(vm: object, with_acpi: bool) -> int | None:
     """What a PC's BIOS leaves for the kernel: the real-mode services and
-    memory map, and the MP table that lists the CPUs."""
+    memory map, the MP table and the ACPI tables that list the CPUs.
+    Returns the RSDP's address, if any."""
     bios.install(vm.mem, e820_map(vm.mem.layout()))
     leaf1 = next(e for e in vm.supported_cpuid.entries[0:vm.supported_cpuid.nent]
                  if e.function == 1)
     vm.mem.write(MPTABLE_START, mptable.build(MPTABLE_START, len(vm.vcpus), leaf1.eax,
                                               leaf1.edx))
+    if not with_acpi:
+        return None
+    vm.mem.write(ACPI_START, acpi.build(ACPI_START, len(vm.vcpus)))
+    return ACPI_START
 
 
 def setup_vcpu(vcpu: object, boot: object) -> None:
