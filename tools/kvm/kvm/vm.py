@@ -18,6 +18,8 @@ from kvm.kvm import Kvm
 from kvm.memory import GuestMemory
 from kvm.vcpu import KICK_SIGNAL, Vcpu, VcpuStop
 
+HALT_CHECK_SECONDS = 0.5
+
 
 class Vm:
     def __init__(self, kvm: Kvm, arch: object, cpus: int, ram_size: int,
@@ -85,7 +87,11 @@ class Vm:
         try:
             for vcpu in self.vcpus:
                 vcpu.start()
-            self._stopped.wait()
+            # A guest that halted every CPU for good (a Linux poweroff with
+            # no ACPI) never exits to us: the in-kernel LAPIC keeps HLT.
+            while not self._stopped.wait(HALT_CHECK_SECONDS):
+                if self.arch.guest_halted(self):
+                    self.stop(0)
             for vcpu in self.vcpus:
                 vcpu.kick()
             for vcpu in self.vcpus:

@@ -5,6 +5,7 @@ import argparse
 
 from hw.acpi_pm import AcpiPm
 from hw.i8042 import I8042
+from hw.panic_watch import PanicWatch
 from hw.rtc import Rtc
 from hw.serial8250 import Serial8250
 from include.uapi import ffi, lib
@@ -20,6 +21,7 @@ from x86.vmlinux import Vmlinux
 
 memory_layout = ram_layout
 dump_vcpu = cpu.dump
+guest_halted = cpu.guest_halted
 
 # The PC's four COM ports: (I/O base, ISA IRQ).
 SERIAL_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
@@ -53,12 +55,21 @@ def init_vm(vm: object) -> None:
 def add_platform_devices(vm: object, console_out: object) -> list[Serial8250]:
     """The legacy PC devices; returns the UARTs, ttyS0 first."""
     uarts = []
+    console_out = watch = PanicWatch(console_out)
     for i, (port, irq) in enumerate(SERIAL_PORTS):
         uart = Serial8250(lambda level, irq=irq: vm.irq_line(irq, level),
                           console_out if i == 0 else None)
         vm.pio.register(port, 8, uart)
         uarts.append(uart)
-    vm.pio.register(I8042_PORT, 5, I8042(lambda: vm.stop(0), lambda level: vm.irq_line(1, level)))
+
+    def reset() -> None:
+        # Both `reboot` and a panic (panic=1) end the guest with a reset.
+        if watch.panicked:
+            vm.stop(1, "the guest kernel panicked")
+        else:
+            vm.stop(0)
+
+    vm.pio.register(I8042_PORT, 5, I8042(reset, lambda level: vm.irq_line(1, level)))
     vm.pio.register(RTC_PORT, 2, Rtc())
     vm.pio.register(acpi.PM_BASE, acpi.PM_LEN, AcpiPm(acpi.S5_SLP_TYP, lambda: vm.stop(0)))
     return uarts
