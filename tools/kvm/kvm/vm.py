@@ -90,7 +90,7 @@ class Vm:
             # A guest that halted every CPU for good (a Linux poweroff with
             # no ACPI) never exits to us: the in-kernel LAPIC keeps HLT.
             while not self._stopped.wait(HALT_CHECK_SECONDS):
-                if self.arch.guest_halted(self):
+                if self._halted_for_good():
                     self.stop(0)
             for vcpu in self.vcpus:
                 vcpu.kick()
@@ -101,6 +101,17 @@ class Vm:
             for hook in self.on_exit:
                 hook()
         return self.exit_status
+
+    def _halted_for_good(self) -> bool:
+        """Ask the arch with every vCPU parked: KVM holds a vCPU's state
+        while it sits in KVM_RUN, halted or not."""
+        if self.paused:
+            return False  # the user paused it; leave it so
+        self.pause()
+        try:
+            return self.arch.guest_halted(self)
+        finally:
+            self.resume()
 
     def stop(self, status: int, message: str | None = None) -> None:
         """End the VM; the first stop's status wins."""

@@ -39,3 +39,9 @@ def test_fatal_exit_dumps_registers():
     assert "rbx: 000000005a5a5a5a" in err
     assert "Segment registers:" in err and "Code:" in err
     assert "Traceback" not in err
+
+
+def test_all_vcpus_halted_with_interrupts_off_ends_with_0(kvm_available) -> None:
+    r = run_lkvm("run", "-c", "2", guest("halt"))
+    assert r.returncode == 0, r.stderr
+    assert b"KVM session ended normally" in r.stderr

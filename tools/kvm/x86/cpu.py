@@ -71,11 +71,9 @@ NOT_STARTED = (lib.KVM_MP_STATE_UNINITIALIZED, lib.KVM_MP_STATE_INIT_RECEIVED)
 
 def guest_halted(vm: object) -> bool:
     """Every started CPU sits in HLT with interrupts off: nothing but an
-    NMI, which nobody sends, can wake them.  Each vCPU is kicked out of
-    KVM_RUN so its state can be read (KVM holds a running vCPU's mutex)."""
+    NMI, which nobody sends, can wake them.  Called with the vCPUs parked."""
     started = False
     for vcpu in vm.vcpus:
-        vcpu.kick()
         state = vcpu.get("mp_state").mp_state
         if state in NOT_STARTED:
             continue
