@@ -27,7 +27,7 @@ poweroff -f
 """
 BOOT_TIMEOUT = 120
 
-# name: (kernel, lkvm options)
+# name: (kernel, lkvm options); -p is quiet unless given
 CASES = {
     "realmode-1-noacpi": ("bzimage", "--boot-mode realmode -c 1 --no-acpi"),
     "realmode-2": ("bzimage", "--boot-mode realmode -c 2"),
@@ -35,8 +35,8 @@ CASES = {
     "64-2": ("bzimage", "-c 2"),
     "pvh-1": ("vmlinux", "-c 1"),
     "pvh-2": ("vmlinux", "--boot-mode pvh -c 2"),
-    "reboot": ("bzimage", "-c 1 -p lkvm.end=reboot"),
-    "panic": ("bzimage", "-c 1 -p lkvm.end=panic"),
+    "reboot": ("bzimage", "-c 1 -p 'quiet lkvm.end=reboot'"),
+    "panic": ("bzimage", "-c 1 -p 'quiet lkvm.end=panic'"),
 }
 
 
@@ -57,7 +57,8 @@ def boots(l2host, tmp_path_factory) -> dict[str, tuple[int, str]]:
     for name, (kernel, opts) in cases.items():
         cmd = f"{shlex.quote(LKVM)} run -k {kernels[kernel]} -i {initrd} -m {RAM_MIB} {opts}"
         lines += [f"echo '@@@ case {name}'",
-                  f"timeout {BOOT_TIMEOUT} {cmd} -p quiet 2>&1 </dev/null",
+                  f"timeout {BOOT_TIMEOUT} {cmd}{'' if ' -p ' in opts else ' -p quiet'}"
+                  " 2>&1 </dev/null",
                   "echo \"@@@ rc $?\""]
     script = tmp_path_factory.mktemp("boots") / "boots.sh"
     script.write_text("\n".join(lines) + "\n")
