@@ -28,7 +28,7 @@ BUILD     := .build
 
 # Debian packages the build and the tests use.
 DEB_PKGS  := gcc make binutils libc6-dev linux-libc-dev python3-venv python3-dev \
-             qemu-system-x86 qemu-utils busybox-static cpio
+             qemu-system-x86 qemu-utils busybox-static cpio lz4
 # ... and what building the guest kernel from Debian's source takes.
 KERNEL_PKGS := linux-source-6.1 flex bison bc libelf-dev libssl-dev xz-utils
 
@@ -46,9 +46,10 @@ endif
 UAPI_SO   := $(KVMDIR)/include/_uapi.so.stamp
 GUESTS    := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/*.S))
 INIT      := $(KVMDIR)/guest/init
+BIOS      := $(KVMDIR)/x86/bios/bios.bin
 
 .PHONY: all deps check test lint run bench clean help kvmconfig guest-kernel
-all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(INIT)
+all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(BIOS) $(INIT)
 
 deps: $(BUILD)/deps.stamp
 $(BUILD)/deps.stamp: scripts/install-deps.sh Makefile
@@ -71,11 +72,19 @@ $(UAPI_SO): $(KVMDIR)/include/uapi_build.py $(VENV)/.stamp $(UAPI_DEP)
 	$(Q)$(PY) $(KVMDIR)/include/uapi_build.py $(KVMDIR)/include $(addprefix -I,$(UAPI_INC))
 	$(Q)touch $@
 
-$(GUESTDIR)/%.bin: $(GUESTDIR)/%.S $(BUILD)/deps.stamp
+# Real-mode flat binaries linked at 0: the test guests and the BIOS.
+define flat_binary
 	$(say) AS $@
 	$(Q)as --32 -o $(@:.bin=.o) $<
 	$(Q)ld -m elf_i386 -Ttext=0 --oformat binary -o $@ $(@:.bin=.o)
 	$(Q)rm -f $(@:.bin=.o)
+endef
+
+$(GUESTDIR)/%.bin: $(GUESTDIR)/%.S $(BUILD)/deps.stamp
+	$(flat_binary)
+
+$(BIOS): $(BIOS:.bin=.S) $(BUILD)/deps.stamp
+	$(flat_binary)
 
 # The guest init runs on the host's files, so it must not need the host's
 # libraries before /host is mounted: static.
@@ -114,7 +123,7 @@ bench: all $(BUILD)/bench/pio_loop
 
 clean:
 	$(say) CLEAN .
-	$(Q)rm -rf $(BUILD) $(GUESTS) $(INIT) $(KVMDIR)/include/_uapi.* .pytest_cache .ruff_cache
+	$(Q)rm -rf $(BUILD) $(GUESTS) $(BIOS) $(INIT) $(KVMDIR)/include/_uapi.* .pytest_cache .ruff_cache
 	$(Q)find . -name __pycache__ -prune -exec rm -rf {} +
 
 help:

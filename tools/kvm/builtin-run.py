@@ -72,6 +72,7 @@ def parser() -> Parser:
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")
     p.add_argument("--debug-mmio", action="store_true")
+    arch_loader.load().add_options(p)
     return p
 
 
@@ -117,7 +118,8 @@ def cmd_run(argv: list[str]) -> int:
     term = Terminal(on_quit=lambda: vm.stop(0))
     uarts = arch.add_platform_devices(vm, term.write)
     virtio = virtio_setup.attach(vm, args, term.write)
-    boot = arch.load_kernel(vm, image, initrd, " ".join([*vm.cmdline, cfg.params]).strip())
+    boot = arch.load_kernel(vm, image, initrd, " ".join([*vm.cmdline, cfg.params]).strip(),
+                            args)
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)
 

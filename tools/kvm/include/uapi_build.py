@@ -38,7 +38,9 @@ HEADERS = (
     "linux/virtio_ring.h",
     "linux/virtio_rng.h",
     "linux/virtio_vsock.h",
+    "linux/elf.h",
     "asm/bootparam.h",
+    "asm/e820.h",
     "asm/processor-flags.h",
     "asm/kvm_para.h",
 )

@@ -57,6 +57,10 @@ class GuestMemory:
         finally:
             os.close(fd)
 
+    def layout(self) -> list[tuple[int, int]]:
+        """(guest physical address, size) of each region, lowest first."""
+        return [(r.gpa, r.size) for r in self.regions]
+
     def region(self, gpa: int, length: int) -> Region:
         i = bisect.bisect_right(self._starts, gpa) - 1
         if i >= 0 and length >= 0:

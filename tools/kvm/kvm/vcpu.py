@@ -101,6 +101,9 @@ class Vcpu:
                 run.immediate_exit = 0
                 vm.vcpu_checkpoint(self)
                 continue
+            except BlockingIOError:
+                # An AP that was waiting for INIT/SIPI got them: run it.
+                continue
             exits.get(unpack_reason(page, reason_at)[0], fatal)()
 
     # Exits.

@@ -18,6 +18,8 @@ from kvm.kvm import Kvm
 from kvm.memory import GuestMemory
 from kvm.vcpu import KICK_SIGNAL, Vcpu, VcpuStop
 
+HALT_CHECK_SECONDS = 0.5
+
 
 class Vm:
     def __init__(self, kvm: Kvm, arch: object, cpus: int, ram_size: int,
@@ -46,6 +48,7 @@ class Vm:
         self.paused = False
         self._stopped = threading.Event()
         self._pause_lock = threading.Condition()
+        self._control = threading.Lock()  # one pauser at a time: the user or the halt check
         self._parked = 0
         self.on_exit: list[Callable[[], None]] = []
         # Kernel command line fragments devices need (virtio_mmio.device=...).
@@ -96,7 +99,11 @@ class Vm:
         try:
             for vcpu in self.vcpus:
                 vcpu.start()
-            self._stopped.wait()
+            # A guest that halted every CPU for good (a Linux poweroff with
+            # no ACPI) never exits to us: the in-kernel LAPIC keeps HLT.
+            while not self._stopped.wait(HALT_CHECK_SECONDS):
+                if self._halted_for_good():
+                    self.stop(0)
             for vcpu in self.vcpus:
                 vcpu.kick()
             for vcpu in self.vcpus:
@@ -106,6 +113,18 @@ class Vm:
             for hook in self.on_exit:
                 hook()
         return self.exit_status
+
+    def _halted_for_good(self) -> bool:
+        """Ask the arch with every vCPU parked: KVM holds a vCPU's state
+        while it sits in KVM_RUN, halted or not."""
+        with self._control:  # a user's pause or resume waits for the check
+            if self.paused:
+                return False  # the user paused it; leave it so
+            self._park()
+            try:
+                return self.arch.guest_halted(self)
+            finally:
+                self._unpark()
 
     def stop(self, status: int, message: str | None = None) -> None:
         """End the VM; the first stop's status wins."""
@@ -123,6 +142,14 @@ class Vm:
 
     def pause(self) -> None:
         """Return once every vCPU is parked outside KVM_RUN."""
+        with self._control:
+            self._park()
+
+    def resume(self) -> None:
+        with self._control:
+            self._unpark()
+
+    def _park(self) -> None:
         with self._pause_lock:
             if self.paused or self.stopping:
                 return
@@ -132,7 +159,7 @@ class Vm:
             self._pause_lock.wait_for(
                 lambda: self._parked == len(self.vcpus) or self.stopping)
 
-    def resume(self) -> None:
+    def _unpark(self) -> None:
         with self._pause_lock:
             self.paused = False
             self._pause_lock.notify_all()

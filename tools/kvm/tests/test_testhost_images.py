@@ -2,6 +2,7 @@
 
 import lzma
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,9 +58,16 @@ def test_vmlinux_extract_xz_with_size_trailer() -> None:
     assert vmlinux.extract(_bzimage(payload)) == elf
 
 
+def test_vmlinux_extract_lz4_legacy_with_size_trailer() -> None:
+    elf = b"\x7fELF" + bytes(range(256)) * 16
+    packed = subprocess.run(["lz4", "-l", "-c"], input=elf, capture_output=True, check=True)
+    payload = packed.stdout + struct.pack("<I", len(elf))
+    assert vmlinux.extract(_bzimage(payload)) == elf
+
+
 def test_vmlinux_rejects_unknown_compression() -> None:
     with pytest.raises(ValueError, match="compression"):
-        vmlinux.extract(_bzimage(b"\x02\x21\x4c\x18" + bytes(60)))
+        vmlinux.extract(_bzimage(b"BZh91AY&SY" + bytes(60)))
 
 
 def _module(path: Path, modinfo: str) -> None:

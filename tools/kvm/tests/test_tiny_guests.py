@@ -53,3 +53,9 @@ def test_unhandled_ports_are_ignored_and_reported_on_request(tmp_path):
     assert quiet.returncode == loud.returncode == 0
     assert b"unhandled ioport" not in quiet.stderr
     assert loud.stderr.count(b"unhandled ioport out at 0x80, size 1") == 3
+
+
+def test_all_vcpus_halted_with_interrupts_off_ends_with_0(kvm_available) -> None:
+    r = run_lkvm("run", "-c", "2", guest("halt"))
+    assert r.returncode == 0, r.stderr
+    assert b"KVM session ended normally" in r.stderr

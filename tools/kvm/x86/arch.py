@@ -1,26 +1,53 @@
 """The x86 arch hooks the core calls: memory layout, VM set-up, platform
 devices, kernel loading, vCPU set-up and register dumps."""
 
+import argparse
+
+from hw.acpi_pm import AcpiPm
 from hw.i8042 import I8042
+from hw.panic_watch import PanicWatch
 from hw.rtc import Rtc
 from hw.serial8250 import Serial8250
 from include.uapi import ffi, lib
+from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
-from x86 import cpu
+from x86 import acpi, bios, cpu, mptable, probe
+from x86.bzimage import BzImage
+from x86.cmdline import kernel_cmdline
+from x86.e820 import e820_map
 from x86.flat import FlatBinary
-from x86.layout import GAP_START, IDENTITY_MAP_ADDR, TSS_ADDR, VIRTIO_MMIO_START, ram_layout
+from x86.layout import (
+    ACPI_START,
+    GAP_START,
+    IDENTITY_MAP_ADDR,
+    MPTABLE_START,
+    TSS_ADDR,
+    VIRTIO_MMIO_START,
+    ram_layout,
+)
+from x86.vmlinux import Vmlinux
 
 memory_layout = ram_layout
 dump_vcpu = cpu.dump
 inject_nmi = cpu.inject_nmi
+guest_halted = cpu.guest_halted
 
 # The PC's four COM ports: (I/O base, ISA IRQ).
 SERIAL_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
 I8042_PORT, RTC_PORT = 0x60, 0x70
 
 # Kernel image formats, tried in order; the first that accepts the image
-# loads it.  A flat binary accepts anything, so it comes last.
-LOADERS = [FlatBinary]
+# loads it.  A flat binary accepts anything, so it comes last.  Each Linux
+# format lists its boot modes, the fastest first: the default.
+LOADERS = [BzImage, Vmlinux, FlatBinary]
+BOOT_MODES = ("auto", "realmode", "64", "pvh")
+
+
+def add_options(parser: object) -> None:
+    parser.add_argument("--boot-mode", choices=BOOT_MODES, default="auto",
+                        help="how to enter a Linux kernel (default: the fastest it supports)")
+    parser.add_argument("--acpi", action=argparse.BooleanOptionalAction, default=True,
+                        help="give the guest ACPI tables (default: yes)")
 
 
 def init_vm(vm: object) -> None:
@@ -37,21 +64,57 @@ def init_vm(vm: object) -> None:
 def add_platform_devices(vm: object, console_out: object) -> list[Serial8250]:
     """The legacy PC devices; returns the UARTs, ttyS0 first."""
     uarts = []
+    console_out = watch = PanicWatch(console_out)
     for i, (port, irq) in enumerate(SERIAL_PORTS):
         uart = Serial8250(lambda level, irq=irq: vm.irq_line(irq, level),
                           console_out if i == 0 else None)
         vm.pio.register(port, 8, uart)
         uarts.append(uart)
-    vm.pio.register(I8042_PORT, 5, I8042(lambda: vm.stop(0), lambda level: vm.irq_line(1, level)))
+
+    def reset() -> None:
+        # Both `reboot` and a panic (panic=1) end the guest with a reset.
+        if watch.panicked:
+            vm.stop(1, "the guest kernel panicked")
+        else:
+            vm.stop(0)
+
+    vm.pio.register(I8042_PORT, 5, I8042(reset, lambda level: vm.irq_line(1, level)))
     vm.pio.register(RTC_PORT, 2, Rtc())
+    vm.pio.register(acpi.PM_BASE, acpi.PM_LEN, AcpiPm(acpi.S5_SLP_TYP, lambda: vm.stop(0)))
     return uarts
 
 
-def load_kernel(vm: object, image: bytes, initrd: bytes | None, cmdline: str) -> object:
+def load_kernel(vm: object, image: bytes, initrd: bytes | None, params: str,
+                opts: object) -> object:
     """Load the image with the first loader that recognises it; the
-    result sets up each vCPU."""
+    result sets up each vCPU.  A Linux kernel also gets the platform's
+    firmware tables and lkvm's command line."""
     loader = next(loader for loader in LOADERS if loader.probe(image))
-    return loader(vm, image, initrd, cmdline)
+    if loader is FlatBinary:
+        return loader(vm, image, initrd, params)
+    mode = opts.boot_mode
+    if mode != "auto" and mode not in loader.modes:
+        raise LkvmError(f"--boot-mode {mode}: a {loader.name} boots with "
+                        f"{' or '.join(loader.modes)}")
+    probe.warn_if_slow(vm.kvm)
+    rsdp = install_firmware(vm, opts.acpi)
+    cmdline = kernel_cmdline(params, opts.console, opts.acpi)
+    return loader(vm, image, initrd, cmdline, mode, rsdp)
+
+
+def install_firmware(vm: object, with_acpi: bool) -> int | None:
+    """What a PC's BIOS leaves for the kernel: the real-mode services and
+    memory map, the MP table and the ACPI tables that list the CPUs.
+    Returns the RSDP's address, if any."""
+    bios.install(vm.mem, e820_map(vm.mem.layout()))
+    leaf1 = next(e for e in vm.supported_cpuid.entries[0:vm.supported_cpuid.nent]
+                 if e.function == 1)
+    vm.mem.write(MPTABLE_START, mptable.build(MPTABLE_START, len(vm.vcpus), leaf1.eax,
+                                              leaf1.edx))
+    if not with_acpi:
+        return None
+    vm.mem.write(ACPI_START, acpi.build(ACPI_START, len(vm.vcpus)))
+    return ACPI_START
 
 
 def setup_vcpu(vcpu: object, boot: object) -> None:

@@ -66,6 +66,24 @@ def make_runnable(vcpu: object) -> None:
     vcpu.set("mp_state", ffi.new("struct kvm_mp_state *", {"mp_state": lib.KVM_MP_STATE_RUNNABLE}))
 
 
+# An AP that the boot CPU has not started yet.
+NOT_STARTED = (lib.KVM_MP_STATE_UNINITIALIZED, lib.KVM_MP_STATE_INIT_RECEIVED)
+
+
+def guest_halted(vm: object) -> bool:
+    """Every started CPU sits in HLT with interrupts off: nothing but an
+    NMI, which nobody sends, can wake them.  Called with the vCPUs parked."""
+    started = False
+    for vcpu in vm.vcpus:
+        state = vcpu.get("mp_state").mp_state
+        if state in NOT_STARTED:
+            continue
+        if state != lib.KVM_MP_STATE_HALTED or vcpu.get("regs").rflags & lib.X86_EFLAGS_IF:
+            return False
+        started = True
+    return started
+
+
 def translate(vcpu: object, linear: int) -> int | None:
     """Guest linear to physical address, walked by KVM."""
     tr = ffi.new("struct kvm_translation *", {"linear_address": linear})

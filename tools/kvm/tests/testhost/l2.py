@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from . import cache, debs
+from . import cache, debs, vmlinux
 from .cpio import Cpio
 from .modules import load_order
 
@@ -26,6 +26,15 @@ def guest_kernel() -> Path:
     """The cloud kernel's bzImage, unpacked into the cache."""
     (bzimage,) = (_packages()[0] / "boot").glob("vmlinuz-*")
     return bzimage
+
+
+def guest_vmlinux() -> Path:
+    """The cloud kernel's uncompressed vmlinux (for PVH boots), cached."""
+    bzimage = guest_kernel()
+    return cache.build(
+        cache.root() / "l2" / f"vmlinux-{bzimage.name}",
+        lambda tmp: tmp.write_bytes(vmlinux.extract(bzimage.read_bytes())),
+    )
 
 
 def make_initrd(script: str, extra_files: dict[str, bytes | str] | None = None) -> Path:

@@ -1,0 +1,42 @@
+"""The zero page (struct boot_params) that lkvm hands a kernel it enters
+in 64-bit mode, as a boot loader would after running the setup code."""
+
+from include.uapi import ffi
+from x86.e820 import e820_map
+
+# The setup header sits at 0x1f1 in a bzImage and ends at 0x202 plus the
+# byte at 0x201 (the jump's offset): Documentation/arch/x86/boot.rst.
+HDR_OFFSET = 0x1F1
+HDR_JUMP_END = 0x202
+HDR_JUMP_LEN = 0x201
+
+
+def _header_len(image: bytes) -> int:
+    end = HDR_JUMP_END + image[HDR_JUMP_LEN]
+    return min(end, HDR_OFFSET + ffi.sizeof("struct setup_header")) - HDR_OFFSET
+
+
+def header(image: bytes) -> object:
+    """The image's setup header as a `struct setup_header *` (a copy); the
+    fields past what this kernel's header has read as zero."""
+    hdr = ffi.new("struct setup_header *")
+    n = _header_len(image)
+    ffi.memmove(hdr, image[HDR_OFFSET:HDR_OFFSET + n], n)
+    return hdr
+
+
+def header_bytes(hdr: object, image: bytes) -> bytes:
+    """`hdr` as the image's own header has room for."""
+    return bytes(ffi.buffer(hdr))[:_header_len(image)]
+
+
+def build(hdr: object, regions: list[tuple[int, int]], rsdp: int | None) -> bytes:
+    bp = ffi.new("struct boot_params *")
+    bp.hdr = hdr[0]
+    e820 = e820_map(regions)
+    for i, (addr, size, kind) in enumerate(e820):
+        bp.e820_table[i] = {"addr": addr, "size": size, "type": kind}
+    bp.e820_entries = len(e820)
+    if rsdp is not None:
+        bp.acpi_rsdp_addr = rsdp
+    return bytes(ffi.buffer(bp))
