@@ -110,8 +110,17 @@ guest-kernel: $(VENV)/.stamp
 	$(Q)scripts/install-deps.sh $(KERNEL_PKGS)
 	$(Q)$(PY) scripts/guest-kernel.py
 
-run: all
-	$(Q)./lkvm run $(GUESTDIR)/hello.bin
+# The default guest: the kernel 'make guest-kernel' builds (cached after the
+# first build), on the default rootfs: a shell on the host's files.  Where
+# this host's KVM emulates guest CPL0 code, it boots inside the nested test
+# host, with its console on this terminal.  RUN_ARGS adds lkvm run options.
+run: all guest-kernel
+	$(Q)kernel=$$($(PY) scripts/guest-kernel.py | tail -n 1) && \
+	if $(PY) scripts/testhost.py needed >/dev/null; then \
+		$(PY) scripts/testhost.py console -- ./lkvm run -k $$kernel $(RUN_ARGS); \
+	else \
+		./lkvm run -k $$kernel $(RUN_ARGS); \
+	fi
 
 $(BUILD)/bench/pio_loop: $(KVMDIR)/bench/pio_loop.c $(BUILD)/deps.stamp
 	$(say) CC $@
