@@ -14,6 +14,7 @@ medians and lkvm/QEMU ratios.
 import argparse
 import json
 import os
+import select
 import signal
 import statistics
 import subprocess
@@ -54,12 +55,13 @@ def time_to_marker(cmd: list[str]) -> float:
     try:
         seen = b""
         while MARKER not in seen:
+            left = start + TIMEOUT - time.monotonic()
+            if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+                raise RuntimeError(f"{cmd[0]}: no marker in {TIMEOUT} s")
             chunk = proc.stdout.read1(4096)
             if not chunk:
                 raise RuntimeError(f"{cmd[0]} ended before the marker")
             seen = seen[-len(MARKER):] + chunk
-            if time.monotonic() - start > TIMEOUT:
-                raise RuntimeError(f"{cmd[0]}: no marker in {TIMEOUT} s")
         return time.monotonic() - start
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -67,20 +69,29 @@ def time_to_marker(cmd: list[str]) -> float:
         proc.stdout.close()
 
 
-def inner(runs: int, kernel: str, vmlinux: str, initrd: str) -> dict[str, list[float]]:
+def inner(runs: int, kernel: str, vmlinux: str, initrd: str) -> dict[str, list[float | None]]:
+    """Times per VMM; None for a boot that never reached init (reported,
+    not fatal: one stuck boot should not lose the others)."""
     cmds = vmms(kernel, vmlinux, initrd)
-    times: dict[str, list[float]] = {name: [] for name in cmds}
+    times: dict[str, list[float | None]] = {name: [] for name in cmds}
     for _ in range(runs):  # interleaved, so drift hits every VMM alike
         for name, cmd in cmds.items():
-            times[name].append(time_to_marker(cmd))
+            try:
+                times[name].append(time_to_marker(cmd))
+            except RuntimeError as e:
+                print(f"boot.py: {name}: {e}", file=sys.stderr)
+                times[name].append(None)
     return times
 
 
-def report(times: dict[str, list[float]]) -> None:
-    med = {name: statistics.median(t) for name, t in times.items()}
+def report(times: dict[str, list[float | None]]) -> None:
+    ok = {name: [x for x in t if x is not None] for name, t in times.items()}
+    med = {name: statistics.median(t) for name, t in ok.items() if t}
     print(f"boot to init, median of {len(next(iter(times.values())))} runs:")
-    for name, m in med.items():
-        print(f"  {name:14s} {m:6.2f} s")
+    for name, t in times.items():
+        failed = f"  ({t.count(None)} did not reach init)" if None in t else ""
+        print(f"  {name:14s} {med[name]:6.2f} s{failed}" if name in med
+              else f"  {name:14s}  none reached init")
     for lk in (n for n in med if n.startswith("lkvm")):
         ratios = "  ".join(f"/{q.split()[1]} {med[lk] / med[q]:.2f}"
                            for q in med if q.startswith("qemu"))
@@ -104,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
                       "--inner", *files], timeout=TIMEOUT * 5 * args.runs)
     finally:
         host.close()
+    sys.stderr.write(r.stderr)
     if r.returncode:
-        sys.exit(f"boot.py: the measurement failed:\n{r.stderr}")
+        sys.exit("boot.py: the measurement failed")
     report(json.loads(r.stdout.splitlines()[-1]))
     return 0
 
