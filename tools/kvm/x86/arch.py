@@ -11,7 +11,7 @@ from hw.serial8250 import Serial8250
 from include.uapi import ffi, lib
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
-from x86 import acpi, bios, cpu, mptable, probe
+from x86 import acpi, bios, cpu, irqchip, mptable, probe
 from x86.bzimage import BzImage
 from x86.cmdline import kernel_cmdline
 from x86.e820 import e820_map
@@ -28,7 +28,6 @@ from x86.layout import (
 from x86.vmlinux import Vmlinux
 
 memory_layout = ram_layout
-dump_vcpu = cpu.dump
 inject_nmi = cpu.inject_nmi
 guest_halted = cpu.guest_halted
 
@@ -48,6 +47,10 @@ def add_options(parser: object) -> None:
                         help="how to enter a Linux kernel (default: the fastest it supports)")
     parser.add_argument("--acpi", action=argparse.BooleanOptionalAction, default=True,
                         help="give the guest ACPI tables (default: yes)")
+
+
+def dump_vcpu(vcpu: object) -> str:
+    return cpu.dump(vcpu) + "\n" + irqchip.dump(vcpu)
 
 
 def init_vm(vm: object) -> None:
