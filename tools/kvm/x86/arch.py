@@ -61,6 +61,12 @@ def init_vm(vm: object) -> None:
     ioctl(vm.fd, lib.KVM_CREATE_IRQCHIP)
     ioctl(vm.fd, lib.KVM_CREATE_PIT2,
           ffi.new("struct kvm_pit_config *", {"flags": lib.KVM_PIT_SPEAKER_DUMMY}))
+    # By default KVM holds back each PIT tick until the guest acknowledged
+    # the last one; one lost acknowledgement then stops the tick for good,
+    # and a booting Linux waits for jiffies for ever (seen in the nested
+    # test host).  Linux keeps time without replayed ticks.
+    ioctl(vm.fd, lib.KVM_REINJECT_CONTROL,
+          ffi.new("struct kvm_reinject_control *", {"pit_reinject": 0}))
     vm.supported_cpuid = cpu.supported_cpuid(vm.kvm)
 
 
