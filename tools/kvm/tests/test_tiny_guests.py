@@ -21,6 +21,13 @@ def test_echo_reads_the_terminal():
     assert r.stdout == b"HELLO, PORT\n"
 
 
+def test_guest_sees_a_kvm_hypervisor():
+    # Linux uses kvmclock only when both are there.
+    r = run_lkvm("run", "-c", "1", "-m", "16", guest("cpuid"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"HKVMKVMKVM\0\0\0\n"
+
+
 @pytest.mark.parametrize("cpus", [1, 2, 4])
 def test_smp_every_vcpu_reports_in(cpus):
     r = run_lkvm("run", "-c", str(cpus), "-m", "16", guest("smp"))

@@ -14,6 +14,11 @@ APIC_MODE_NMI = 0x4 << 8
 APIC_LVT_MASKED = 1 << 16
 
 X86_EFLAGS_RESERVED = 0x2  # bit 1 always reads as one
+# CPUID.1:ECX[31], which CPUs leave clear for hypervisors to set; KVM's
+# supported list does not set it (the VMM's job), and without it Linux
+# never looks at KVM's leaves at 0x40000000: no kvmclock, so it times its
+# early boot with the PIT and jiffies.
+CPUID_1_ECX_HYPERVISOR = 1 << 31
 
 
 def supported_cpuid(kvm: object, max_entries: int = 256) -> object:
@@ -26,13 +31,14 @@ def supported_cpuid(kvm: object, max_entries: int = 256) -> object:
 def set_cpuid(vcpu: object, supported: object) -> None:
     """Give the vCPU what KVM supports, with its own APIC ID and the CPU
     count where the guest looks for them (leaf 1 EBX[31:24] and [23:16],
-    leaf 0xB EDX)."""
+    leaf 0xB EDX), and the hypervisor bit."""
     n = supported.nent
     cpuid = ffi.new("struct kvm_cpuid2 *", {"nent": n, "entries": n})
     ffi.memmove(cpuid.entries, supported.entries, n * ffi.sizeof("struct kvm_cpuid_entry2"))
     for e in cpuid.entries[0:n]:
         if e.function == 1:
             e.ebx = (e.ebx & 0x0000FFFF) | (vcpu.id << 24) | (len(vcpu.vm.vcpus) << 16)
+            e.ecx |= CPUID_1_ECX_HYPERVISOR
         elif e.function == 0xB:
             e.edx = vcpu.id
     vcpu.set("cpuid2", cpuid)
