@@ -1,4 +1,5 @@
-"""The L2 test guests' kernel (Debian's cloud flavour) and their initramfs."""
+"""The L2 test guests' kernels (Debian's cloud flavour, and the one `make
+guest-kernel` builds) and their initramfs."""
 
 from pathlib import Path
 
@@ -37,9 +38,19 @@ def guest_vmlinux() -> Path:
     )
 
 
-def make_initrd(script: str, extra_files: dict[str, bytes | str] | None = None) -> Path:
-    """An initramfs whose init loads the virtio modules, runs `script` with
-    busybox sh, prints "testhost-l2: exit <status>" and reboots.
+def kvmconfig_kernel() -> Path | None:
+    """The newest bzImage `make guest-kernel` built, if any: virtio (with
+    virtio-mmio devices named on the command line, which the cloud kernel
+    cannot take) and 9p built in."""
+    found = (cache.root().parent / "kernel").glob("*/bzImage")
+    return max(found, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def make_initrd(script: str, extra_files: dict[str, bytes | str] | None = None,
+                modules: bool = True) -> Path:
+    """An initramfs whose init loads the cloud kernel's virtio modules
+    (unless `modules` is false: a kernel with them built in), runs `script`
+    with busybox sh, prints "testhost-l2: exit <status>" and reboots.
 
     `extra_files` maps paths in the guest (relative to /) to contents. The
     result is cached under a digest of everything that goes in.
@@ -49,7 +60,7 @@ def make_initrd(script: str, extra_files: dict[str, bytes | str] | None = None) 
         k.lstrip("/"): v.encode() if isinstance(v, str) else v
         for k, v in (extra_files or {}).items()
     }
-    mods = load_order(kernel_dir / "lib" / "modules", MODULES)
+    mods = load_order(kernel_dir / "lib" / "modules", MODULES) if modules else []
     listing = "".join(f"{p.name}\n" for p in mods)
     init = INIT.read_bytes()
     parts = [init, script, listing, kernel_dir.name, busybox_dir.name]
