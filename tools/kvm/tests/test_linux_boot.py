@@ -5,12 +5,11 @@ from init, the command line, the CPU count, the memory map, and how lkvm
 ended."""
 
 import shlex
-from pathlib import Path
 
 import pytest
 
 from tests.helpers import LKVM
-from tests.testhost import guest_kernel, guest_vmlinux, make_initrd
+from tests.testhost import guest_kernel, guest_vmlinux, kvmconfig_kernel, make_initrd
 
 pytestmark = pytest.mark.e2e
 
@@ -40,16 +39,11 @@ CASES = {
 }
 
 
-def _kvmconfig_kernel() -> Path | None:
-    found = sorted(Path.home().glob(".cache/lkvm/kernel/*/bzImage"))
-    return found[0] if found else None
-
-
 @pytest.fixture(scope="module")
 def boots(l2host, tmp_path_factory) -> dict[str, tuple[int, str]]:
     kernels = {"bzimage": guest_kernel(), "vmlinux": guest_vmlinux()}
     cases = dict(CASES)
-    if (tiny := _kvmconfig_kernel()) is not None:
+    if (tiny := kvmconfig_kernel()) is not None:
         kernels["kvmconfig"] = tiny
         cases["kvmconfig-2"] = ("kvmconfig", "-c 2")
     initrd = make_initrd(GUEST_SCRIPT)

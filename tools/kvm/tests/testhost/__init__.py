@@ -7,7 +7,7 @@ emulated SVM and Debian's kernel with kvm_amd (see DESIGN.md §1).
 
 from . import l1
 from .cache import TestHostError
-from .l2 import guest_kernel, guest_vmlinux, make_initrd
+from .l2 import guest_kernel, guest_vmlinux, kvmconfig_kernel, make_initrd
 from .probe import needed
 from .session import L1Error, Result, Session, run
 
@@ -20,5 +20,6 @@ def prepare() -> None:
 
 __all__ = [
     "L1Error", "Result", "Session", "TestHostError",
-    "guest_kernel", "guest_vmlinux", "make_initrd", "needed", "prepare", "run",
+    "guest_kernel", "guest_vmlinux", "kvmconfig_kernel", "make_initrd", "needed", "prepare",
+    "run",
 ]  # fmt: skip
