@@ -19,6 +19,9 @@ from tests.testhost import kvmconfig_kernel
 pytestmark = pytest.mark.e2e
 
 TIMEOUT = 600
+# lkvm's own bound, well inside TIMEOUT: a guest that stops booting then
+# fails with its output shown instead of losing the test host's session.
+LKVM_TIMEOUT = 300
 GUEST = r"""
 echo "guest: pwd $(pwd)"
 echo "guest: host has $(ls /host | tr '\n' ' ')"
@@ -40,7 +43,8 @@ def host_script(kernel: str) -> str:
     return f"""
 out=$(mktemp -d)
 echo from-the-host > $out/from-host
-{shlex.join(sandbox)} --9p "$out,out" -- sh -c {shlex.quote(GUEST)} 2>&1 </dev/null
+timeout {LKVM_TIMEOUT} {shlex.join(sandbox)} --9p "$out,out" -- sh -c {shlex.quote(GUEST)} \
+	2>&1 </dev/null
 echo "host: lkvm $?"
 echo "host: from guest $(cat $out/from-guest)"
 echo "host: rootfs kept $(cat $HOME/.lkvm/default/tmp/kept)"
