@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from include.uapi import lib
 from kvm import arch as arch_loader
+from kvm import guestroot
 from kvm.cmd import TOP, Parser, size_mib
 from kvm.errors import LkvmError
 from kvm.ipc import IpcServer
@@ -64,9 +65,11 @@ def parser() -> Parser:
     p.add_argument("-p", "--params", default="", help="kernel command line additions")
     p.add_argument("--console", choices=["serial", "virtio"], default="serial")
     p.add_argument("--rng", action="store_true", help="a virtio-rng device")
-    p.add_argument("-d", "--disk", action="append", default=[], metavar="FILE[,ro][,direct]",
-                   help="a virtio-blk disk (repeatable)")
+    p.add_argument("-d", "--disk", action="append", default=[],
+                   metavar="FILE[,ro][,direct]|DIR|ROOTFS",
+                   help="a virtio-blk disk, or a directory or ~/.lkvm rootfs as the 9p root")
     p.add_argument("--9p", dest="p9", action="append", default=[], metavar="DIR[,TAG]",
+                   type=guestroot.parse_share,
                    help="share DIR with the guest as 9p mount TAG (repeatable)")
     p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
@@ -82,11 +85,14 @@ class RunConfig:
     cpus: int
     ram_mib: int
     kernel: str
-    initrd: str | None
+    image: bytes
+    initrd: bytes | None
     params: str
+    root: guestroot.Root
 
 
-def configure(argv: list[str]) -> tuple[RunConfig, object]:
+def configure(argv: list[str], params: str = "") -> tuple[RunConfig, object]:
+    """The guest lkvm run ARGV describes; params go after the user's -p."""
     args = parser().parse(argv)
     if args.image and args.kernel:
         raise LkvmError("give the kernel either as -k or as the argument, not both")
@@ -98,16 +104,24 @@ def configure(argv: list[str]) -> tuple[RunConfig, object]:
         raise LkvmError(f"--mem {ram}: a guest needs at least {MIN_RAM_MIB} MiB")
     if ram > host_ram_mib():
         raise LkvmError(f"--mem {ram}: more than the host's {host_ram_mib()} MiB of RAM")
-    cfg = RunConfig(name=args.name or f"guest-{os.getpid()}", cpus=cpus, ram_mib=ram,
-                    kernel=args.image or args.kernel or find_kernel(),
-                    initrd=args.initrd, params=args.params)
+    kernel = args.image or args.kernel or find_kernel()
+    image = read_file(kernel, "kernel")
+    root = guestroot.choose(args.disk, bool(args.initrd), arch_loader.load().boots_linux(image))
+    # The devices follow the root: its disks, then its shares before --9p's.
+    args.disk, args.p9 = root.disks, [*root.shares, *args.p9]
+    cfg = RunConfig(name=args.name or root.name or f"guest-{os.getpid()}", cpus=cpus,
+                    ram_mib=ram, kernel=kernel, image=image,
+                    initrd=read_file(args.initrd, "initrd") if args.initrd else None,
+                    params=" ".join(filter(None, [args.params, params])), root=root)
     return cfg, args
 
 
 def cmd_run(argv: list[str]) -> int:
-    cfg, args = configure(argv)
-    image = read_file(cfg.kernel, "kernel")
-    initrd = read_file(cfg.initrd, "initrd") if cfg.initrd else None
+    return launch(*configure(argv))
+
+
+def launch(cfg: RunConfig, args: object) -> int:
+    """Run the configured guest until it ends; its exit status."""
     kvm = Kvm()
     max_cpus = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
     if cfg.cpus > max_cpus:
@@ -118,8 +132,8 @@ def cmd_run(argv: list[str]) -> int:
     term = Terminal(on_quit=lambda: vm.stop(0))
     uarts = arch.add_platform_devices(vm, term.write)
     virtio = virtio_setup.attach(vm, args, term.write)
-    boot = arch.load_kernel(vm, image, initrd, " ".join([*vm.cmdline, cfg.params]).strip(),
-                            args)
+    boot = arch.load_kernel(vm, cfg.image, cfg.initrd,
+                            " ".join([*vm.cmdline, cfg.params]).strip(), args, cfg.root.cmdline)
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)
 

@@ -1,24 +1,14 @@
 """lkvm: the kernel's KVM tool.  Finds the command in kvm/commands.py and
 runs its builtin-<name>.py."""
 
-import importlib.util
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from kvm.cmd import HelpRequested, show_doc  # noqa: E402
+from kvm.cmd import HelpRequested, load_builtin, show_doc  # noqa: E402
 from kvm.commands import COMMANDS, usage  # noqa: E402
 from kvm.errors import LkvmError  # noqa: E402
-
-
-def load_builtin(name: str) -> object:
-    """builtin-<name>.py, loaded by path: the hyphen is the kernel's spelling."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"builtin-{name}.py")
-    spec = importlib.util.spec_from_file_location(f"builtin_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def dispatch(argv: list[str]) -> int:

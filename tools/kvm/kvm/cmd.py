@@ -2,13 +2,29 @@
 line, and help text read from Documentation/."""
 
 import argparse
+import importlib.util
 import os
 import sys
+from types import ModuleType
 
 from kvm.errors import LkvmError
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 DOC_DIR = os.path.join(TOP, "Documentation")
+KVMDIR = os.path.join(TOP, "tools", "kvm")
+
+
+def load_builtin(name: str) -> ModuleType:
+    """builtin-<name>.py, loaded by path: the hyphen is the kernel's
+    spelling.  Loaded once, so a command may build on another's."""
+    key = f"builtin_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            key, os.path.join(KVMDIR, f"builtin-{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[key] = module
+    return sys.modules[key]
 
 
 def doc_path(cmd: str) -> str:

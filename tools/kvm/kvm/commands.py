@@ -3,6 +3,7 @@ builtin-<name>.py file in tools/kvm and a row here."""
 
 COMMANDS = (
     ("run", "Start the virtual machine"),
+    ("sandbox", "Run a command in a sandboxed guest"),
     ("setup", "Setup a new virtual machine"),
     ("list", "Print a list of running instances on the host"),
     ("pause", "Pause the virtual machine"),

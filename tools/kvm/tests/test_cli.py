@@ -17,7 +17,7 @@ def test_no_command_prints_usage():
 def test_help_lists_commands():
     r = run_lkvm("help")
     assert r.returncode == 0
-    for cmd in (b"run", b"version", b"help"):
+    for cmd in (b"run", b"sandbox", b"version", b"help"):
         assert b"   " + cmd in r.stdout
 
 

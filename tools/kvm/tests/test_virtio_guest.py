@@ -32,7 +32,8 @@ def test_guest_finds_no_rng_without_rng():
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("/nonexistent.img", b"Fatal: unable to open disk image /nonexistent.img"),
+    ("/nonexistent.img", b"Fatal: --disk /nonexistent.img: no such file or directory, nor a "
+                         b"rootfs in"),
     ("/dev/null,bogus", b"Fatal: --disk /dev/null,bogus: expected file[,ro][,direct]"),
     ("/dev/null", b"Fatal: disk image /dev/null is smaller than one sector"),
 ])

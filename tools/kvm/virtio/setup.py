@@ -70,12 +70,9 @@ def blk(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[Virtio
 
 
 def p9(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[VirtioDevice]:
-    device = importlib.import_module("virtio.9p").P9  # named as kvmtool's virtio/9p.c
-    shares = []
-    for spec in args.p9:
-        root, _, tag = spec.partition(",")
-        shares.append(device(ctx.vm.mem, root, *([tag] if tag else [])))
-    return shares
+    module = importlib.import_module("virtio.9p")  # named as kvmtool's virtio/9p.c
+    return [module.P9(ctx.vm.mem, s.path, s.tag or module.DEFAULT_TAG, s.readonly)
+            for s in args.p9]
 
 
 DEVICES = (console, rng, blk, p9)

@@ -93,12 +93,22 @@ def add_platform_devices(vm: object, console_out: object) -> list[Serial8250]:
     return uarts
 
 
+def image_loader(image: bytes) -> type:
+    return next(loader for loader in LOADERS if loader.probe(image))
+
+
+def boots_linux(image: bytes) -> bool:
+    """Whether the image is a kernel that takes lkvm's command line."""
+    return image_loader(image) is not FlatBinary
+
+
 def load_kernel(vm: object, image: bytes, initrd: bytes | None, params: str,
-                opts: object) -> object:
+                opts: object, root: str | None = None) -> object:
     """Load the image with the first loader that recognises it; the
     result sets up each vCPU.  A Linux kernel also gets the platform's
-    firmware tables and lkvm's command line."""
-    loader = next(loader for loader in LOADERS if loader.probe(image))
+    firmware tables and lkvm's command line, with root as its root
+    (None: the first disk)."""
+    loader = image_loader(image)
     if loader is FlatBinary:
         return loader(vm, image, initrd, params)
     mode = opts.boot_mode
@@ -107,7 +117,7 @@ def load_kernel(vm: object, image: bytes, initrd: bytes | None, params: str,
                         f"{' or '.join(loader.modes)}")
     probe.warn_if_slow(vm.kvm)
     rsdp = install_firmware(vm, opts.acpi)
-    cmdline = kernel_cmdline(params, opts.console, opts.acpi)
+    cmdline = kernel_cmdline(params, opts.console, opts.acpi, root)
     return loader(vm, image, initrd, cmdline, mode, rsdp)
 
 

@@ -1,0 +1,106 @@
+"""What a Linux guest mounts as /, by kvmtool's rules for -d:
+
+    -d FILE[,ro][,direct]   a virtio-blk disk; the first is root=/dev/vda
+    -d DIR                  DIR over 9p, booted with the kernel's own init
+    -d NAME                 the rootfs ~/.lkvm/NAME over 9p (when NAME is
+                            no path here), with the host's / beside it
+                            and lkvm's guest init
+    none of these, no -i    the rootfs ~/.lkvm/default, made on first use
+
+The 9p root's tag is /dev/root: with no root= on the command line Linux
+mounts "/dev/root" with rootfstype, and 9p takes that name as the tag.
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kvm import rootfs
+from kvm.errors import LkvmError
+from kvm.home import lkvm_dir
+
+ROOT_TAG = "/dev/root"
+HOST_TAG = "hostfs"         # what the guest init mounts on /host
+P9_ROOT = "rw rootflags=trans=virtio,version=9p2000.L,cache=loose rootfstype=9p"
+# No ip=dhcp as kvmtool adds: lkvm has no network device yet, and the
+# kernel would wait for one.
+GUEST_INIT = "init=/virt/init"
+
+
+@dataclass(frozen=True)
+class Share:
+    """A host directory the guest mounts over virtio-9p."""
+    path: str
+    tag: str | None = None      # None: the device's default tag
+    readonly: bool = False
+
+
+@dataclass
+class Root:
+    disks: list[str] = field(default_factory=list)     # -d specs for virtio-blk
+    shares: list[Share] = field(default_factory=list)  # the root's own 9p shares
+    cmdline: str | None = None  # the root's fragment; None: the arch's disk root
+    rootfs: str | None = None   # the ~/.lkvm rootfs booted, if one is
+    name: str | None = None     # the guest's name unless --name: -d NAME's
+
+
+def parse_share(spec: str) -> Share:
+    """--9p DIR[,TAG]."""
+    path, sep, tag = spec.partition(",")
+    if not path or (sep and not tag):
+        raise LkvmError(f"--9p {spec}: expected DIR[,TAG]")
+    if not os.path.isdir(path):
+        raise LkvmError(f"--9p {spec}: {path} is not a directory")
+    return Share(os.path.realpath(path), tag or None)
+
+
+def boot_rootfs(name: str, root: Root) -> None:
+    """Boot ~/.lkvm/NAME: its init, the host's / read-only beside it."""
+    path = rootfs.prepare(name)
+    root.shares += [Share(path, ROOT_TAG), Share("/", HOST_TAG, readonly=True)]
+    root.cmdline = f"{P9_ROOT} {GUEST_INIT}"
+    root.rootfs = path
+
+
+def named_rootfs(name: str, root: Root) -> None:
+    boot_rootfs(name, root)
+    root.name = name            # kvmtool names the guest after its rootfs
+
+
+def directory(path: str, root: Root) -> None:
+    root.shares.append(Share(os.path.realpath(path), ROOT_TAG))
+    root.cmdline = P9_ROOT
+
+
+def disk(spec: str, root: Root) -> None:
+    root.disks.append(spec)
+
+
+def reader(spec: str) -> Callable[[str, Root], None]:
+    """How a -d argument is read: a directory, a rootfs name or a disk."""
+    if os.path.isdir(spec):
+        return directory
+    if rootfs.is_name(spec) and os.path.isdir(os.path.join(lkvm_dir(), spec)):
+        return named_rootfs
+    path = spec.split(",")[0]
+    if os.path.isdir(path):
+        raise LkvmError(f"--disk {spec}: a directory root takes no options")
+    if path and not os.path.exists(path):
+        raise LkvmError(f"--disk {spec}: no such file or directory, "
+                        f"nor a rootfs in {lkvm_dir()} (see 'lkvm setup')")
+    return disk
+
+
+def choose(disk_specs: list[str], initrd: bool, linux: bool) -> Root:
+    """The root the -d options, an initrd and the kernel's kind ask for.
+    Only a Linux kernel gets the default rootfs: anything else takes no
+    command line, so it would only be handed the host's / unasked."""
+    root = Root()
+    for spec in disk_specs:
+        read = reader(spec)
+        if read is not disk and root.cmdline is not None:
+            raise LkvmError(f"--disk {spec}: only one directory or rootfs can be the root")
+        read(spec, root)
+    if root.cmdline is None and not root.disks and not initrd and linux:
+        boot_rootfs(rootfs.DEFAULT, root)
+    return root
