@@ -1,7 +1,6 @@
 """The L2 test guests' kernels (Debian's cloud flavour, and the one `make
 guest-kernel` builds) and their initramfs."""
 
-import os
 from pathlib import Path
 
 from . import cache, debs, vmlinux
@@ -28,15 +27,6 @@ def guest_kernel() -> Path:
     """The cloud kernel's bzImage, unpacked into the cache."""
     (bzimage,) = (_packages()[0] / "boot").glob("vmlinuz-*")
     return bzimage
-
-
-def kvmconfig_kernel() -> Path | None:
-    """The newest bzImage `make guest-kernel` left in its cache (virtio
-    and 9p built in), or None: building one takes minutes, so tests skip
-    rather than build."""
-    cache_dir = Path(os.environ.get("LKVM_CACHE") or Path.home() / ".cache" / "lkvm")
-    found = list(cache_dir.glob("kernel/*/bzImage"))
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def guest_vmlinux() -> Path:
