@@ -8,6 +8,9 @@ hw/acpi_pm.py models.  Layouts from the ACPI specification 6.4, chapter 5
 
 import struct
 
+from hw.pci import CONFIG_ADDRESS
+from x86 import aml
+from x86.layout import GAP_START, VIRTIO_MMIO_START
 from x86.mptable import IOAPIC_ADDR, LAPIC_ADDR
 
 HEADER = "<4sIBB6s8sI4sI"  # signature length revision checksum oem ids, creator
@@ -44,6 +47,10 @@ PM1A_CNT_PORT, PM1_CNT_LEN = 0x604, 2
 PM_BASE, PM_LEN = PM1A_EVT_PORT, PM1_EVT_LEN + PM1_CNT_LEN
 S5_SLP_TYP = 5
 
+# The ports of PCI configuration mechanism #1 (hw/pci.py), and its one bus.
+PCI_CONFIG_PORT, PCI_CONFIG_LEN = CONFIG_ADDRESS, 8
+PCI_BUSES = 1
+
 
 def _checksum(data: bytes) -> int:
     return -sum(data) & 0xFF
@@ -57,11 +64,22 @@ def _table(signature: bytes, revision: int, body: bytes) -> bytes:
 
 
 def _dsdt() -> bytes:
-    # AML: Name (_S5, Package (4) { S5_SLP_TYP, S5_SLP_TYP, 0, 0 })
-    # NameOp "_S5_" PackageOp PkgLength NumElements BytePrefix n BytePrefix n Zero Zero
-    aml = b"\x08_S5_\x12\x08\x04\x0a" + bytes([S5_SLP_TYP]) + b"\x0a" + \
-        bytes([S5_SLP_TYP]) + b"\x00\x00"
-    return _table(b"DSDT", 2, aml)
+    """_S5 for soft-off, and the PCI host bridge: without it a guest on
+    ACPI finds no PCI bus (it would scan only the bridges ACPI lists).
+    The bridge decodes bus 0, all I/O ports but its own 0xcf8 block, and
+    the BAR window of the 32-bit gap."""
+    s5 = aml.package(aml.integer(S5_SLP_TYP), aml.integer(S5_SLP_TYP),
+                     aml.integer(0), aml.integer(0))
+    crs = aml.resources(
+        aml.word_range(aml.RANGE_BUS, 0, PCI_BUSES - 1),
+        aml.io_port(PCI_CONFIG_PORT, PCI_CONFIG_LEN),
+        aml.word_range(aml.RANGE_IO, 0, PCI_CONFIG_PORT - 1),
+        aml.word_range(aml.RANGE_IO, PCI_CONFIG_PORT + PCI_CONFIG_LEN, 0xFFFF),
+        aml.dword_memory(GAP_START, VIRTIO_MMIO_START - 1))
+    pci0 = aml.device("PCI0", aml.name("_HID", aml.eisa_id("PNP0A03")),
+                      aml.name("_UID", aml.integer(0)), aml.name("_SEG", aml.integer(0)),
+                      aml.name("_BBN", aml.integer(0)), aml.name("_CRS", crs))
+    return _table(b"DSDT", 2, aml.name("_S5_", s5) + aml.scope("\\_SB_", pci0))
 
 
 def _facs() -> bytes:
