@@ -10,16 +10,11 @@ CONSOLES = {"serial": "console=ttyS0", "virtio": "console=hvc0", "hv": "console=
 DEFAULT_ROOT = "root=/dev/vda rw"
 
 
-# lkvm's DSDT describes no PCI host bridge, so a guest with ACPI must still
-# find PCI devices by probing configuration space and take their interrupt
-# lines from it, as without ACPI.
-ACPI_PCI = "pci=conf1,noacpi"
-
 
 def kernel_cmdline(params: str, console: str, acpi: bool, root: str | None = None) -> str:
     """root is the fragment for the root lkvm chose (a 9p root); a root=
     in the user's params wins over it."""
-    base = BASE if not acpi else BASE.replace("noacpi ", "").replace("pci=conf1", ACPI_PCI)
+    base = BASE if not acpi else BASE.replace("noacpi ", "")
     parts = [base, CONSOLES[console]]
     if not any(p.startswith("root=") for p in params.split()):
         parts.append(root or DEFAULT_ROOT)
