@@ -96,9 +96,9 @@ lint: all
 	$(say) RUFF $(KVMDIR) scripts
 	$(Q)$(VENV)/bin/ruff check -q $(KVMDIR) scripts
 
-test: all
+test: all guest-kernel
 	$(say) PYTEST $(KVMDIR)/tests
-	$(Q)$(PY) -m pytest -q $(PYTEST_FLAGS) $(KVMDIR)/tests
+	$(Q)$(PY) -m pytest -q -rs $(PYTEST_FLAGS) $(KVMDIR)/tests
 
 check: lint test
 
