@@ -13,10 +13,15 @@ import pytest
 from include.uapi import ffi, lib
 from kvm import ipc
 from kvm.ipc import BALLOON, S32, STAT, IpcError
+from tests.fakevm import FakeVm, context
 from tests.helpers import run_lkvm
 from virtio import balloon as balloon_mod
-from virtio.balloon import DEFLATE, INFLATE, PAGE, PFN, Balloon
+from virtio import setup
+from virtio.balloon import DEFLATE, INFLATE, PAGE, PFN, STATS, Balloon
+from virtio.mmio import VirtioMmio
 from virtio.mock import HIGH_RAM, HOLE, LOW_RAM, Driver, mock_memory
+from virtio.pci import DEVICE
+from x86 import arch
 
 MIB = 1 << 20
 PATTERN = b"\xa5" * PAGE
@@ -250,6 +255,33 @@ def test_stat_through_the_ipc_socket(lkvm_home):
         assert run_lkvm("balloon", "-n", "mock", "--inflate", "3").returncode == 0
         assert config(drv.dev)[0] == 3 * MIB // PAGE
     drv.close()
+
+
+@pytest.mark.parametrize("transport", sorted(setup.TRANSPORTS))
+def test_balloon_option_on_every_transport(transport):
+    """--balloon makes one, its target reaches the driver through the
+    transport's config window, and the driver's `actual` comes back."""
+    vm = FakeVm()
+    ctx = context(vm)
+    assert setup.balloon(ctx, SimpleNamespace(balloon=False), print) == []
+    (dev,) = setup.balloon(ctx, SimpleNamespace(balloon=True), print)
+    assert ctx.balloon is dev
+    setup.TRANSPORTS[transport](dev, ctx)
+    if isinstance(dev.transport, VirtioMmio):
+        bus, window = vm.mmio, arch.VIRTIO_MMIO_START + lib.VIRTIO_MMIO_CONFIG
+    elif dev.modern:
+        bus, window = vm.mmio, dev.transport.bars[0].addr + DEVICE
+    else:  # legacy I/O BAR, MSI-X off: config where the MSI-X vectors would be
+        bus, window = vm.pio, dev.transport.bars[0].addr + lib.VIRTIO_MSI_CONFIG_VECTOR
+    dev.ipc_handlers("g")[BALLOON][0](S32.pack(2))
+    assert bus.read(window, 4) == 2 * MIB // PAGE
+    bus.write(window + 4, 4, 77)
+    assert config(dev) == (2 * MIB // PAGE, 77)
+    assert dev.offered() >> lib.VIRTIO_BALLOON_F_STATS_VQ & 1
+    assert not dev.offered() >> lib.VIRTIO_BALLOON_F_DEFLATE_ON_OOM & 1
+    assert (INFLATE, DEFLATE, STATS) == (0, 1, 2) and len(dev.queues) == 3
+    dev.close()
+    vm.close()
 
 
 def test_discard_failure_warns_once_and_carries_on(capsys, monkeypatch):
