@@ -65,6 +65,8 @@ def parser() -> Parser:
     p.add_argument("-p", "--params", default="", help="kernel command line additions")
     p.add_argument("--console", choices=["serial", "virtio"], default="serial")
     p.add_argument("--rng", action="store_true", help="a virtio-rng device")
+    p.add_argument("--balloon", action="store_true",
+                   help="a virtio-balloon device, for lkvm balloon and lkvm stat")
     p.add_argument("-d", "--disk", action="append", default=[],
                    metavar="FILE[,ro][,direct]|DIR|ROOTFS",
                    help="a virtio-blk disk, or a directory or ~/.lkvm rootfs as the 9p root")
@@ -141,7 +143,9 @@ def launch(cfg: RunConfig, args: object) -> int:
         signal.signal(sig, lambda signum, _: vm.stop(128 + signum))
     # ~/.lkvm/<name>.sock for lkvm list/pause/stop/debug; vm.run's exit hooks
     # remove it, so it is made once signals end lkvm through vm.run.
-    vm.on_exit.append(IpcServer(vm, cfg.name, sysrq=uarts[0].sysrq).close)
+    ipc = IpcServer(vm, cfg.name, sysrq=uarts[0].sysrq,
+                    handlers=virtio.balloon.ipc_handlers(cfg.name) if virtio.balloon else None)
+    vm.on_exit.append(ipc.close)
     print(f"  # lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}",
           file=sys.stderr)
     term.start(virtio.console.receive if virtio.console else uarts[0].receive)

@@ -118,7 +118,8 @@ class IpcServer:
     table maps each message type to its handler and payload size."""
 
     def __init__(self, vm: object, name: str,
-                 sysrq: Callable[[bytes], None] | None = None) -> None:
+                 sysrq: Callable[[bytes], None] | None = None,
+                 handlers: dict[int, tuple[Handler, int | None]] | None = None) -> None:
         self.vm = vm
         self.name = name
         self.sysrq = sysrq
@@ -130,9 +131,11 @@ class IpcServer:
             RESUME: (self._resume, 0),
             STOP: (self._stop, 0),
             DEBUG: (self._debug, DEBUG_PARAMS.size),
-            # The balloon device registers its own handlers when present.
+            # Unless a balloon device brings its own.
             BALLOON: (self._no_balloon, S32.size),
             STAT: (self._no_balloon, 0),
+            # Devices' own, in place before the first client can connect.
+            **(handlers or {}),
         }
         self.sock = _bind(self.path, name)
         self.ino = os.stat(self.path).st_ino

@@ -88,6 +88,18 @@ class GuestMemory:
     def write(self, gpa: int, data: bytes) -> None:
         self.view(gpa, len(data))[:] = data
 
+    def discard(self, gpa: int, length: int) -> None:
+        """Hand a range of whole host pages back to the host (a balloon
+        inflating): it reads as zeros and takes host memory again only
+        when the guest touches it.  Refuses anything outside RAM; OSError
+        where the backing cannot drop pages (hugetlbfs at 4 KiB grain)."""
+        r = self.region(gpa, length)
+        off = gpa - r.gpa
+        if off % mmap.PAGESIZE or length % mmap.PAGESIZE:
+            raise GuestError(f"guest range {gpa:#x}+{length:#x} is not whole host pages")
+        if length:
+            r.map.madvise(mmap.MADV_DONTNEED, off, length)
+
     def struct(self, ctype: str, gpa: int) -> object:
         """A cffi pointer of type `ctype *` onto guest memory at `gpa`."""
         return ffi.from_buffer(ctype + " *", self.view(gpa, ffi.sizeof(ctype)))

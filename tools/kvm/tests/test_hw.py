@@ -1,5 +1,7 @@
 """The legacy devices and the buses, driven as a guest driver drives them."""
 
+import ctypes
+import mmap
 import time
 
 import pytest
@@ -138,4 +140,35 @@ def test_memory_refuses_ranges_outside_ram():
                    (2**64 - 1, 2)]:        # an address that wraps
         with pytest.raises(GuestError):
             mem.view(gpa, n)
+    mem.close()
+
+
+def resident(mem: GuestMemory, gpa: int, pages: int) -> list[bool]:
+    """mincore(2) of guest pages: which are in host memory."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    vec = (ctypes.c_ubyte * pages)()
+    r = mem.region(gpa, pages * mmap.PAGESIZE)
+    addr = r.host + gpa - r.gpa
+    assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(pages * mmap.PAGESIZE), vec) == 0
+    return [bool(b & 1) for b in vec]
+
+
+def test_memory_discard_gives_pages_back_and_refuses_outside_ram():
+    page = mmap.PAGESIZE
+    mem = GuestMemory([(0, 1 << 20), (4 << 20, 1 << 20)])
+    mem.write(4 << 20, b"\xa5" * 4 * page)
+    assert resident(mem, 4 << 20, 4) == [True] * 4
+    mem.discard((4 << 20) + page, 2 * page)
+    assert resident(mem, 4 << 20, 4) == [True, False, False, True]
+    assert mem.read(4 << 20, 4 * page) == b"\xa5" * page + bytes(2 * page) + b"\xa5" * page
+    mem.write(0, b"\x5a" * page)
+    for gpa, n in [((1 << 20) - page, 2 * page),   # runs into the hole
+                   (2 << 20, page),                # in the hole
+                   (5 << 20, page),                # past the end
+                   (2**64 - page, page),           # wraps
+                   (0x800, page),                  # not page aligned
+                   (0, page + 1)]:                 # not whole pages
+        with pytest.raises(GuestError):
+            mem.discard(gpa, n)
+    assert mem.read(0, page) == b"\x5a" * page and mem.read((1 << 20) - 1, 1) == b"\0"
     mem.close()

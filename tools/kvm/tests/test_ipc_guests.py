@@ -35,10 +35,10 @@ def read_until(stream, marker: bytes, timeout: float = TINY_TIMEOUT) -> bytes:
 
 
 @contextmanager
-def running(name: str, image: str = "idle", cpus: int = 1):
+def running(name: str, image: str = "idle", cpus: int = 1, opts: tuple[str, ...] = ()):
     """`lkvm run --name NAME` in the background; yields once its socket is
     up (it says so on stderr right after), ends it if the test did not."""
-    p = subprocess.Popen([LKVM, "run", "-c", str(cpus), "-m", "16", "--name", name,
+    p = subprocess.Popen([LKVM, "run", "-c", str(cpus), "-m", "16", "--name", name, *opts,
                           guest(image)], stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -108,6 +108,24 @@ def test_debug_dump_nmi_and_sysrq():
         ok("debug", "-n", "echo", "--sysrq", "\n")
         assert p.wait(TINY_TIMEOUT) == 0
         assert p.stdout.read() == b"\0\n"
+
+
+def test_balloon_on_a_guest_without_its_driver():
+    """The device is there but nothing drives it: the target still moves,
+    statistics time out with one line, and a guest without --balloon
+    says so."""
+    with running("bal", opts=("--balloon",)) as p, running("plain"):
+        assert ok("balloon", "-n", "bal", "--inflate", "8") == ""
+        assert ok("balloon", "-n", "bal", "--deflate", "64") == ""  # clamped at 0
+        start = time.monotonic()
+        r = run_lkvm("stat", "-n", "bal", "--memory")
+        assert fatal(r).splitlines() == ["Fatal: guest 'bal' sent no memory statistics "
+                                         "within 1 s: is its balloon driver loaded?"]
+        assert time.monotonic() - start < TINY_TIMEOUT / 2
+        r = run_lkvm("balloon", "-n", "plain", "--inflate", "8")
+        assert fatal(r).splitlines() == ["Fatal: guest 'plain' has no balloon device"]
+        ok("stop", "-n", "bal")
+        assert p.wait(TINY_TIMEOUT) == 0
 
 
 def test_garbage_on_a_live_guest_leaves_it_alone():

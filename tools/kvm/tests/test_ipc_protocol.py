@@ -139,6 +139,15 @@ def test_no_balloon_device(server):
     assert "no balloon device" in fatal(run_lkvm("stat", "-n", "fake", "--memory"))
 
 
+def test_handlers_given_at_start_serve_the_first_client(lkvm_home):
+    """A device's handlers are in place before the socket exists: no
+    client can catch the server answering for a device it has."""
+    with ipc.IpcServer(FakeVm(), "early", handlers={
+            ipc.BALLOON: (lambda p: b"", ipc.S32.size)}):
+        assert run_lkvm("balloon", "-n", "early", "-i", "1").returncode == 0
+        assert "no balloon device" in fatal(run_lkvm("stat", "-n", "early", "-m"))
+
+
 def test_balloon_and_stat_plumbing(server):
     """What the balloon device will register: the clients' side works."""
     from include.uapi import ffi, lib

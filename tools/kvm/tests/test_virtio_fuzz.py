@@ -5,11 +5,12 @@ could do: queue sizes that are not powers of two, rings outside RAM or
 misaligned, descriptors pointing into the hole or past RAM, lengths that
 wrap, loops, indirect tables inside indirect tables, readable descriptors
 where writable ones belong, available indexes running ahead, feature bits
-never offered, and blk headers with any type and sector.  The device must
-answer with an error status or mark itself NEEDS_RESET; any other
-exception fails the test, and every access goes through GuestMemory.view,
-which refuses anything outside RAM.  10,000 cases per device, 100,000 with
---slow.
+never offered, blk headers with any type and sector, and balloon page
+numbers inside and outside RAM, with target changes and stats requests
+in between.  The device must answer with an error status or mark itself
+NEEDS_RESET; any other exception fails the test, and every access goes
+through GuestMemory.view, which refuses anything outside RAM.  10,000
+cases per device, 100,000 with --slow.
 """
 
 import os
@@ -21,10 +22,13 @@ from hypothesis import strategies as st
 
 from disk.raw import RawDisk
 from include.uapi import lib
+from kvm.ipc import BALLOON, STAT, U32, IpcError
+from virtio import balloon as balloon_mod
+from virtio.balloon import PAGE_SHIFT, PFN, STATS, Balloon
 from virtio.blk import OUTHDR, RANGE, Blk
 from virtio.console import Console
 from virtio.device import S_FEATURES_OK
-from virtio.mock import F_INDIRECT, F_NEXT, F_WRITE, HOLE, LOW_RAM, Driver, mock_memory
+from virtio.mock import F_INDIRECT, F_NEXT, F_WRITE, HIGH_RAM, HOLE, LOW_RAM, Driver, mock_memory
 from virtio.queue import DESC, USED_ELEM, USED_IDX, USED_RING
 from virtio.rng import Rng
 
@@ -44,6 +48,11 @@ BLK_TYPES = [lib.VIRTIO_BLK_T_IN, lib.VIRTIO_BLK_T_OUT, lib.VIRTIO_BLK_T_FLUSH,
              lib.VIRTIO_BLK_T_GET_ID, lib.VIRTIO_BLK_T_DISCARD, lib.VIRTIO_BLK_T_WRITE_ZEROES,
              lib.VIRTIO_BLK_T_SCSI_CMD, 0xFFFFFFFF]
 SECTORS = [0, 1, 127, 128, 2**32, 2**63 - 1, 2**64 - 1]
+# Balloon pages: buffers and the descriptor table being read, RAM's edges,
+# the hole, past the end.  Never the used ring: the checks below read it.
+PFNS = [BUFS >> PAGE_SHIFT, (BUFS >> PAGE_SHIFT) + 1, RINGS >> PAGE_SHIFT, 0,
+        (LOW_RAM >> PAGE_SHIFT) - 1, HOLE[0] >> PAGE_SHIFT, HOLE[1] >> PAGE_SHIFT,
+        (HOLE[1] + HIGH_RAM >> PAGE_SHIFT) - 1, HOLE[1] + HIGH_RAM >> PAGE_SHIFT, 0xFFFFFFFF]
 
 
 class Reader:
@@ -97,7 +106,9 @@ def hostile_case(dev, data: bytes) -> None:
         DESC.pack_into(dev.mem.view(where, 16 * (i + 1)), 16 * i, r.value(ADDRS, 8),
                        r.value(LENS, 4), flags, r.int(1) % (table + 2))
     for addr in (BUFS, BUFS + 0x1000):
-        if r.int(1) % 2:
+        if isinstance(dev, Balloon):
+            dev.mem.write(addr, b"".join(PFN.pack(r.value(PFNS, 4)) for _ in range(4)))
+        elif r.int(1) % 2:
             dev.mem.write(addr, OUTHDR.pack(r.pick(BLK_TYPES), 0, r.value(SECTORS, 8)))
         else:
             dev.mem.write(addr, RANGE.pack(r.value(SECTORS, 8), r.int(4), r.int(1) % 3))
@@ -112,17 +123,35 @@ def hostile_case(dev, data: bytes) -> None:
     if isinstance(dev, Console) and r.int(1) % 2:
         dev.receive(b"keys")
     dev.notify(index)
+    if isinstance(dev, Balloon):
+        balloon_requests(dev, r)
     if dev.broken:
         return
-    assert q.used_idx == q.last_avail  # every chain taken was given back
+    # Every chain taken was given back, but the stats buffer the balloon keeps.
+    kept = int(isinstance(dev, Balloon) and index == STATS and dev.stats_head is not None)
+    assert q.used_idx + kept == q.last_avail
     if q.used_addr != RINGS + 0x20000:
         return  # the case's own writes may have landed on a ring it moved
     used = dev.mem.view(q.used_addr, USED_RING + 8 * table + 2)
     done = struct.unpack_from("<H", used, USED_IDX)[0]
-    assert done == q.last_avail
+    assert done + kept == q.last_avail
     for n in range(min(done, table)):
         head, _ = USED_ELEM.unpack_from(used, USED_RING + 8 * n)
         assert head < table
+
+
+def balloon_requests(dev: Balloon, r: Reader) -> None:
+    """`lkvm balloon` and `lkvm stat` at any moment: the stats buffer goes
+    back into whatever state the rings are in."""
+    handlers = dev.ipc_handlers("fuzz")
+    if r.int(1) % 2:
+        # Any s32 MiB: the payload's bytes, as the client packs them.
+        handlers[BALLOON][0](U32.pack(r.value([0, 1, 0xFFFFFFFF, 0x7FFFFFFF, 0x80000000], 4)))
+    if r.int(1) % 2:
+        try:
+            handlers[STAT][0](b"")
+        except IpcError:
+            pass  # nobody refilled it: STATS_TIMEOUT is 0 here
 
 
 @pytest.fixture
@@ -137,11 +166,13 @@ DEVICES = {
     "console": lambda mem, path: Console(mem, lambda data: None),
     "blk": lambda mem, path: Blk(mem, RawDisk(path), "fuzz"),
     "blk-ro": lambda mem, path: Blk(mem, RawDisk(path, readonly=True), "fuzz"),
+    "balloon": lambda mem, path: Balloon(mem),
 }
 
 
 @pytest.mark.parametrize("name", sorted(DEVICES))
-def test_hostile_guests_never_crash_a_device(request, name, disk_path):
+def test_hostile_guests_never_crash_a_device(request, name, disk_path, monkeypatch):
+    monkeypatch.setattr(balloon_mod, "STATS_TIMEOUT", 0)
     cases = SLOW_CASES if request.config.getoption("--slow") else CASES
     dev = DEVICES[name](mock_memory(), disk_path)
     ran = 0

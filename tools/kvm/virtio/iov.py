@@ -18,6 +18,17 @@ def take(views: list[memoryview], n: int) -> tuple[bytes | None, list[memoryview
     return (bytes(head) if len(head) == n else None), rest
 
 
+def prefix(views: list[memoryview], limit: int) -> bytes:
+    """A copy of the first `limit` bytes, or of all there are if fewer:
+    a guest's buffers may span its whole RAM, many times over."""
+    out = bytearray()
+    for v in views:
+        if len(out) >= limit:
+            break
+        out += v[:limit - len(out)]
+    return bytes(out)
+
+
 def drop_last(views: list[memoryview]) -> tuple[memoryview | None, list[memoryview]]:
     """The last byte as a view (None if there is none) and the views before."""
     rest = [v for v in views if len(v)]

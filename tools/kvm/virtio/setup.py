@@ -1,7 +1,7 @@
 """Which virtio devices a VM gets and on which transport: one table of
 device makers, run in order (hvc0 first, then the rng, then the disks in
-the order given, so /dev/vda is the first -d), and one table of
-transports."""
+the order given, so /dev/vda is the first -d, then 9p shares and the
+balloon), and one table of transports."""
 
 import importlib
 from collections.abc import Callable
@@ -12,6 +12,7 @@ from hw.pci import PciBus
 from kvm.errors import LkvmError
 from kvm.iothread import IoThread
 from kvm.irq import IrqRouting
+from virtio.balloon import Balloon
 from virtio.blk import Blk
 from virtio.console import Console
 from virtio.device import VirtioDevice
@@ -39,6 +40,7 @@ class Context:
     mmio_next: int
     devices: list[VirtioDevice] = field(default_factory=list)
     console: Console | None = None
+    balloon: Balloon | None = None
 
     def next_mmio_base(self) -> int:
         base, self.mmio_next = self.mmio_next, self.mmio_next + REGION_SIZE
@@ -75,7 +77,14 @@ def p9(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[VirtioD
             for s in args.p9]
 
 
-DEVICES = (console, rng, blk, p9)
+def balloon(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[VirtioDevice]:
+    if not args.balloon:
+        return []
+    ctx.balloon = Balloon(ctx.vm.mem)
+    return [ctx.balloon]
+
+
+DEVICES = (console, rng, blk, p9, balloon)
 
 
 def attach(vm: object, args: object, console_out: Callable[[bytes], None]) -> Context:
