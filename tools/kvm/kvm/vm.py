@@ -45,7 +45,11 @@ class Vm:
         self.vcpus = [Vcpu(self, i) for i in range(cpus)]
         self.exit_status = 0
         self.stopping = False
+        # What a user sees (`lkvm list`, vmstate): only pause() and resume()
+        # change it.  The halt check parks the vCPUs too, with _parking
+        # alone: a user must not see, or resume, a pause they did not ask for.
         self.paused = False
+        self._parking = False  # the vCPUs are to park: the user's pause or the check's
         self._stopped = threading.Event()
         self._pause_lock = threading.Condition()
         self._control = threading.Lock()  # one pauser at a time: the user or the halt check
@@ -144,16 +148,18 @@ class Vm:
         """Return once every vCPU is parked outside KVM_RUN."""
         with self._control:
             self._park()
+            self.paused = self._parking  # not when the VM is stopping
 
     def resume(self) -> None:
         with self._control:
+            self.paused = False
             self._unpark()
 
     def _park(self) -> None:
         with self._pause_lock:
-            if self.paused or self.stopping:
+            if self._parking or self.stopping:
                 return
-            self.paused = True
+            self._parking = True
             for vcpu in self.vcpus:
                 vcpu.kick()
             self._pause_lock.wait_for(
@@ -161,16 +167,16 @@ class Vm:
 
     def _unpark(self) -> None:
         with self._pause_lock:
-            self.paused = False
+            self._parking = False
             self._pause_lock.notify_all()
 
     def vcpu_checkpoint(self, vcpu: Vcpu) -> None:
         """Where a kicked vCPU thread learns why: stop, pause, or go on."""
         with self._pause_lock:
-            if self.paused and not self.stopping:
+            if self._parking and not self.stopping:
                 self._parked += 1
                 self._pause_lock.notify_all()
-                self._pause_lock.wait_for(lambda: not self.paused or self.stopping)
+                self._pause_lock.wait_for(lambda: not self._parking or self.stopping)
                 self._parked -= 1
             if self.stopping:
                 raise VcpuStop
