@@ -8,6 +8,7 @@ import tempfile
 
 import pytest
 
+from tests.p9share import Share
 from tests.testhost.fixture import l2host
 
 __all__ = ["l2host"]
@@ -41,3 +42,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def share(tmp_path) -> Share:
+    """A 9p share with a sentinel beside it, checked untouched afterwards."""
+    s = Share(tmp_path)
+    yield s
+    s.check()
+    s.close()
+
+
+@pytest.fixture
+def c(share: Share) -> object:
+    """A 9P2000.L client attached to `share`."""
+    return share.client()

@@ -8,7 +8,6 @@ import tempfile
 
 import pytest
 
-from tests.p9share import Share
 from virtio.p9 import Server
 from virtio.p9.client import Client, dirents
 from virtio.p9.fs import QTDIR, QTFILE, QTSYMLINK
@@ -17,19 +16,6 @@ from virtio.p9.wire import NOFID, Msg
 O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_DIRECTORY = 0, 1, 2, 0o100, 0o1000, 0o200000
 ALL = 0x3FFF
 NOBODY = 65534
-
-
-@pytest.fixture
-def share(tmp_path):
-    s = Share(tmp_path)
-    yield s
-    s.check()
-    s.close()
-
-
-@pytest.fixture
-def c(share):
-    return share.client()
 
 
 def path(share, *names):

@@ -15,19 +15,6 @@ from virtio.p9.wire import NOFID, NOTAG, Msg, message, pack
 O_RDONLY, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND = 0, 1, 2, 0o100, 0o1000, 0o2000
 
 
-@pytest.fixture
-def share(tmp_path):
-    s = Share(tmp_path)
-    yield s
-    s.check()
-    s.close()
-
-
-@pytest.fixture
-def c(share):
-    return share.client()
-
-
 def errno_of(c, mtype, *fields) -> int:
     with pytest.raises(OSError) as e:
         c.rpc(mtype, *fields)
