@@ -14,6 +14,7 @@ from include.uapi import lib
 from kvm.errors import LkvmError
 
 CONFIG_ADDRESS, CONFIG_DATA = 0xCF8, 0xCFC
+CONFIG_PORT_SIZE = 4
 CONFIG_ENABLE = 1 << 31           # PCI Local Bus 3.0 §3.2.2.3.2: the enable bit
 CONFIG_SPACE = 256
 MAX_SLOTS = 32
@@ -128,8 +129,8 @@ class PciBus:
         self.slots: list[PciDevice | None] = [None] * MAX_SLOTS
         self.next_mmio, self.mmio_end = mmio_start, mmio_end
         self.next_io = IO_BAR_START
-        vm.pio.register(CONFIG_ADDRESS, 4, _AddressPort(self))
-        vm.pio.register(CONFIG_DATA, 4, _DataPort(self))
+        vm.pio.register(CONFIG_ADDRESS, CONFIG_PORT_SIZE, _AddressPort(self))
+        vm.pio.register(CONFIG_DATA, CONFIG_PORT_SIZE, _DataPort(self))
         self.add(HostBridge())
 
     def add(self, dev: PciDevice) -> int:

@@ -8,7 +8,7 @@ hw/acpi_pm.py models.  Layouts from the ACPI specification 6.4, chapter 5
 
 import struct
 
-from hw.pci import CONFIG_ADDRESS
+from hw.pci import CONFIG_ADDRESS, CONFIG_DATA, CONFIG_PORT_SIZE
 from x86 import aml
 from x86.layout import GAP_START, VIRTIO_MMIO_START
 from x86.mptable import IOAPIC_ADDR, LAPIC_ADDR
@@ -47,8 +47,10 @@ PM1A_CNT_PORT, PM1_CNT_LEN = 0x604, 2
 PM_BASE, PM_LEN = PM1A_EVT_PORT, PM1_EVT_LEN + PM1_CNT_LEN
 S5_SLP_TYP = 5
 
-# The ports of PCI configuration mechanism #1 (hw/pci.py), and its one bus.
-PCI_CONFIG_PORT, PCI_CONFIG_LEN = CONFIG_ADDRESS, 8
+# The ports of PCI configuration mechanism #1 as hw/pci.py decodes them,
+# and its one bus.
+PCI_CONFIG_PORT = CONFIG_ADDRESS
+PCI_CONFIG_LEN = CONFIG_DATA + CONFIG_PORT_SIZE - CONFIG_ADDRESS
 PCI_BUSES = 1
 
 
