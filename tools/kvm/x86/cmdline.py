@@ -10,7 +10,6 @@ CONSOLES = {"serial": "console=ttyS0", "virtio": "console=hvc0", "hv": "console=
 DEFAULT_ROOT = "root=/dev/vda rw"
 
 
-
 def kernel_cmdline(params: str, console: str, acpi: bool, root: str | None = None) -> str:
     """root is the fragment for the root lkvm chose (a 9p root); a root=
     in the user's params wins over it."""
