@@ -47,9 +47,10 @@ UAPI_SO   := $(KVMDIR)/include/_uapi.so.stamp
 GUESTS    := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/*.S))
 INIT      := $(KVMDIR)/guest/init
 BIOS      := $(KVMDIR)/x86/bios/bios.bin
+PYC       := $(BUILD)/pyc.stamp
 
 .PHONY: all deps check test lint run bench clean help kvmconfig guest-kernel
-all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(BIOS) $(INIT)
+all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(BIOS) $(INIT) $(PYC)
 
 deps: $(BUILD)/deps.stamp
 $(BUILD)/deps.stamp: scripts/install-deps.sh Makefile
@@ -91,6 +92,14 @@ $(BIOS): $(BIOS:.bin=.S) $(BUILD)/deps.stamp
 $(INIT): $(INIT).c $(BUILD)/deps.stamp
 	$(say) CC $@
 	$(Q)$(CC) -static -Os -Wall -Wextra -o $@ $<
+
+# Bytecode for lkvm's own modules, made here because Python may not write it
+# itself (PYTHONDONTWRITEBYTECODE, or the read-only tree the nested test host
+# sees): compiling every module at each start costs seconds under emulation.
+$(PYC): $(shell find $(KVMDIR) scripts -name '*.py') $(VENV)/.stamp
+	$(say) PYC $(KVMDIR)
+	$(Q)$(PY) -m compileall -q $(KVMDIR) scripts
+	$(Q)touch $@
 
 lint: all
 	$(say) RUFF $(KVMDIR) scripts
