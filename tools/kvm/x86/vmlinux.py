@@ -51,6 +51,7 @@ class Vmlinux:
         self.entry = self._pvh_entry(image, phdrs)
         mem, ram_top = vm.mem, vm.mem.regions[0].end
         kernel_end = KERNEL_ADDR
+        data = memoryview(image)  # segments go to the guest without a copy in between
         for ph in phdrs:
             if ph.p_type != lib.PT_LOAD:
                 continue
@@ -60,7 +61,7 @@ class Vmlinux:
             if end > ram_top:
                 raise LkvmError(f"-m {vm.ram_size >> 20}: this kernel needs at least "
                                 f"{(end + (1 << 20) - 1) >> 20} MiB of RAM")
-            mem.write(ph.p_paddr, image[ph.p_offset:ph.p_offset + ph.p_filesz])
+            mem.write(ph.p_paddr, data[ph.p_offset:ph.p_offset + ph.p_filesz])
             mem.view(ph.p_paddr + ph.p_filesz, ph.p_memsz - ph.p_filesz)[:] = \
                 bytes(ph.p_memsz - ph.p_filesz)
             kernel_end = max(kernel_end, end)
