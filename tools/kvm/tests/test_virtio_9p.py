@@ -5,12 +5,10 @@ import importlib
 import os
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from include.uapi import lib
 from kvm.errors import LkvmError
-from tests.test_virtio_fuzz import CASES, FUZZ, hostile_case
+from tests.test_virtio_fuzz import fuzz_device
 from virtio.mock import Driver, mock_memory
 from virtio.p9.client import parse
 from virtio.p9.wire import Msg, message, pack
@@ -40,20 +38,7 @@ def test_version_across_descriptors(tmp_path):
 
 
 def test_hostile_messages_and_chains(request, tmp_path):
-    dev = P9(mock_memory(), str(tmp_path))
-    cases = CASES if not request.config.getoption("--slow") else 10 * CASES
-    ran = 0
-
-    @settings(FUZZ, max_examples=cases)
-    @given(st.binary(max_size=160))
-    def case(data):
-        nonlocal ran
-        ran += 1
-        hostile_case(dev, data)
-
-    case()
-    dev.close()
-    assert ran >= cases
+    fuzz_device(request, P9(mock_memory(), str(tmp_path)))
     assert os.listdir(tmp_path) == []
 
 

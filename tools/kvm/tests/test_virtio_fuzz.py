@@ -173,8 +173,13 @@ DEVICES = {
 @pytest.mark.parametrize("name", sorted(DEVICES))
 def test_hostile_guests_never_crash_a_device(request, name, disk_path, monkeypatch):
     monkeypatch.setattr(balloon_mod, "STATS_TIMEOUT", 0)
+    fuzz_device(request, DEVICES[name](mock_memory(), disk_path))
+
+
+def fuzz_device(request, dev) -> None:
+    """Feed `dev` CASES hostile guests (SLOW_CASES under --slow), then
+    close it; every case must have run."""
     cases = SLOW_CASES if request.config.getoption("--slow") else CASES
-    dev = DEVICES[name](mock_memory(), disk_path)
     ran = 0
 
     @settings(FUZZ, max_examples=cases)
