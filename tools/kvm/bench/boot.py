@@ -24,8 +24,8 @@ import time
 KVMDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, KVMDIR)
 
-from tests.testhost import guest_kernel, guest_vmlinux, make_initrd, needed  # noqa: E402
-from tests.testhost.runner import L1, Direct  # noqa: E402
+from tests.testhost import guest_kernel, guest_vmlinux, make_initrd  # noqa: E402
+from tests.testhost.runner import run_bench  # noqa: E402
 
 LKVM = os.path.join(os.path.dirname(os.path.dirname(KVMDIR)), "lkvm")
 MARKER = b"lkvm-bench-init"
@@ -109,16 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     files = [str(guest_kernel()), str(guest_vmlinux()),
              str(make_initrd(f"echo {MARKER.decode()}\n"))]
-    host = L1() if needed() else Direct()
-    try:
-        r = host.run([sys.executable, os.path.abspath(__file__), "-n", str(args.runs),
-                      "--inner", *files], timeout=TIMEOUT * 5 * args.runs)
-    finally:
-        host.close()
-    sys.stderr.write(r.stderr)
-    if r.returncode:
-        sys.exit("boot.py: the measurement failed")
-    report(json.loads(r.stdout.splitlines()[-1]))
+    report(run_bench(__file__, ["-n", str(args.runs), "--inner", *files],
+                   timeout=TIMEOUT * 5 * args.runs))
     return 0
 
 

@@ -26,8 +26,8 @@ sys.path.insert(0, KVMDIR)
 
 from kvm import guestroot, rootfs  # noqa: E402
 from kvm.cmd import load_builtin  # noqa: E402
-from tests.testhost import kvmconfig_kernel, needed  # noqa: E402
-from tests.testhost.runner import L1, Direct  # noqa: E402
+from tests.testhost import kvmconfig_kernel  # noqa: E402
+from tests.testhost.runner import run_bench  # noqa: E402
 
 LKVM = os.path.join(os.path.dirname(os.path.dirname(KVMDIR)), "lkvm")
 TIMEOUT = 300          # one boot and measurement
@@ -140,17 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     if kernel is None:
         print("p9_guest.py: no guest kernel with 9p built in: run make guest-kernel; skipped")
         return 0
-    host = L1() if needed() else Direct()
-    try:
-        r = host.run([sys.executable, os.path.abspath(__file__), "-n", str(args.ops),
-                      "-m", str(args.mib), "--inner", str(kernel)],
-                     timeout=2 * ATTEMPTS * TIMEOUT + 60)
-    finally:
-        host.close()
-    sys.stderr.write(r.stderr)
-    if r.returncode:
-        sys.exit("p9_guest.py: the measurement failed")
-    results = json.loads(r.stdout.splitlines()[-1])
+    results = run_bench(
+        __file__, ["-n", str(args.ops), "-m", str(args.mib), "--inner", str(kernel)],
+        timeout=2 * ATTEMPTS * TIMEOUT + 60)
     report(results, args.ops, args.mib)
     return 0 if len(results) == 2 else 1
 

@@ -40,8 +40,8 @@ sys.path.insert(0, KVMDIR)
 
 from kvm import guestroot, rootfs  # noqa: E402
 from kvm.cmd import load_builtin  # noqa: E402
-from tests.testhost import kvmconfig_kernel, needed  # noqa: E402
-from tests.testhost.runner import L1, Direct  # noqa: E402
+from tests.testhost import kvmconfig_kernel  # noqa: E402
+from tests.testhost.runner import run_bench  # noqa: E402
 
 LKVM = os.path.join(os.path.dirname(os.path.dirname(KVMDIR)), "lkvm")
 TIMEOUT = 300          # one boot and measurement
@@ -179,17 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         print("virtio_blk_guest.py: no guest kernel with virtio built in: "
               "run make guest-kernel; skipped")
         return 0
-    host = L1() if needed() else Direct()
-    try:
-        r = host.run([sys.executable, os.path.abspath(__file__), "-m", str(args.mib),
-                      "-k", str(args.kib), "--inner", str(kernel)],
-                     timeout=2 * ATTEMPTS * TIMEOUT + 60)
-    finally:
-        host.close()
-    sys.stderr.write(r.stderr)
-    if r.returncode:
-        sys.exit("virtio_blk_guest.py: the measurement failed")
-    results = json.loads(r.stdout.splitlines()[-1])
+    results = run_bench(
+        __file__, ["-m", str(args.mib), "-k", str(args.kib), "--inner", str(kernel)],
+        timeout=2 * ATTEMPTS * TIMEOUT + 60)
     report(results, args.mib, args.kib)
     return 0 if len(results) == 2 else 1
 

@@ -1,8 +1,11 @@
 """Where e2e tests run their commands: on this host, or inside L1."""
 
+import json
 import os
 import subprocess
+import sys
 
+from . import probe
 from .cache import TestHostError
 from .session import Result, Session
 
@@ -60,3 +63,19 @@ class L1:
     def close(self) -> None:
         if self._session is not None:
             self._session.close()
+
+
+def run_bench(script: str, args: list[str], timeout: float) -> object:
+    """Run a benchmark `script` with `args` where Linux guests can run (in
+    L1 when this host's KVM can't) and return its last line of output,
+    parsed as JSON.  Its stderr passes through; a failed run ends the
+    caller with a message."""
+    host = L1() if probe.needed() else Direct()
+    try:
+        r = host.run([sys.executable, os.path.abspath(script), *args], timeout=timeout)
+    finally:
+        host.close()
+    sys.stderr.write(r.stderr)
+    if r.returncode:
+        sys.exit(f"{os.path.basename(script)}: the measurement failed")
+    return json.loads(r.stdout.splitlines()[-1])
