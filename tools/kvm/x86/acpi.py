@@ -47,9 +47,8 @@ PM1A_CNT_PORT, PM1_CNT_LEN = 0x604, 2
 PM_BASE, PM_LEN = PM1A_EVT_PORT, PM1_EVT_LEN + PM1_CNT_LEN
 S5_SLP_TYP = 5
 
-# The ports of PCI configuration mechanism #1 as hw/pci.py decodes them,
-# and its one bus.
-PCI_CONFIG_PORT = CONFIG_ADDRESS
+# The extent of PCI configuration mechanism #1's ports as hw/pci.py
+# decodes them, and its one bus.
 PCI_CONFIG_LEN = CONFIG_DATA + CONFIG_PORT_SIZE - CONFIG_ADDRESS
 PCI_BUSES = 1
 
@@ -74,9 +73,9 @@ def _dsdt() -> bytes:
                      aml.integer(0), aml.integer(0))
     crs = aml.resources(
         aml.word_range(aml.RANGE_BUS, 0, PCI_BUSES - 1),
-        aml.io_port(PCI_CONFIG_PORT, PCI_CONFIG_LEN),
-        aml.word_range(aml.RANGE_IO, 0, PCI_CONFIG_PORT - 1),
-        aml.word_range(aml.RANGE_IO, PCI_CONFIG_PORT + PCI_CONFIG_LEN, 0xFFFF),
+        aml.io_port(CONFIG_ADDRESS, PCI_CONFIG_LEN),
+        aml.word_range(aml.RANGE_IO, 0, CONFIG_ADDRESS - 1),
+        aml.word_range(aml.RANGE_IO, CONFIG_ADDRESS + PCI_CONFIG_LEN, 0xFFFF),
         aml.dword_memory(GAP_START, VIRTIO_MMIO_START - 1))
     pci0 = aml.device("PCI0", aml.name("_HID", aml.eisa_id("PNP0A03")),
                       aml.name("_UID", aml.integer(0)), aml.name("_SEG", aml.integer(0)),
