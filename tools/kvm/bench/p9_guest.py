@@ -24,15 +24,13 @@ import tempfile
 KVMDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, KVMDIR)
 
-from kvm import guestroot, rootfs  # noqa: E402
-from kvm.cmd import load_builtin  # noqa: E402
+from _sandbox import LKVM, RAM_MIB, qemu_on_rootfs  # noqa: E402
+
 from tests.testhost import kvmconfig_kernel  # noqa: E402
 from tests.testhost.runner import run_bench  # noqa: E402
 
-LKVM = os.path.join(os.path.dirname(os.path.dirname(KVMDIR)), "lkvm")
 TIMEOUT = 300          # one boot and measurement
 ATTEMPTS = 3
-RAM_MIB = "256"
 TAG = "bench"
 GUEST_DIR = "/mnt/bench"
 GUEST_BENCH = """
@@ -66,22 +64,7 @@ def lkvm(kernel: str, share: str, ops: int) -> list[str]:
 
 
 def qemu(kernel: str, share: str, ops: int) -> list[str]:
-    """QEMU on the rootfs lkvm sandbox uses, with the script it writes."""
-    sandbox = load_builtin("sandbox")
-    root = rootfs.prepare(rootfs.DEFAULT)
-    rootfs.put(root, sandbox.SCRIPT, sandbox.sandbox_script(guest_command(ops), "/"), 0o755)
-    append = " ".join(["console=ttyS0 quiet panic=-1", guestroot.P9_ROOT,
-                       guestroot.GUEST_INIT, sandbox.PARAMS])
-    cmd = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", RAM_MIB,
-           "-smp", "1", "-nodefaults", "-no-reboot", "-display", "none",
-           "-serial", "stdio", "-kernel", kernel, "-append", append]
-    shares = [(root, guestroot.ROOT_TAG, ""), ("/", guestroot.HOST_TAG, ",readonly=on"),
-              (share, TAG, "")]
-    for i, (path, tag, extra) in enumerate(shares):
-        cmd += ["-fsdev", f"local,id=fs{i},path={path},security_model=none,"
-                          f"multidevs=remap{extra}",
-                "-device", f"virtio-9p-pci,fsdev=fs{i},mount_tag={tag}"]
-    return cmd
+    return qemu_on_rootfs(kernel, guest_command(ops), shares=[(share, TAG)])
 
 
 def measure(name: str, cmd: list[str]) -> list[float] | None:

@@ -11,7 +11,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def main() -> int:
     status = 0
     for name in sorted(os.listdir(HERE)):
-        if name.endswith(".py") and name != "run.py":
+        if name.endswith(".py") and name != "run.py" and not name.startswith("_"):
             print(f"== {name}", flush=True)
             status |= subprocess.call([sys.executable, os.path.join(HERE, name)])
     return status
