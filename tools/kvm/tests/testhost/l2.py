@@ -4,8 +4,8 @@ guest-kernel` builds) and their initramfs."""
 from pathlib import Path
 
 from . import cache, debs, vmlinux
+from . import modules as kmod
 from .cpio import Cpio
-from .modules import load_order
 
 # The cloud kernel builds these virtio drivers as modules; dependencies follow.
 MODULES = [
@@ -60,8 +60,8 @@ def make_initrd(script: str, extra_files: dict[str, bytes | str] | None = None,
         k.lstrip("/"): v.encode() if isinstance(v, str) else v
         for k, v in (extra_files or {}).items()
     }
-    mods = load_order(kernel_dir / "lib" / "modules", MODULES) if modules else []
-    listing = "".join(f"{p.name}\n" for p in mods)
+    mods = kmod.load_order(kernel_dir / "lib" / "modules", MODULES) if modules else []
+    listing = "".join(f"{kmod.file_name(p)}\n" for p in mods)
     init = INIT.read_bytes()
     parts = [init, script, listing, kernel_dir.name, busybox_dir.name]
     parts += [x for name in sorted(extra) for x in (name, extra[name])]
@@ -76,7 +76,7 @@ def make_initrd(script: str, extra_files: dict[str, bytes | str] | None = None,
         a.file("test.sh", script.encode(), 0o755)
         a.file("etc/modules", listing.encode())
         for p in mods:
-            a.file(f"lib/modules/{p.name}", p.read_bytes())
+            a.file(f"lib/modules/{kmod.file_name(p)}", kmod.read(p))
         for name in sorted(extra):
             a.file(name, extra[name], 0o755)
         a.write(tmp)

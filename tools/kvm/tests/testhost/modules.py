@@ -1,16 +1,31 @@
 """Kernel modules of an unpacked Debian kernel package, in load order.
 
 The package ships no modules.dep (depmod writes it at install time), so the
-dependencies come from each module's own `.modinfo` section.
+dependencies come from each module's own `.modinfo` section. Newer kernels
+ship modules xz-compressed (`.ko.xz`); read() gives the ELF either way.
 """
 
+import lzma
 import struct
 from pathlib import Path
+
+SUFFIXES = (".ko", ".ko.xz")
+
+
+def read(path: Path) -> bytes:
+    """A module's ELF image, decompressed if it is shipped compressed."""
+    data = path.read_bytes()
+    return lzma.decompress(data) if path.name.endswith(".xz") else data
+
+
+def file_name(path: Path) -> str:
+    """The file name a module is loaded from: always the uncompressed one."""
+    return path.name.removesuffix(".xz")
 
 
 def _modinfo(path: Path) -> dict[str, str]:
     """The key=value strings of an ELF64 module's .modinfo section."""
-    data = path.read_bytes()
+    data = read(path)
     if data[:4] != b"\x7fELF" or data[4] != 2:
         raise ValueError(f"{path}: not an ELF64 module")
     (shoff,) = struct.unpack_from("<Q", data, 0x28)
@@ -40,7 +55,11 @@ def _canon(name: str) -> str:
 
 def load_order(moddir: Path, wanted: list[str]) -> list[Path]:
     """Paths of `wanted` modules and everything they depend on, dependencies first."""
-    index = {_canon(p.name.removesuffix(".ko")): p for p in moddir.rglob("*.ko")}
+    index = {
+        _canon(file_name(p).removesuffix(".ko")): p
+        for suffix in SUFFIXES
+        for p in moddir.rglob(f"*{suffix}")
+    }
     order: list[Path] = []
     seen: set[str] = set()
 
