@@ -2,12 +2,14 @@
 and /dev/kvm there boots a Linux guest (QEMU as the L2 VMM for now)."""
 
 import os
+import signal
 import subprocess
+import threading
 import time
 
 import pytest
 
-from tests.testhost import L1Error, Session, guest_kernel, make_initrd, needed
+from tests.testhost import L1Died, L1Error, Session, guest_kernel, make_initrd, needed
 
 pytestmark = pytest.mark.e2e
 
@@ -50,3 +52,28 @@ def test_l1_timeout_reports_and_cleans_up() -> None:
     assert not tmp.exists()
     qemus = subprocess.run(["pgrep", "-f", str(tmp)], capture_output=True, check=False)
     assert qemus.stdout == b""
+
+
+def test_l1_that_stops_beating_fails_the_job_at_once() -> None:
+    """A frozen L1 (its qemu stopped, as a hung host looks from outside) fails
+    the job when the heartbeat is missed, long before the job's own limit."""
+    if not needed():
+        pytest.skip("this host runs e2e tests directly, without L1")
+    lost_after = 10.0
+    session = Session(heartbeat_lost=lost_after)
+    started = threading.Event()
+    cmd = ["sh", "-c", "echo started; sleep 1000"]
+
+    def freeze() -> None:
+        started.wait()
+        os.kill(session._proc.pid, signal.SIGSTOP)
+
+    threading.Thread(target=freeze, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(L1Died, match=f"no heartbeat from L1 for {lost_after:.0f} s"):
+        started.set()
+        session.run(cmd, timeout=600)
+    took = time.monotonic() - start
+    print(f"frozen L1 detected after {took:.1f} s")
+    assert took < lost_after + 20
+    assert session.closed

@@ -9,7 +9,7 @@ from . import l1
 from .cache import TestHostError
 from .l2 import guest_kernel, guest_vmlinux, kvmconfig_kernel, make_initrd
 from .probe import needed
-from .session import L1Error, Result, Session, run
+from .session import HostConfig, L1Died, L1Error, Result, Session, run
 
 
 def prepare() -> None:
@@ -19,7 +19,7 @@ def prepare() -> None:
 
 
 __all__ = [
-    "L1Error", "Result", "Session", "TestHostError",
+    "HostConfig", "L1Died", "L1Error", "Result", "Session", "TestHostError",
     "guest_kernel", "guest_vmlinux", "kvmconfig_kernel", "make_initrd", "needed", "prepare",
     "run",
 ]  # fmt: skip

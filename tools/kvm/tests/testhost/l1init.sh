@@ -49,10 +49,13 @@ echo "testhost-l1: root ready"
 # each job is <job>.sh in the results share and is answered with
 # "DONE <job> <status>". RUN keeps the job's output in the share; CONSOLE
 # gives the job L1's console as its terminal, for a person at the keyboard.
+# L1 also sends "HB" every 2 s, which the host reads as "still alive".
 ctl=/dev/ttyS1
 stty -F $ctl raw -echo || fail "no control port"
 exec 3<>$ctl
 echo READY >&3
+while :; do echo HB >&3; sleep 2; done &
+beat=$!
 while read -r verb job <&3; do
 	case $verb in
 	RUN)
@@ -70,5 +73,6 @@ while read -r verb job <&3; do
 		;;
 	esac
 done
+kill $beat
 sync
 poweroff -f

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from . import cache, l1
+from . import cache, l1, liveness
 from .cache import TestHostError
+from .liveness import Liveness
 
 QEMU = "qemu-system-x86_64"
 # Variables a command keeps from the caller; the rest of its environment is
@@ -40,6 +41,25 @@ class L1Error(TestHostError):
     """L1 failed, or a command in it timed out; the message has L1's console tail."""
 
 
+class L1Died(L1Error):
+    """L1 itself stopped working (no heartbeat, a watchdog report on its
+    console, or qemu gone): the command's own fault or not, it never ended."""
+
+
+TICK = 1.0  # how often a wait asks whether L1 is alive
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """How L1 runs: the knobs its soak compares (see scripts/testhost.py soak)."""
+
+    cpus: int = 2
+    mem: str = "4G"
+    tcg_thread: str = "multi"         # QEMU's -accel tcg,thread=
+    kvm_amd: str = "nested=1 npt=1"   # kvm_amd's module parameters in L1
+    kernel: str = "stable"            # one of l1.KERNELS
+
+
 def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -52,20 +72,19 @@ class Session:
     """
 
     def __init__(
-        self,
-        *,
-        mem: str = "4G",
-        cpus: int = 2,
-        boot_timeout: float = 300.0,
-        interactive: bool = False,
+        self, config: HostConfig | None = None, *, boot_timeout: float = 300.0,
+        interactive: bool = False, heartbeat_lost: float = liveness.LOST_AFTER,
     ) -> None:
+        config = config or HostConfig()
         if shutil.which(QEMU) is None:
             raise TestHostError(f"{QEMU} not found: install qemu-system-x86")
-        assets = l1.prepare()
+        assets = l1.prepare(config.kernel, config.kvm_amd)
+        self.config = config
         self._tmp = Path(tempfile.mkdtemp(prefix="lkvm-l1-"))
         self._share = self._tmp / "share"
         self._share.mkdir()
         self._console = self._tmp / "console.log"
+        self._liveness = Liveness(self._console, heartbeat_lost)
         self._jobs = 0
         self._buf = b""
         self._conn: socket.socket | None = None
@@ -74,21 +93,23 @@ class Session:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._interactive = interactive
         try:
-            self._boot(assets, mem, cpus, boot_timeout)
+            self._boot(assets, boot_timeout)
         except BaseException:
             self.close()
             raise
 
-    def _boot(self, assets: l1.L1Assets, mem: str, cpus: int, timeout: float) -> None:
+    def _boot(self, assets: l1.L1Assets, timeout: float) -> None:
         start = time.monotonic()
         ctl = self._tmp / "ctl.sock"
         self._listener.bind(str(ctl))
         self._listener.listen(1)
         virtfs = "local,security_model=none,multidevs=remap"
+        cfg = self.config
         # setpriv: qemu must not outlive a test run that was killed.
         cmd = [
             "setpriv", "--pdeathsig", "KILL",
-            QEMU, "-accel", "tcg", "-cpu", "max", "-m", mem, "-smp", str(cpus),
+            QEMU, "-accel", f"tcg,thread={cfg.tcg_thread}", "-cpu", "max",
+            "-m", cfg.mem, "-smp", str(cfg.cpus),
             "-nodefaults", "-no-reboot", "-display", "none",
             "-kernel", str(assets.kernel), "-initrd", str(assets.initrd),
             "-append", "console=ttyS0 panic=-1 quiet mitigations=off",
@@ -109,6 +130,7 @@ class Session:
         self._conn, _ = self._listener.accept()
         while self._readline(deadline, "L1 to boot") != "READY":
             pass
+        self._liveness.beat()  # the heartbeat starts with READY
         self.boot_seconds = time.monotonic() - start
 
     def _console_args(self) -> list[str]:
@@ -119,29 +141,42 @@ class Session:
         return ["-serial", f"file:{self._console}"]
 
     def _wait(self, sock: socket.socket, deadline: float, what: str) -> None:
-        """Block until `sock` is readable; fail if qemu exits or time runs out first."""
-        remaining = max(deadline - time.monotonic(), 0)
-        ready = select.select([sock, self._pidfd], [], [], remaining)[0]
-        if self._pidfd in ready:
-            status = self._proc.wait() if self._proc else None
-            raise L1Error(
-                f"qemu exited with status {status} while waiting for {what}\n{self.console()}"
-            )
-        if not ready:
-            raise L1Error(f"timed out waiting for {what}\n{self.console()}")
+        """Block until `sock` is readable; fail if time runs out first, or at
+        once when L1 dies (see liveness.py)."""
+        while True:
+            if why := self._liveness.why_dead():
+                raise L1Died(f"{why} while waiting for {what}\n{self.console()}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise L1Error(f"timed out waiting for {what}\n{self.console()}")
+            ready = select.select([sock, self._pidfd], [], [], min(remaining, TICK))[0]
+            if self._pidfd in ready:
+                status = self._proc.wait() if self._proc else None
+                raise L1Died(
+                    f"qemu exited with status {status} while waiting for {what}\n"
+                    f"{self.console()}"
+                )
+            if ready:
+                return
 
     def _readline(self, deadline: float, what: str) -> str:
+        """The next line from L1's control port; heartbeats are taken here."""
         assert self._conn is not None
-        while b"\n" not in self._buf:
-            self._wait(self._conn, deadline, what)
-            chunk = self._conn.recv(4096)
-            if not chunk:
-                raise L1Error(
-                    f"L1 closed its control port while waiting for {what}\n{self.console()}"
-                )
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        return line.decode(errors="replace").strip()
+        while True:
+            while b"\n" not in self._buf:
+                self._wait(self._conn, deadline, what)
+                chunk = self._conn.recv(4096)
+                if not chunk:
+                    raise L1Died(
+                        f"L1 closed its control port while waiting for {what}\n"
+                        f"{self.console()}"
+                    )
+                self._buf += chunk
+            line, _, self._buf = self._buf.partition(b"\n")
+            text = line.decode(errors="replace").strip()
+            if text != "HB":
+                return text
+            self._liveness.beat()
 
     @property
     def closed(self) -> bool:
@@ -194,7 +229,7 @@ class Session:
         except L1Error as e:
             out = self._output(job)
             self.close(polite=False)
-            raise L1Error(
+            raise type(e)(
                 f"{e}\n--- stdout ---\n{_tail(out.stdout)}\n--- stderr ---\n{_tail(out.stderr)}"
             ) from None
         return self._output(job, int(line.split()[2]))
