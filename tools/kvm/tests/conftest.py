@@ -10,6 +10,7 @@ import pytest
 
 from tests.p9share import Share
 from tests.testhost.fixture import l2host
+from tests.testhost.runner import RERUNS
 
 __all__ = ["l2host"]
 
@@ -57,3 +58,12 @@ def share(tmp_path) -> Share:
 def c(share: Share) -> object:
     """A 9P2000.L client attached to `share`."""
     return share.client()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Jobs that ran twice because the nested test host died under them:
+    never passed over in silence."""
+    if RERUNS:
+        terminalreporter.section("test host reruns")
+        for line in RERUNS:
+            terminalreporter.write_line(f"L1 died, rerun once: {line}")

@@ -1,12 +1,13 @@
-"""How the test host tells a dead L1 from a slow job, without booting
-anything (test_testhost.py freezes a real one)."""
+"""How the test host tells a dead L1 from a slow job, and what the runner
+does then, without booting anything (test_testhost.py freezes a real L1)."""
 
 from pathlib import Path
 
 import pytest
 
-from tests.testhost import liveness
+from tests.testhost import liveness, runner
 from tests.testhost.liveness import Liveness
+from tests.testhost.session import L1Died, Result
 
 SOFT_LOCKUP = (b"[  412.337005] watchdog: BUG: soft lockup - CPU#1 stuck for 26s! "
                b"[lkvm-ioevent:1234]\n")
@@ -50,3 +51,47 @@ def test_ordinary_console_lines_are_not_death(tmp_path: Path) -> None:
     console = tmp_path / "console.log"
     console.write_bytes(b"watchdog: initialized\nrcu: Hierarchical RCU implementation.\n")
     assert Liveness(console).why_dead() is None
+
+
+class FakeSession:
+    """Dies under the first job it is given, as many L1s as `deaths` say."""
+
+    deaths = 0
+    booted = 0
+
+    def __init__(self, config: object) -> None:
+        FakeSession.booted += 1
+        self.closed = False
+
+    def run(self, cmd: list[str], timeout: float, env: object, cwd: object) -> Result:
+        if FakeSession.deaths:
+            FakeSession.deaths -= 1
+            self.closed = True
+            raise L1Died("no heartbeat from L1 for 40 s\n--- L1 console (tail) ---")
+        return Result(0, "ok\n", "")
+
+
+@pytest.fixture
+def fake_l1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setattr(runner, "Session", FakeSession)
+    monkeypatch.setattr(runner, "RERUNS", [])
+    log = tmp_path / "testhost.log"
+    monkeypatch.setenv("LKVM_TESTHOST_LOG", str(log))
+    FakeSession.booted = 0
+    return log
+
+
+def test_a_job_l1_died_under_runs_once_more_and_says_so(fake_l1: Path, capsys) -> None:
+    FakeSession.deaths = 1
+    assert runner.L1().run(["true"], timeout=10).stdout == "ok\n"
+    assert FakeSession.booted == 2
+    assert runner.RERUNS == ["true: no heartbeat from L1 for 40 s"]
+    assert "L1 died (no heartbeat from L1 for 40 s)" in capsys.readouterr().err
+    assert '"event": "l1-died"' in fake_l1.read_text()
+
+
+def test_a_second_death_fails_the_job(fake_l1: Path) -> None:
+    FakeSession.deaths = 2
+    with pytest.raises(L1Died):
+        runner.L1().run(["true"], timeout=10)
+    assert FakeSession.booted == 2

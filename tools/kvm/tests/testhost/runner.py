@@ -2,12 +2,29 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 from . import probe
 from .cache import TestHostError
-from .session import Result, Session
+from .session import HostConfig, L1Died, Result, Session
+
+# Every job rerun because L1 died under it, as "<job>: <first line of why>",
+# for the test report (tests/conftest.py prints them); also appended, one
+# JSON object a line, to $LKVM_TESTHOST_LOG when set (the e2e soak counts them).
+RERUNS: list[str] = []
+
+
+def _record_rerun(cmd: list[str], died: L1Died) -> None:
+    why = str(died).splitlines()[0]
+    line = f"{shlex.join(cmd)[:120]}: {why}"
+    RERUNS.append(line)
+    print(f"testhost: L1 died ({why}); running the job again in a fresh L1",
+          file=sys.stderr)
+    if log := os.environ.get("LKVM_TESTHOST_LOG"):
+        with open(log, "a") as f:
+            f.write(json.dumps({"event": "l1-died", "cmd": cmd, "why": str(died)}) + "\n")
 
 
 class Direct:
@@ -42,11 +59,16 @@ class Direct:
 
 
 class L1:
-    """Run commands in one L1 boot, booting again only after a failure ended it."""
+    """Run commands in one L1 boot, booting again only after a failure ended it.
+
+    A job under which L1 itself died (L1Died: the host's fault, not the
+    job's) runs once more in a fresh L1, and says so; a second death fails it.
+    """
 
     in_l1 = True
 
-    def __init__(self) -> None:
+    def __init__(self, config: HostConfig | None = None) -> None:
+        self._config = config
         self._session: Session | None = None
 
     def run(
@@ -56,8 +78,17 @@ class L1:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
     ) -> Result:
+        try:
+            return self._run(cmd, timeout, env, cwd)
+        except L1Died as e:
+            _record_rerun(cmd, e)
+        return self._run(cmd, timeout, env, cwd)
+
+    def _run(
+        self, cmd: list[str], timeout: float, env: dict[str, str] | None, cwd: str | None
+    ) -> Result:
         if self._session is None or self._session.closed:
-            self._session = Session()
+            self._session = Session(self._config)
         return self._session.run(cmd, timeout, env, cwd)
 
     def close(self) -> None:
