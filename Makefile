@@ -2,6 +2,7 @@
 #
 #   make            set up: Debian packages, .venv, uapi bindings, test guests
 #   make check      ruff and the tests (tiny guests on /dev/kvm, Linux boots)
+#   make check-e2e  [N=20] the e2e tier N times: pass/fail/hang counts
 #   make run        boot the default guest
 #   make kvmconfig  [KERNEL=<tree>] [O=<objdir>] [BASE=tinyconfig] [STRICT=1]:
 #                   a kernel .config that boots under lkvm
@@ -49,7 +50,7 @@ INIT      := $(KVMDIR)/guest/init
 BIOS      := $(KVMDIR)/x86/bios/bios.bin
 PYC       := $(BUILD)/pyc.stamp
 
-.PHONY: all deps check test lint run bench clean help kvmconfig guest-kernel
+.PHONY: all deps check check-e2e test lint run bench clean help kvmconfig guest-kernel
 all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(BIOS) $(INIT) $(PYC)
 
 deps: $(BUILD)/deps.stamp
@@ -110,6 +111,11 @@ test: all guest-kernel
 	$(Q)$(PY) -m pytest -q -rs $(PYTEST_FLAGS) $(KVMDIR)/tests
 
 check: lint test
+
+# A soak of the Linux boots: the e2e tier N times over, each run in its own
+# test host, counting runs passed and failed and test hosts that died (hung).
+check-e2e: all guest-kernel
+	$(Q)$(PY) scripts/testhost.py soak-e2e -n $(or $(N),20)
 
 kvmconfig: $(VENV)/.stamp
 	$(Q)$(PY) scripts/kvmconfig.py $(if $(KERNEL),--srctree $(KERNEL)) \

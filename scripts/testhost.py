@@ -7,17 +7,30 @@ scripts/testhost.py run [-t S] -- CMD…   run CMD in L1; exit with its status
 scripts/testhost.py console -- CMD…      run CMD in L1 on this terminal (make run)
 scripts/testhost.py guest-kernel         print the L2 guest kernel's path
 scripts/testhost.py initrd SCRIPT        print the path of an L2 initramfs running SCRIPT
+scripts/testhost.py soak [-n N] [L1 options]
+                                         N L1 sessions of 2-vCPU Linux boots: pass/fail/hang
+scripts/testhost.py soak-e2e [-n N]      the e2e test tier N times: pass/fail/hang
 """
 
 import argparse
+import dataclasses
+import json
+import os
+import shlex
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "kvm"))
 
 from tests import testhost
+from tests.helpers import LKVM
 from tests.testhost import l1, probe
+
+TOP = Path(__file__).resolve().parent.parent
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -73,6 +86,95 @@ def cmd_initrd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace) -> testhost.HostConfig:
+    return testhost.HostConfig(cpus=args.cpus, mem=args.mem, tcg_thread=args.tcg_thread,
+                               kvm_amd=args.kvm_amd, kernel=args.l1_kernel)
+
+
+# The soak's workload: what the e2e tier's guests do, in one boot: two vCPUs,
+# virtio-blk written and synced, virtio-rng read, a marker at the end.
+SOAK_GUEST = """
+dd if=/dev/urandom of=/dev/vda bs=64k count=64 conv=fsync 2>/dev/null
+head -c 64 /dev/hwrng >/dev/null
+echo "soak: ok cpus=$(grep -c ^processor /proc/cpuinfo)"
+"""
+SOAK_BOOT_TIMEOUT = 300  # generous: the soak looks for hangs of L1, not slow boots
+
+
+def _soak_script(boots: int) -> str:
+    run = [LKVM, "run", "-k", str(testhost.guest_kernel()),
+           "-i", str(testhost.make_initrd(SOAK_GUEST)), "-m", "256", "-c", "2", "--rng",
+           "-p", "console=ttyS0 quiet"]
+    lines = ["d=$(mktemp -d)", "truncate -s 8M $d/disk.img"]
+    for i in range(boots):
+        lines += [f"echo '@@@ boot {i}'",
+                  f"timeout -k 10 {SOAK_BOOT_TIMEOUT} {shlex.join(run)} -d $d/disk.img"
+                  " </dev/null >$d/out 2>&1",
+                  "rc=$?", "tail -n 40 $d/out", "echo \"@@@ rc $rc\""]
+    return "\n".join([*lines, "rm -rf $d"]) + "\n"
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    """N L1 sessions, each booting Linux with 2 vCPUs under lkvm --boots
+    times: a session passes when every boot printed its marker, fails when
+    one did not, and hangs when L1 died or the job outlived its limit."""
+    config = _config(args)
+    script = _soak_script(args.boots)
+    limit = args.boots * (SOAK_BOOT_TIMEOUT + 20)
+    counts = {"pass": 0, "fail": 0, "hang": 0}
+    times = []
+    print(f"soak: {config}", flush=True)
+    for n in range(1, args.sessions + 1):
+        start = time.monotonic()
+        try:
+            with testhost.Session(config) as session:
+                r = session.run(["sh", "-c", script], limit, cwd=str(TOP))
+            good = r.stdout.count("soak: ok cpus=2")
+            verdict = "pass" if good == args.boots else "fail"
+            detail = f"{good}/{args.boots} boots reached the marker"
+            if verdict == "fail":
+                detail += "\n" + r.stdout[-2000:]
+        except testhost.L1Error as e:
+            verdict, detail = "hang", str(e).splitlines()[0]
+            if args.verbose:
+                detail = str(e)
+        took = time.monotonic() - start
+        counts[verdict] += 1
+        times.append(took)
+        print(f"session {n}/{args.sessions}: {verdict} in {took:.0f} s: {detail}", flush=True)
+    summary = {"config": dataclasses.asdict(config), "sessions": args.sessions, **counts,
+               "median_s": round(statistics.median(times), 1)}
+    print(json.dumps(summary), flush=True)
+    return 0 if counts["pass"] == args.sessions else 1
+
+
+def cmd_soak_e2e(args: argparse.Namespace) -> int:
+    """The e2e test tier N times: a run passes or fails by pytest's status;
+    each death of L1 under a job (a hang, then rerun) is counted apart."""
+    runs = {"pass": 0, "fail": 0}
+    hangs = 0
+    for n in range(1, args.runs + 1):
+        with tempfile.NamedTemporaryFile(prefix="lkvm-soak-", suffix=".log") as log:
+            start = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "e2e",
+                 str(TOP / "tools" / "kvm" / "tests")],
+                env=os.environ | {"LKVM_TESTHOST_LOG": log.name}, check=False,
+                capture_output=True, text=True, cwd=TOP)
+            died = sum(1 for _ in open(log.name))
+        verdict = "pass" if done.returncode == 0 else "fail"
+        runs[verdict] += 1
+        hangs += died
+        last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+        print(f"run {n}/{args.runs}: {verdict} in {time.monotonic() - start:.0f} s, "
+              f"L1 deaths {died}: {last}", flush=True)
+        if verdict == "fail" and args.verbose:
+            print(done.stdout[-6000:], flush=True)
+    print(f"e2e soak: {args.runs} runs, {runs['pass']} passed, {runs['fail']} failed, "
+          f"{hangs} hangs (L1 died under a job, which was rerun)", flush=True)
+    return 0 if runs["fail"] == 0 else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +197,23 @@ def main() -> int:
     initrd = sub.add_parser("initrd", help="build an L2 initramfs")
     initrd.add_argument("script", help="shell script the guest runs")
     initrd.set_defaults(func=cmd_initrd)
+    soak = sub.add_parser("soak", help="L1 sessions of 2-vCPU Linux boots")
+    soak.add_argument("-n", "--sessions", type=int, default=20)
+    soak.add_argument("-b", "--boots", type=int, default=2, help="boots per session")
+    soak.add_argument("-c", "--cpus", type=int, default=testhost.HostConfig.cpus)
+    soak.add_argument("-m", "--mem", default=testhost.HostConfig.mem)
+    soak.add_argument("--tcg-thread", choices=["multi", "single"],
+                      default=testhost.HostConfig.tcg_thread)
+    soak.add_argument("--kvm-amd", default=testhost.HostConfig.kvm_amd,
+                      help="kvm_amd's parameters in L1")
+    soak.add_argument("--l1-kernel", choices=sorted(l1.KERNELS),
+                      default=testhost.HostConfig.kernel)
+    soak.add_argument("-v", "--verbose", action="store_true")
+    soak.set_defaults(func=cmd_soak)
+    soak_e2e = sub.add_parser("soak-e2e", help="the e2e tier N times")
+    soak_e2e.add_argument("-n", "--runs", type=int, default=20)
+    soak_e2e.add_argument("-v", "--verbose", action="store_true")
+    soak_e2e.set_defaults(func=cmd_soak_e2e)
     args = parser.parse_args()
     try:
         return args.func(args)
