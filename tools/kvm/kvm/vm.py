@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 
 from include.uapi import ffi, lib
 from kvm.bus import Bus
@@ -54,7 +53,6 @@ class Vm:
         self._pause_lock = threading.Condition()
         self._control = threading.Lock()  # one pauser at a time: the user or the halt check
         self._parked = 0
-        self.on_exit: list[Callable[[], None]] = []
         # Kernel command line fragments devices need (virtio_mmio.device=...).
         self.cmdline: list[str] = []
 
@@ -114,8 +112,6 @@ class Vm:
                 vcpu.thread.join()
         finally:
             signal.signal(KICK_SIGNAL, previous)
-            for hook in self.on_exit:
-                hook()
         return self.exit_status
 
     def _halted_for_good(self) -> bool:
@@ -182,6 +178,7 @@ class Vm:
                 raise VcpuStop
 
     def close(self) -> None:
+        """The registry's core exit: the vCPUs, the VM and its memory."""
         for vcpu in self.vcpus:
             vcpu.close()
         os.close(self.fd)

@@ -32,7 +32,8 @@ DISK_FLAGS = {"ro": "readonly", "direct": "direct"}
 @dataclass
 class Context:
     """What transports share: the VM, its irq routes, the PCI bus and the
-    I/O thread."""
+    I/O thread.  As the registry's virtio level, it starts the thread and,
+    at exit, stops it and closes the devices."""
     vm: object
     routing: IrqRouting
     iothread: IoThread
@@ -41,10 +42,20 @@ class Context:
     devices: list[VirtioDevice] = field(default_factory=list)
     console: Console | None = None
     balloon: Balloon | None = None
+    name = "virtio"
 
     def next_mmio_base(self) -> int:
         base, self.mmio_next = self.mmio_next, self.mmio_next + REGION_SIZE
         return base
+
+    def init(self) -> None:
+        self.iothread.start()
+
+    def exit(self) -> None:
+        self.iothread.stop()
+        for dev in self.devices:
+            dev.close()
+        self.devices.clear()
 
 
 def parse_disk(spec: str) -> RawDisk:
@@ -90,22 +101,14 @@ DEVICES = (console, rng, blk, p9, balloon)
 
 
 def attach(vm: object, args: object, console_out: Callable[[bytes], None]) -> Context:
-    """Create the devices the options ask for on their transport; the I/O
-    thread starts with the VM and stops, and devices close, when it ends."""
+    """Create the devices the options ask for on their transport; the
+    registry's init starts their thread, its exit ends it."""
     iothread = IoThread(lambda why: vm.stop(1, why))
     ctx = Context(vm, IrqRouting(vm), iothread, PciBus(vm, *vm.arch.PCI_MMIO),
                   vm.arch.VIRTIO_MMIO_START)
     transport = TRANSPORTS[args.virtio_transport]
     for make in DEVICES:
         for dev in make(ctx, args, console_out):
-            transport(dev, ctx)
             ctx.devices.append(dev)
-    vm.on_exit.append(lambda: close(ctx))
-    iothread.start()
+            transport(dev, ctx)
     return ctx
-
-
-def close(ctx: Context) -> None:
-    ctx.iothread.stop()
-    for dev in ctx.devices:
-        dev.close()
