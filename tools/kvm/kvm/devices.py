@@ -13,6 +13,12 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
 
+# How long a stop waits for a thread stuck in the kernel (a backend's
+# read, a vCPU behind it) before abandoning it: daemon threads do not
+# hold up the process's exit, and nothing can interrupt a syscall from
+# Python.
+STUCK_SECONDS = 1.0
+
 
 class Level(IntEnum):
     """Init order; exits run in the reverse one."""
@@ -32,7 +38,8 @@ class Device(Protocol):
         """Start serving; every device of a lower level is up."""
 
     def exit(self) -> None:
-        """Stop and release; every device of a higher level is gone."""
+        """Stop and release; every device of a higher level is gone.  It
+        must return in bounded time, abandoning what is stuck."""
 
 
 def _nothing() -> None:

@@ -8,9 +8,11 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from include.uapi import ffi, lib
 from kvm.bus import Bus
+from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
 from kvm.kvm import Kvm
@@ -108,11 +110,19 @@ class Vm:
                     self.stop(0)
             for vcpu in self.vcpus:
                 vcpu.kick()
-            for vcpu in self.vcpus:
-                vcpu.thread.join()
+            self._join_vcpus()
         finally:
             signal.signal(KICK_SIGNAL, previous)
         return self.exit_status
+
+    def _join_vcpus(self) -> None:
+        """A vCPU thread ends at its next exit; one that does not within
+        STUCK_SECONDS waits on a device stuck in its backend, and is left."""
+        deadline = time.monotonic() + STUCK_SECONDS
+        for vcpu in self.vcpus:
+            vcpu.thread.join(max(deadline - time.monotonic(), 0))
+            if vcpu.thread.is_alive():
+                print(f"  Warning: vCPU {vcpu.id} did not stop; abandoned", file=sys.stderr)
 
     def _halted_for_good(self) -> bool:
         """Ask the arch with every vCPU parked: KVM holds a vCPU's state
@@ -178,8 +188,16 @@ class Vm:
                 raise VcpuStop
 
     def close(self) -> None:
-        """The registry's core exit: the vCPUs, the VM and its memory."""
+        """The registry's core exit: vCPUs, the VM and its memory, all but
+        what a thread left running may still be using."""
+        running = [v for v in self.vcpus if v.thread is not None and v.thread.is_alive()]
         for vcpu in self.vcpus:
-            vcpu.close()
+            if vcpu not in running:
+                vcpu.close()
+        if running:
+            return  # it may be in KVM_RUN: the process's exit releases the VM
         os.close(self.fd)
-        self.mem.close()
+        try:
+            self.mem.close()
+        except BufferError:
+            pass  # an abandoned I/O thread holds a view of guest RAM
