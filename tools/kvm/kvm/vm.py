@@ -130,7 +130,8 @@ class Vm:
         with self._control:  # a user's pause or resume waits for the check
             if self.paused:
                 return False  # the user paused it; leave it so
-            self._park()
+            if not self._park():
+                return False  # a vCPU waits on a stuck device: not in HLT
             try:
                 return self.arch.guest_halted(self)
             finally:
@@ -153,7 +154,9 @@ class Vm:
     def pause(self) -> None:
         """Return once every vCPU is parked outside KVM_RUN."""
         with self._control:
-            self._park()
+            if not self._park():
+                raise LkvmError(f"a vCPU did not pause within {STUCK_SECONDS:.0f} s: "
+                                "it waits on a device stuck in its backend")
             self.paused = self._parking  # not when the VM is stopping
 
     def resume(self) -> None:
@@ -161,15 +164,23 @@ class Vm:
             self.paused = False
             self._unpark()
 
-    def _park(self) -> None:
+    def _park(self) -> bool:
+        """Park every vCPU; False, with none left parked, if one does not
+        come within STUCK_SECONDS: a vCPU waiting on a device stuck in its
+        backend must not hold the caller (the IPC thread, which serves
+        lkvm stop) for ever."""
         with self._pause_lock:
             if self._parking or self.stopping:
-                return
+                return True
             self._parking = True
             for vcpu in self.vcpus:
                 vcpu.kick()
-            self._pause_lock.wait_for(
-                lambda: self._parked == len(self.vcpus) or self.stopping)
+            if self._pause_lock.wait_for(
+                    lambda: self._parked == len(self.vcpus) or self.stopping, STUCK_SECONDS):
+                return True
+            self._parking = False
+            self._pause_lock.notify_all()
+            return False
 
     def _unpark(self) -> None:
         with self._pause_lock:

@@ -83,6 +83,9 @@ _start:
 	call	notify
 wait:	cmpw	$1, %es:0x2002		/* used.idx */
 	jne	wait
+	mov	$BLK_ID, %ecx		/* looked for now, so that nothing but */
+	call	find			/* the reset follows the line below */
+	setnc	has_blk
 
 	mov	$RNG_BUF, %ax
 	mov	%ax, %es
@@ -99,9 +102,8 @@ hex:	mov	%es:(%di), %al
 	mov	$'\n', %al
 	call	putc
 
-	mov	$BLK_ID, %ecx
-	call	find
-	jnc	reset
+	cmpb	$0, has_blk
+	jne	reset
 	mov	p9_base, %si
 	lea	18(%si), %dx		/* 9p status: reset */
 	xor	%al, %al
@@ -194,6 +196,8 @@ putc:	mov	$0x3f8, %dx
 
 p9_base:
 	.word	0
+has_blk:
+	.byte	0
 
 /* The 9P2000.L requests: size[4] type[1] tag[2], then the fields. */
 requests:
