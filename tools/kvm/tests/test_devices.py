@@ -1,8 +1,15 @@
-"""The device registry: init by level, exit in reverse, every exit run."""
+"""The device registry: init by level, exit in reverse, every exit run;
+and a virtio setup that fails part way closes what it made."""
+
+import os
+from types import SimpleNamespace
 
 import pytest
 
 from kvm.devices import Hooks, Level, Registry
+from kvm.errors import LkvmError
+from tests.fakevm import FakeRouting, FakeVm
+from virtio import setup
 
 
 def recorder(log: list[str], name: str, fail: str = "") -> Hooks:
@@ -47,3 +54,17 @@ def test_a_failing_init_leaves_every_exit_to_run():
         reg.init()
     reg.exit()
     assert log == ["init vm", "init 9p", "exit ipc", "exit 9p", "exit vm"]
+
+
+def test_a_failed_virtio_setup_closes_what_it_made(monkeypatch):
+    """The rng is made, then the disk fails: its file, its I/O thread's
+    epoll and eventfd, are closed before the error goes up."""
+    monkeypatch.setattr(setup, "IrqRouting", lambda vm: FakeRouting())
+    args = SimpleNamespace(console="serial", rng=True, disk=["/dev/null"], p9=[],
+                           balloon=False, virtio_transport="pci")
+    vm = FakeVm()
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(LkvmError):
+        setup.attach(vm, args, print)
+    vm.close()
+    assert sorted(os.listdir("/proc/self/fd")) == before

@@ -128,8 +128,12 @@ def attach(vm: object, args: object, console_out: Callable[[bytes], None]) -> Co
     ctx = Context(vm, IrqRouting(vm), lambda why: vm.stop(1, why),
                   PciBus(vm, *vm.arch.PCI_MMIO), vm.arch.VIRTIO_MMIO_START)
     transport = TRANSPORTS[args.virtio_transport]
-    for make in DEVICES:
-        for dev in make(ctx, args, console_out):
-            ctx.devices.append(dev)
-            transport(dev, ctx)
+    try:
+        for make in DEVICES:
+            for dev in make(ctx, args, console_out):
+                ctx.devices.append(dev)
+                transport(dev, ctx)
+    except BaseException:
+        ctx.exit()  # the registry never saw the ones made so far
+        raise
     return ctx
