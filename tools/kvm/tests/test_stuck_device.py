@@ -43,7 +43,10 @@ LEASE_HOLDER = """
 import fcntl, os, signal, sys
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGIO})
 fd = os.open(sys.argv[1], os.O_RDONLY)
-fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+try:
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+except OSError as e:
+    sys.exit(f"no lease: {e.strerror}")
 print("held", flush=True)
 signal.sigwait({signal.SIGIO})  # the kernel's word that an open waits on us
 print("breaking", flush=True)
@@ -69,8 +72,14 @@ class Lease:
 
     def __init__(self, path: str) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", LEASE_HOLDER, path],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        read_until(self.proc.stdout.fileno(), b"held\n")
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        if self.proc.stdout.readline() != b"held\n":  # it exited: no leases here
+            why = self.proc.communicate(timeout=WAIT)[1].decode().strip()
+            self.proc.stdin.close()
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+            pytest.skip(f"{path}: {why}")
 
     def wait_break(self) -> None:
         """Until an open(2) of the file waits on the lease."""
@@ -81,6 +90,7 @@ class Lease:
             self.proc.stdin.close()
         self.proc.wait(WAIT)
         self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 @contextmanager
