@@ -11,6 +11,7 @@ from include.uapi import lib
 from kvm import arch as arch_loader
 from kvm import guestroot
 from kvm.cmd import TOP, Parser, size_mib
+from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError
 from kvm.ipc import IpcServer
 from kvm.kvm import Kvm
@@ -124,16 +125,36 @@ def cmd_run(argv: list[str]) -> int:
 
 def launch(cfg: RunConfig, args: object) -> int:
     """Run the configured guest until it ends; its exit status."""
+    devices = Registry()
+    try:
+        vm = build(cfg, args, devices)
+        devices.init()
+        print(f"  # lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}",
+              file=sys.stderr)
+        status = vm.run()
+    finally:
+        devices.exit()
+    if status == 0:
+        print("\n  # KVM session ended normally.", file=sys.stderr)
+    return status
+
+
+def build(cfg: RunConfig, args: object, devices: Registry) -> Vm:
+    """The VM and its devices, each registered at its level as soon as it
+    exists, so that a failure part way tears down what was made."""
     kvm = Kvm()
+    devices.add(Level.CORE, Hooks("kvm", kvm.close))
     max_cpus = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
     if cfg.cpus > max_cpus:
         raise LkvmError(f"--cpus {cfg.cpus}: this host's KVM allows at most {max_cpus}")
     arch = arch_loader.load()
     vm = Vm(kvm, arch, cfg.cpus, cfg.ram_mib << 20, args.debug_ioport, args.debug_mmio,
             args.hugetlbfs)
+    devices.add(Level.CORE, Hooks("vm", vm.close))
     term = Terminal(on_quit=lambda: vm.stop(0))
     uarts = arch.add_platform_devices(vm, term.write)
     virtio = virtio_setup.attach(vm, args, term.write)
+    devices.add(Level.VIRTIO, virtio)
     boot = arch.load_kernel(vm, cfg.image, cfg.initrd,
                             " ".join([*vm.cmdline, cfg.params]).strip(), args, cfg.root.cmdline)
     for vcpu in vm.vcpus:
@@ -141,18 +162,11 @@ def launch(cfg: RunConfig, args: object) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _: vm.stop(128 + signum))
-    # ~/.lkvm/<name>.sock for lkvm list/pause/stop/debug; vm.run's exit hooks
-    # remove it, so it is made once signals end lkvm through vm.run.
+    # ~/.lkvm/<name>.sock for lkvm list/pause/stop/debug; the registry's
+    # exit removes it, so it is made once signals end lkvm through vm.run.
     ipc = IpcServer(vm, cfg.name, sysrq=uarts[0].sysrq,
                     handlers=virtio.balloon.ipc_handlers(cfg.name) if virtio.balloon else None)
-    vm.on_exit.append(ipc.close)
-    print(f"  # lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}",
-          file=sys.stderr)
-    term.start(virtio.console.receive if virtio.console else uarts[0].receive)
-    try:
-        status = vm.run()
-    finally:
-        term.close()
-    if status == 0:
-        print("\n  # KVM session ended normally.", file=sys.stderr)
-    return status
+    devices.add(Level.LATE, Hooks("ipc", ipc.close))
+    receive = virtio.console.receive if virtio.console else uarts[0].receive
+    devices.add(Level.LATE, Hooks("terminal", term.close, lambda: term.start(receive)))
+    return vm

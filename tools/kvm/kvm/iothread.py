@@ -1,17 +1,25 @@
-"""The device I/O thread: one epoll loop over eventfds (ioeventfds the
-kernel signals on guest notifications), each dispatched to its device's
-callback.  vCPUs never wait for device work this way: a notification is
-a write the kernel completes without leaving KVM_RUN."""
+"""A device's I/O thread: one epoll loop over that device's eventfds
+(ioeventfds the kernel signals on guest notifications), each dispatched
+to its callback.  vCPUs never wait for device work this way: a
+notification is a write the kernel completes without leaving KVM_RUN.
+
+Each device has its own thread, so a backend that blocks in the kernel
+(a read nobody answers, an open waiting on a lease) stalls that device
+and no other.  Such a thread cannot be interrupted from Python: stop()
+gives it a deadline and abandons it past that (it is a daemon thread,
+so it never holds up the process's exit)."""
 
 import os
 import select
 import threading
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 
 class IoThread:
-    def __init__(self, on_error: Callable[[str], None]) -> None:
+    def __init__(self, name: str, on_error: Callable[[str], None]) -> None:
+        self.name = name
         self.on_error = on_error
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[], None]] = {}
@@ -28,7 +36,8 @@ class IoThread:
         del self.handlers[fd]
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._loop, name="kvm-io", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=f"kvm-io-{self.name}",
+                                       daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
@@ -47,11 +56,31 @@ class IoThread:
                     handler()
                 except Exception as e:  # a device bug must end the VM, not hang it
                     traceback.print_exc()
-                    self.on_error(f"I/O thread: {e}")
+                    self.on_error(f"I/O thread {self.name}: {e}")
                     return
 
-    def stop(self) -> None:
+    def wake(self) -> None:
+        """Ask the loop to end; it does once its current callback returns."""
+        os.eventfd_write(self._wake, 1)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the loop to end; whether it did.
+        A thread that did not is stuck in its backend, and its fds, the
+        epoll's included, stay open for it."""
         if self.thread is not None:
-            os.eventfd_write(self._wake, 1)
-            self.thread.join()
+            self.thread.join(max(timeout, 0))
+            if self.thread.is_alive():
+                return False
             self.thread = None
+        self.epoll.close()
+        os.close(self._wake)
+        return True
+
+
+def stop_all(threads: Iterable[IoThread], timeout: float) -> list[IoThread]:
+    """Stop every thread within one shared deadline; the ones abandoned."""
+    threads = list(threads)
+    for t in threads:
+        t.wake()
+    deadline = time.monotonic() + timeout
+    return [t for t in threads if not t.join(deadline - time.monotonic())]

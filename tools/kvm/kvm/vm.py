@@ -8,10 +8,11 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import time
 
 from include.uapi import ffi, lib
 from kvm.bus import Bus
+from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
 from kvm.kvm import Kvm
@@ -54,7 +55,6 @@ class Vm:
         self._pause_lock = threading.Condition()
         self._control = threading.Lock()  # one pauser at a time: the user or the halt check
         self._parked = 0
-        self.on_exit: list[Callable[[], None]] = []
         # Kernel command line fragments devices need (virtio_mmio.device=...).
         self.cmdline: list[str] = []
 
@@ -110,13 +110,19 @@ class Vm:
                     self.stop(0)
             for vcpu in self.vcpus:
                 vcpu.kick()
-            for vcpu in self.vcpus:
-                vcpu.thread.join()
+            self._join_vcpus()
         finally:
             signal.signal(KICK_SIGNAL, previous)
-            for hook in self.on_exit:
-                hook()
         return self.exit_status
+
+    def _join_vcpus(self) -> None:
+        """A vCPU thread ends at its next exit; one that does not within
+        STUCK_SECONDS waits on a device stuck in its backend, and is left."""
+        deadline = time.monotonic() + STUCK_SECONDS
+        for vcpu in self.vcpus:
+            vcpu.thread.join(max(deadline - time.monotonic(), 0))
+            if vcpu.thread.is_alive():
+                print(f"  Warning: vCPU {vcpu.id} did not stop; abandoned", file=sys.stderr)
 
     def _halted_for_good(self) -> bool:
         """Ask the arch with every vCPU parked: KVM holds a vCPU's state
@@ -124,7 +130,8 @@ class Vm:
         with self._control:  # a user's pause or resume waits for the check
             if self.paused:
                 return False  # the user paused it; leave it so
-            self._park()
+            if not self._park():
+                return False  # a vCPU waits on a stuck device: not in HLT
             try:
                 return self.arch.guest_halted(self)
             finally:
@@ -147,7 +154,9 @@ class Vm:
     def pause(self) -> None:
         """Return once every vCPU is parked outside KVM_RUN."""
         with self._control:
-            self._park()
+            if not self._park():
+                raise LkvmError(f"a vCPU did not pause within {STUCK_SECONDS:.0f} s: "
+                                "it waits on a device stuck in its backend")
             self.paused = self._parking  # not when the VM is stopping
 
     def resume(self) -> None:
@@ -155,15 +164,23 @@ class Vm:
             self.paused = False
             self._unpark()
 
-    def _park(self) -> None:
+    def _park(self) -> bool:
+        """Park every vCPU; False, with none left parked, if one does not
+        come within STUCK_SECONDS: a vCPU waiting on a device stuck in its
+        backend must not hold the caller (the IPC thread, which serves
+        lkvm stop) for ever."""
         with self._pause_lock:
             if self._parking or self.stopping:
-                return
+                return True
             self._parking = True
             for vcpu in self.vcpus:
                 vcpu.kick()
-            self._pause_lock.wait_for(
-                lambda: self._parked == len(self.vcpus) or self.stopping)
+            if self._pause_lock.wait_for(
+                    lambda: self._parked == len(self.vcpus) or self.stopping, STUCK_SECONDS):
+                return True
+            self._parking = False
+            self._pause_lock.notify_all()
+            return False
 
     def _unpark(self) -> None:
         with self._pause_lock:
@@ -182,7 +199,16 @@ class Vm:
                 raise VcpuStop
 
     def close(self) -> None:
+        """The registry's core exit: vCPUs, the VM and its memory, all but
+        what a thread left running may still be using."""
+        running = [v for v in self.vcpus if v.thread is not None and v.thread.is_alive()]
         for vcpu in self.vcpus:
-            vcpu.close()
+            if vcpu not in running:
+                vcpu.close()
+        if running:
+            return  # it may be in KVM_RUN: the process's exit releases the VM
         os.close(self.fd)
-        self.mem.close()
+        try:
+            self.mem.close()
+        except BufferError:
+            pass  # an abandoned I/O thread holds a view of guest RAM

@@ -5,7 +5,6 @@ import os
 
 from hw.pci import PciBus
 from kvm.bus import Bus
-from kvm.iothread import IoThread
 from virtio.mock import mock_memory
 from virtio.setup import Context
 from x86 import arch
@@ -78,5 +77,5 @@ class FakeVm:
 
 
 def context(vm: FakeVm) -> Context:
-    return Context(vm, FakeRouting(), IoThread(lambda why: None),
+    return Context(vm, FakeRouting(), lambda why: None,
                    PciBus(vm, *arch.PCI_MMIO), arch.VIRTIO_MMIO_START)

@@ -34,9 +34,10 @@ class VirtioMmio:
         self.align = 4096
         ctx.vm.mmio.register(base, REGION_SIZE, self)
         ctx.vm.cmdline.append(f"virtio_mmio.device={REGION_SIZE:#x}@{base:#x}:{self.irq}")
+        iothread = ctx.iothread(dev)
         for q in range(len(dev.queues)):
             efd = ctx.vm.ioeventfd(base + lib.VIRTIO_MMIO_QUEUE_NOTIFY, 4, False, q)
-            ctx.iothread.add(efd, lambda q=q: dev.notify(q))
+            iothread.add(efd, lambda q=q: dev.notify(q))
 
     # Interrupts: a level line, up while any status bit is.
     def signal_queue(self, index: int) -> None:

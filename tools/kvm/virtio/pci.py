@@ -3,8 +3,8 @@ common, notify, ISR and device config regions of a memory BAR) and legacy
 (one I/O BAR of fixed registers).  Either way MSI-X lives in BAR 1 and
 INTx is the fallback while the driver leaves MSI-X off.
 
-Queue notifications are ioeventfds serviced by the I/O thread; a write
-that misses them (an odd width) is serviced on the spot.
+Queue notifications are ioeventfds serviced by the device's I/O thread;
+a write that misses them (an odd width) is serviced on the spot.
 """
 
 import threading
@@ -56,7 +56,7 @@ class VirtioPci(PciDevice):
             self._add_modern_caps()
         ctx.pci.add(self)
         self.set_irq(ctx.routing.alloc_line())
-        self.iothread = ctx.iothread
+        self.iothread = ctx.iothread(dev)
         self.notifiers: list[tuple[int, tuple]] = []
         self._add_notifiers()
         self.on_bar_moved.append(self._bar_moved)

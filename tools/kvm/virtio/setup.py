@@ -1,16 +1,22 @@
 """Which virtio devices a VM gets and on which transport: one table of
 device makers, run in order (hvc0 first, then the rng, then the disks in
 the order given, so /dev/vda is the first -d, then 9p shares and the
-balloon), and one table of transports."""
+balloon), and one table of transports.
+
+Every device gets an I/O thread of its own for its queue notifications:
+a backend that blocks (a 9p open waiting on a lease, a read nobody
+answers) stalls its own device and no other, and a stop abandons it."""
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from disk.raw import RawDisk
 from hw.pci import PciBus
+from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
-from kvm.iothread import IoThread
+from kvm.iothread import IoThread, stop_all
 from kvm.irq import IrqRouting
 from virtio.balloon import Balloon
 from virtio.blk import Blk
@@ -31,20 +37,47 @@ DISK_FLAGS = {"ro": "readonly", "direct": "direct"}
 
 @dataclass
 class Context:
-    """What transports share: the VM, its irq routes, the PCI bus and the
-    I/O thread."""
+    """What transports share: the VM, its irq routes, the PCI bus, and
+    each device's I/O thread.  As the registry's virtio level, it starts
+    the threads and, at exit, stops them and closes the devices."""
     vm: object
     routing: IrqRouting
-    iothread: IoThread
+    on_error: Callable[[str], None]
     pci: PciBus
     mmio_next: int
     devices: list[VirtioDevice] = field(default_factory=list)
+    threads: dict[VirtioDevice, IoThread] = field(default_factory=dict)
     console: Console | None = None
     balloon: Balloon | None = None
+    name = "virtio"
 
     def next_mmio_base(self) -> int:
         base, self.mmio_next = self.mmio_next, self.mmio_next + REGION_SIZE
         return base
+
+    def iothread(self, dev: VirtioDevice) -> IoThread:
+        """The thread that serves `dev`'s notifications, its own."""
+        if dev not in self.threads:
+            self.threads[dev] = IoThread(f"{dev.name}-{len(self.threads)}", self.on_error)
+        return self.threads[dev]
+
+    def init(self) -> None:
+        for t in self.threads.values():
+            t.start()
+
+    def exit(self) -> None:
+        """Stop every I/O thread within STUCK_SECONDS; close the devices
+        whose thread ended.  One stuck in its backend keeps its device's
+        files open: it may still use them, and the process's exit closes them."""
+        stuck = stop_all(self.threads.values(), STUCK_SECONDS)
+        for dev in self.devices:
+            if self.threads.get(dev) in stuck:
+                print(f"  Warning: virtio-{dev.name}: its I/O thread is stuck in the "
+                      f"backend; abandoned", file=sys.stderr)
+            else:
+                dev.close()
+        self.threads.clear()
+        self.devices.clear()
 
 
 def parse_disk(spec: str) -> RawDisk:
@@ -90,22 +123,17 @@ DEVICES = (console, rng, blk, p9, balloon)
 
 
 def attach(vm: object, args: object, console_out: Callable[[bytes], None]) -> Context:
-    """Create the devices the options ask for on their transport; the I/O
-    thread starts with the VM and stops, and devices close, when it ends."""
-    iothread = IoThread(lambda why: vm.stop(1, why))
-    ctx = Context(vm, IrqRouting(vm), iothread, PciBus(vm, *vm.arch.PCI_MMIO),
-                  vm.arch.VIRTIO_MMIO_START)
+    """Create the devices the options ask for on their transport; the
+    registry's init starts their threads, its exit ends them."""
+    ctx = Context(vm, IrqRouting(vm), lambda why: vm.stop(1, why),
+                  PciBus(vm, *vm.arch.PCI_MMIO), vm.arch.VIRTIO_MMIO_START)
     transport = TRANSPORTS[args.virtio_transport]
-    for make in DEVICES:
-        for dev in make(ctx, args, console_out):
-            transport(dev, ctx)
-            ctx.devices.append(dev)
-    vm.on_exit.append(lambda: close(ctx))
-    iothread.start()
+    try:
+        for make in DEVICES:
+            for dev in make(ctx, args, console_out):
+                ctx.devices.append(dev)
+                transport(dev, ctx)
+    except BaseException:
+        ctx.exit()  # the registry never saw the ones made so far
+        raise
     return ctx
-
-
-def close(ctx: Context) -> None:
-    ctx.iothread.stop()
-    for dev in ctx.devices:
-        dev.close()
