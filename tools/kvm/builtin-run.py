@@ -5,12 +5,12 @@ import os
 import platform
 import signal
 import sys
-from dataclasses import dataclass
 
 from include.uapi import lib
 from kvm import arch as arch_loader
 from kvm import guestroot
 from kvm.cmd import TOP, Parser, size_mib
+from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError
 from kvm.ipc import IpcServer
@@ -82,20 +82,9 @@ def parser() -> Parser:
     return p
 
 
-@dataclass
-class RunConfig:
-    name: str
-    cpus: int
-    ram_mib: int
-    kernel: str
-    image: bytes
-    initrd: bytes | None
-    params: str
-    root: guestroot.Root
-
-
-def configure(argv: list[str], params: str = "") -> tuple[RunConfig, object]:
+def configure(argv: list[str], params: str = "") -> Config:
     """The guest lkvm run ARGV describes; params go after the user's -p."""
+    arch = arch_loader.load()
     args = parser().parse(argv)
     if args.image and args.kernel:
         raise LkvmError("give the kernel either as -k or as the argument, not both")
@@ -109,25 +98,29 @@ def configure(argv: list[str], params: str = "") -> tuple[RunConfig, object]:
         raise LkvmError(f"--mem {ram}: more than the host's {host_ram_mib()} MiB of RAM")
     kernel = args.image or args.kernel or find_kernel()
     image = read_file(kernel, "kernel")
-    root = guestroot.choose(args.disk, bool(args.initrd), arch_loader.load().boots_linux(image))
-    # The devices follow the root: its disks, then its shares before --9p's.
-    args.disk, args.p9 = root.disks, [*root.shares, *args.p9]
-    cfg = RunConfig(name=args.name or root.name or f"guest-{os.getpid()}", cpus=cpus,
-                    ram_mib=ram, kernel=kernel, image=image,
-                    initrd=read_file(args.initrd, "initrd") if args.initrd else None,
-                    params=" ".join(filter(None, [args.params, params])), root=root)
-    return cfg, args
+    root = guestroot.choose(args.disk, bool(args.initrd), arch.boots_linux(image))
+    return Config(
+        name=args.name or root.name or f"guest-{os.getpid()}", cpus=cpus, ram_mib=ram,
+        kernel=kernel, image=image,
+        initrd=read_file(args.initrd, "initrd") if args.initrd else None,
+        params=" ".join(filter(None, [args.params, params])), root=root,
+        console=args.console, rng=args.rng, balloon=args.balloon,
+        # The devices follow the root: its disks, then its shares before --9p's.
+        disks=tuple(root.disks), shares=(*root.shares, *args.p9),
+        transport=args.virtio_transport, hugetlbfs=args.hugetlbfs,
+        debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
+        arch=arch.configure(args))
 
 
 def cmd_run(argv: list[str]) -> int:
-    return launch(*configure(argv))
+    return launch(configure(argv))
 
 
-def launch(cfg: RunConfig, args: object) -> int:
+def launch(cfg: Config) -> int:
     """Run the configured guest until it ends; its exit status."""
     devices = Registry()
     try:
-        vm = build(cfg, args, devices)
+        vm = build(cfg, devices)
         devices.init()
         print(f"  # lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}",
               file=sys.stderr)
@@ -139,7 +132,7 @@ def launch(cfg: RunConfig, args: object) -> int:
     return status
 
 
-def build(cfg: RunConfig, args: object, devices: Registry) -> Vm:
+def build(cfg: Config, devices: Registry) -> Vm:
     """The VM and its devices, each registered at its level as soon as it
     exists, so that a failure part way tears down what was made."""
     kvm = Kvm()
@@ -148,15 +141,13 @@ def build(cfg: RunConfig, args: object, devices: Registry) -> Vm:
     if cfg.cpus > max_cpus:
         raise LkvmError(f"--cpus {cfg.cpus}: this host's KVM allows at most {max_cpus}")
     arch = arch_loader.load()
-    vm = Vm(kvm, arch, cfg.cpus, cfg.ram_mib << 20, args.debug_ioport, args.debug_mmio,
-            args.hugetlbfs)
+    vm = Vm(kvm, arch, cfg)
     devices.add(Level.CORE, Hooks("vm", vm.close))
     term = Terminal(on_quit=lambda: vm.stop(0))
     uarts = arch.add_platform_devices(vm, term.write)
-    virtio = virtio_setup.attach(vm, args, term.write)
+    virtio = virtio_setup.attach(vm, cfg, term.write)
     devices.add(Level.VIRTIO, virtio)
-    boot = arch.load_kernel(vm, cfg.image, cfg.initrd,
-                            " ".join([*vm.cmdline, cfg.params]).strip(), args, cfg.root.cmdline)
+    boot = arch.load_kernel(vm, cfg, " ".join([*vm.cmdline, cfg.params]).strip())
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)
 

@@ -50,12 +50,12 @@ def cmd_sandbox(argv: list[str]) -> int:
                         "lkvm sandbox [run options] -- COMMAND [ARGS...]")
     split = argv.index("--")
     run = load_builtin("run")
-    cfg, args = run.configure(argv[:split], PARAMS)
+    cfg = run.configure(argv[:split], PARAMS)
     root = cfg.root.rootfs
     if root is None:
         raise LkvmError("lkvm sandbox runs its command in a rootfs: "
                         "give no -d, no -i, or -d with a rootfs name")
     rootfs.remove(root, STATUS)
     rootfs.put(root, SCRIPT, sandbox_script(argv[split + 1:], os.getcwd()), 0o755)
-    status = run.launch(cfg, args)
+    status = run.launch(cfg)
     return status if status else exit_status(root)

@@ -12,6 +12,7 @@ import time
 
 from include.uapi import ffi, lib
 from kvm.bus import Bus
+from kvm.config import Config
 from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
@@ -23,16 +24,14 @@ HALT_CHECK_SECONDS = 0.5
 
 
 class Vm:
-    def __init__(self, kvm: Kvm, arch: object, cpus: int, ram_size: int,
-                 debug_ioport: bool = False, debug_mmio: bool = False,
-                 hugetlbfs: str | None = None) -> None:
+    def __init__(self, kvm: Kvm, arch: object, cfg: Config) -> None:
         self.kvm = kvm
         self.arch = arch
         self.fd = kvm.create_vm()
-        self.pio = Bus("ioport", debug_ioport)
-        self.mmio = Bus("mmio", debug_mmio)
-        self.ram_size = ram_size
-        self.mem = GuestMemory(arch.memory_layout(ram_size), hugetlbfs)
+        self.pio = Bus("ioport", cfg.debug_ioport)
+        self.mmio = Bus("mmio", cfg.debug_mmio)
+        self.ram_size = cfg.ram_size
+        self.mem = GuestMemory(arch.memory_layout(cfg.ram_size), cfg.hugetlbfs)
         for slot, r in enumerate(self.mem.regions):
             region = ffi.new("struct kvm_userspace_memory_region *", {
                 "slot": slot, "guest_phys_addr": r.gpa, "memory_size": r.size,
@@ -43,7 +42,7 @@ class Vm:
                 raise LkvmError(f"cannot give {r.size >> 20} MiB to the guest: "
                                 f"{e.strerror}") from None
         arch.init_vm(self)
-        self.vcpus = [Vcpu(self, i) for i in range(cpus)]
+        self.vcpus = [Vcpu(self, i) for i in range(cfg.cpus)]
         self.exit_status = 0
         self.stopping = False
         # What a user sees (`lkvm list`, vmstate): only pause() and resume()

@@ -2,10 +2,10 @@
 and a virtio setup that fails part way closes what it made."""
 
 import os
-from types import SimpleNamespace
 
 import pytest
 
+from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError
 from tests.fakevm import FakeRouting, FakeVm
@@ -60,11 +60,10 @@ def test_a_failed_virtio_setup_closes_what_it_made(monkeypatch):
     """The rng is made, then the disk fails: its file, its I/O thread's
     epoll and eventfd, are closed before the error goes up."""
     monkeypatch.setattr(setup, "IrqRouting", lambda vm: FakeRouting())
-    args = SimpleNamespace(console="serial", rng=True, disk=["/dev/null"], p9=[],
-                           balloon=False, virtio_transport="pci")
+    cfg = Config(name="t", cpus=1, ram_mib=64, rng=True, disks=("/dev/null",))
     vm = FakeVm()
     before = sorted(os.listdir("/proc/self/fd"))
     with pytest.raises(LkvmError):
-        setup.attach(vm, args, print)
+        setup.attach(vm, cfg, print)
     vm.close()
     assert sorted(os.listdir("/proc/self/fd")) == before

@@ -12,6 +12,7 @@ import pytest
 
 from include.uapi import ffi, lib
 from kvm import ipc
+from kvm.config import Config
 from kvm.ipc import BALLOON, S32, STAT, IpcError
 from tests.fakevm import FakeVm, context
 from tests.helpers import run_lkvm
@@ -263,8 +264,8 @@ def test_balloon_option_on_every_transport(transport):
     transport's config window, and the driver's `actual` comes back."""
     vm = FakeVm()
     ctx = context(vm)
-    assert setup.balloon(ctx, SimpleNamespace(balloon=False), print) == []
-    (dev,) = setup.balloon(ctx, SimpleNamespace(balloon=True), print)
+    assert setup.balloon(ctx, Config(name="t", cpus=1, ram_mib=64), print) == []
+    (dev,) = setup.balloon(ctx, Config(name="t", cpus=1, ram_mib=64, balloon=True), print)
     assert ctx.balloon is dev
     setup.TRANSPORTS[transport](dev, ctx)
     if isinstance(dev.transport, VirtioMmio):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from disk.raw import RawDisk
 from hw.pci import PciBus
+from kvm.config import Config
 from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
 from kvm.iothread import IoThread, stop_all
@@ -88,32 +89,32 @@ def parse_disk(spec: str) -> RawDisk:
     return RawDisk(path, **{DISK_FLAGS[f]: True for f in flags})
 
 
-def console(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[VirtioDevice]:
-    if args.console != "virtio":
+def console(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
+    if cfg.console != "virtio":
         return []
     ctx.console = Console(ctx.vm.mem, out)
     return [ctx.console]
 
 
-def rng(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[VirtioDevice]:
-    return [Rng(ctx.vm.mem)] if args.rng else []
+def rng(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
+    return [Rng(ctx.vm.mem)] if cfg.rng else []
 
 
-def blk(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[VirtioDevice]:
+def blk(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
     return [Blk(ctx.vm.mem, parse_disk(spec), f"lkvm-disk-{i}")
-            for i, spec in enumerate(args.disk)]
+            for i, spec in enumerate(cfg.disks)]
 
 
-def p9(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[VirtioDevice]:
-    if not args.p9:
+def p9(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
+    if not cfg.shares:
         return []  # and the server stays unloaded: 0.4 s of startup under TCG
     module = importlib.import_module("virtio.9p")  # named as kvmtool's virtio/9p.c
     return [module.P9(ctx.vm.mem, s.path, s.tag or module.DEFAULT_TAG, s.readonly)
-            for s in args.p9]
+            for s in cfg.shares]
 
 
-def balloon(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[VirtioDevice]:
-    if not args.balloon:
+def balloon(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
+    if not cfg.balloon:
         return []
     ctx.balloon = Balloon(ctx.vm.mem)
     return [ctx.balloon]
@@ -122,15 +123,15 @@ def balloon(ctx: Context, args: object, out: Callable[[bytes], None]) -> list[Vi
 DEVICES = (console, rng, blk, p9, balloon)
 
 
-def attach(vm: object, args: object, console_out: Callable[[bytes], None]) -> Context:
-    """Create the devices the options ask for on their transport; the
+def attach(vm: object, cfg: Config, console_out: Callable[[bytes], None]) -> Context:
+    """Create the devices the configuration asks for on its transport; the
     registry's init starts their threads, its exit ends them."""
     ctx = Context(vm, IrqRouting(vm), lambda why: vm.stop(1, why),
                   PciBus(vm, *vm.arch.PCI_MMIO), vm.arch.VIRTIO_MMIO_START)
-    transport = TRANSPORTS[args.virtio_transport]
+    transport = TRANSPORTS[cfg.transport]
     try:
         for make in DEVICES:
-            for dev in make(ctx, args, console_out):
+            for dev in make(ctx, cfg, console_out):
                 ctx.devices.append(dev)
                 transport(dev, ctx)
     except BaseException:

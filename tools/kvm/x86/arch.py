@@ -2,6 +2,7 @@
 devices, kernel loading, vCPU set-up and register dumps."""
 
 import argparse
+from dataclasses import dataclass
 
 from hw.acpi_pm import AcpiPm
 from hw.i8042 import I8042
@@ -9,6 +10,7 @@ from hw.panic_watch import PanicWatch
 from hw.rtc import Rtc
 from hw.serial8250 import Serial8250
 from include.uapi import ffi, lib
+from kvm.config import Config
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
 from x86 import acpi, bios, cpu, irqchip, mptable, probe
@@ -42,11 +44,22 @@ LOADERS = [BzImage, Vmlinux, FlatBinary]
 BOOT_MODES = ("auto", "realmode", "64", "pvh")
 
 
+@dataclass(frozen=True)
+class X86Config:
+    """The x86 part of the run configuration."""
+    boot_mode: str = "auto"
+    acpi: bool = True
+
+
 def add_options(parser: object) -> None:
     parser.add_argument("--boot-mode", choices=BOOT_MODES, default="auto",
                         help="how to enter a Linux kernel (default: the fastest it supports)")
     parser.add_argument("--acpi", action=argparse.BooleanOptionalAction, default=True,
                         help="give the guest ACPI tables (default: yes)")
+
+
+def configure(args: argparse.Namespace) -> X86Config:
+    return X86Config(boot_mode=args.boot_mode, acpi=args.acpi)
 
 
 def dump_vcpu(vcpu: object) -> str:
@@ -102,23 +115,22 @@ def boots_linux(image: bytes) -> bool:
     return image_loader(image) is not FlatBinary
 
 
-def load_kernel(vm: object, image: bytes, initrd: bytes | None, params: str,
-                opts: object, root: str | None = None) -> object:
+def load_kernel(vm: object, cfg: Config, params: str) -> object:
     """Load the image with the first loader that recognises it; the
     result sets up each vCPU.  A Linux kernel also gets the platform's
-    firmware tables and lkvm's command line, with root as its root
-    (None: the first disk)."""
-    loader = image_loader(image)
+    firmware tables and lkvm's command line (then params), with the
+    root lkvm chose (none: the first disk)."""
+    loader = image_loader(cfg.image)
     if loader is FlatBinary:
-        return loader(vm, image, initrd, params)
-    mode = opts.boot_mode
+        return loader(vm, cfg.image, cfg.initrd, params)
+    mode, with_acpi = cfg.arch.boot_mode, cfg.arch.acpi
     if mode != "auto" and mode not in loader.modes:
         raise LkvmError(f"--boot-mode {mode}: a {loader.name} boots with "
                         f"{' or '.join(loader.modes)}")
     probe.warn_if_slow(vm.kvm)
-    rsdp = install_firmware(vm, opts.acpi)
-    cmdline = kernel_cmdline(params, opts.console, opts.acpi, root)
-    return loader(vm, image, initrd, cmdline, mode, rsdp)
+    rsdp = install_firmware(vm, with_acpi)
+    cmdline = kernel_cmdline(params, cfg.console, with_acpi, cfg.root.cmdline)
+    return loader(vm, cfg.image, cfg.initrd, cmdline, mode, rsdp)
 
 
 def install_firmware(vm: object, with_acpi: bool) -> int | None:
