@@ -2,14 +2,14 @@
 follow kvmtool's, so its users' scripts keep working."""
 
 import os
-import platform
 import signal
 import sys
 
 from include.uapi import lib
 from kvm import arch as arch_loader
 from kvm import guestroot
-from kvm.cmd import TOP, Parser, size_mib
+from kvm.arch import Arch
+from kvm.cmd import Parser, size_mib
 from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError
@@ -32,19 +32,13 @@ def default_ram_mib(cpus: int) -> int:
     return min(64 * (cpus + 3), int(host_ram_mib() * HOST_RAM_SHARE))
 
 
-def kernel_candidates() -> list[str]:
-    """Where kvmtool looks for a kernel when none is named, in order."""
-    release = platform.release()
-    return ["./bzImage", "arch/x86/boot/bzImage",
-            os.path.normpath(os.path.join(TOP, "../../arch/x86/boot/bzImage")),
-            f"/boot/vmlinuz-{release}", f"/boot/bzImage-{release}"]
-
-
-def find_kernel() -> str:
-    for path in kernel_candidates():
+def find_kernel(arch: type[Arch]) -> str:
+    """The first of the arch's usual places that holds a kernel."""
+    candidates = arch.kernel_candidates()
+    for path in candidates:
         if os.path.isfile(path):
             return path
-    raise LkvmError("could not find a kernel image; searched: " + ", ".join(kernel_candidates()))
+    raise LkvmError("could not find a kernel image; searched: " + ", ".join(candidates))
 
 
 def read_file(path: str, what: str) -> bytes:
@@ -55,7 +49,7 @@ def read_file(path: str, what: str) -> bytes:
         raise LkvmError(f"unable to open {what} {path}: {e.strerror}") from None
 
 
-def parser() -> Parser:
+def parser(arch: type[Arch]) -> Parser:
     p = Parser("run")
     p.add_argument("image", nargs="?", help="kernel image (same as -k)")
     p.add_argument("--name", help="a name for the guest")
@@ -78,14 +72,14 @@ def parser() -> Parser:
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")
     p.add_argument("--debug-mmio", action="store_true")
-    arch_loader.load().add_options(p)
+    arch.add_options(p)
     return p
 
 
 def configure(argv: list[str], params: str = "") -> Config:
     """The guest lkvm run ARGV describes; params go after the user's -p."""
     arch = arch_loader.load()
-    args = parser().parse(argv)
+    args = parser(arch).parse(argv)
     if args.image and args.kernel:
         raise LkvmError("give the kernel either as -k or as the argument, not both")
     cpus = args.cpus if args.cpus is not None else os.cpu_count()
@@ -96,7 +90,7 @@ def configure(argv: list[str], params: str = "") -> Config:
         raise LkvmError(f"--mem {ram}: a guest needs at least {MIN_RAM_MIB} MiB")
     if ram > host_ram_mib():
         raise LkvmError(f"--mem {ram}: more than the host's {host_ram_mib()} MiB of RAM")
-    kernel = args.image or args.kernel or find_kernel()
+    kernel = args.image or args.kernel or find_kernel(arch)
     image = read_file(kernel, "kernel")
     root = guestroot.choose(args.disk, bool(args.initrd), arch.boots_linux(image))
     return Config(
@@ -140,14 +134,15 @@ def build(cfg: Config, devices: Registry) -> Vm:
     max_cpus = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
     if cfg.cpus > max_cpus:
         raise LkvmError(f"--cpus {cfg.cpus}: this host's KVM allows at most {max_cpus}")
-    arch = arch_loader.load()
+    arch = arch_loader.load()(cfg.arch)
     vm = Vm(kvm, arch, cfg)
     devices.add(Level.CORE, Hooks("vm", vm.close))
     term = Terminal(on_quit=lambda: vm.stop(0))
-    uarts = arch.add_platform_devices(vm, term.write)
+    serial = arch.add_platform_devices(vm, term.write)
     virtio = virtio_setup.attach(vm, cfg, term.write)
     devices.add(Level.VIRTIO, virtio)
     boot = arch.load_kernel(vm, cfg, " ".join([*vm.cmdline, cfg.params]).strip())
+    arch.setup_firmware(vm, boot)
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)
 
@@ -155,9 +150,9 @@ def build(cfg: Config, devices: Registry) -> Vm:
         signal.signal(sig, lambda signum, _: vm.stop(128 + signum))
     # ~/.lkvm/<name>.sock for lkvm list/pause/stop/debug; the registry's
     # exit removes it, so it is made once signals end lkvm through vm.run.
-    ipc = IpcServer(vm, cfg.name, sysrq=uarts[0].sysrq,
+    ipc = IpcServer(vm, cfg.name, sysrq=serial.sysrq,
                     handlers=virtio.balloon.ipc_handlers(cfg.name) if virtio.balloon else None)
     devices.add(Level.LATE, Hooks("ipc", ipc.close))
-    receive = virtio.console.receive if virtio.console else uarts[0].receive
+    receive = virtio.console.receive if virtio.console else serial.receive
     devices.add(Level.LATE, Hooks("terminal", term.close, lambda: term.start(receive)))
     return vm

@@ -1,17 +1,141 @@
-"""The one place that knows which architecture lkvm runs on."""
+"""The arch contract: what each arch directory (x86/, arm/, powerpc/)
+implements for the core, and the one place that picks the host's.
 
+An arch is a class; its class-level part answers before any VM exists
+(options, the kernel's kind, where to look for one), and an instance
+holds the arch's state for one VM, as kvmtool's struct kvm_arch does.
+The core calls these hooks and never asks which arch it runs on.
+"""
+
+import argparse
 import importlib
 import platform
-from types import ModuleType
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from kvm.errors import LkvmError
 
+if TYPE_CHECKING:
+    from kvm.config import Config
+    from kvm.vcpu import Vcpu
+    from kvm.vm import Vm
+
+# The host's machine (uname -m) to the arch directory that runs its guests.
 ARCHES = {"x86_64": "x86", "aarch64": "arm", "ppc64le": "powerpc"}
 
 
-def load() -> ModuleType:
+class Boot(Protocol):
+    """A kernel image loaded into guest memory: how each vCPU enters it."""
+
+    def setup_vcpu(self, vcpu: "Vcpu") -> None: ...
+
+
+class SerialConsole(Protocol):
+    """The console UART: the terminal's input goes to it, and sysrq."""
+
+    def receive(self, data: bytes) -> None: ...
+
+    def sysrq(self, key: bytes) -> None: ...
+
+
+class Arch(ABC):
+    # The uapi headers only this arch has (asm/...), beside the generic ones.
+    UAPI_HEADERS: ClassVar[tuple[str, ...]]
+    # Interrupt lines the core hands out to PCI INTx and virtio-mmio.
+    LEGACY_IRQS: ClassVar[tuple[int, ...]]
+    # The guest physical window for PCI BARs: [start, end).
+    PCI_MMIO: ClassVar[tuple[int, int]]
+    # Where virtio-mmio devices go, one region after another.
+    VIRTIO_MMIO_START: ClassVar[int]
+
+    # Before a VM exists.
+    @classmethod
+    @abstractmethod
+    def add_options(cls, parser: argparse.ArgumentParser) -> None:
+        """The arch's own `lkvm run` options."""
+
+    @classmethod
+    @abstractmethod
+    def configure(cls, args: argparse.Namespace) -> object:
+        """The arch's part of the run configuration, from its options."""
+
+    @classmethod
+    @abstractmethod
+    def kernel_candidates(cls) -> list[str]:
+        """Where to look for a kernel when none is named, in order."""
+
+    @classmethod
+    @abstractmethod
+    def boots_linux(cls, image: bytes) -> bool:
+        """Whether the image is a kernel that takes lkvm's command line."""
+
+    def __init__(self, config: object) -> None:
+        self.config = config  # what configure() returned
+
+    # The VM, in the order the core calls them.
+    @abstractmethod
+    def memory_layout(self, ram_size: int) -> list[tuple[int, int]]:
+        """Guest RAM as (guest physical address, size) ranges."""
+
+    @abstractmethod
+    def init_vm(self, vm: "Vm") -> None:
+        """What the VM needs before its irqchip and vCPUs."""
+
+    @abstractmethod
+    def create_irqchip(self, vm: "Vm") -> None:
+        """The in-kernel interrupt controllers and timers."""
+
+    @abstractmethod
+    def irqchip_routes(self) -> list[tuple[int, int, int]]:
+        """The controllers' GSI routes, (gsi, irqchip, pin), which the
+        core keeps beside its MSI routes in KVM_SET_GSI_ROUTING."""
+
+    @abstractmethod
+    def add_platform_devices(self, vm: "Vm", console_out: Callable[[bytes], None]
+                             ) -> SerialConsole:
+        """The arch's own devices (UARTs, RTC, reset and power-off);
+        returns the serial console."""
+
+    @abstractmethod
+    def load_kernel(self, vm: "Vm", cfg: "Config", params: str) -> Boot:
+        """Probe the image and load it, its initrd and its command line
+        (lkvm's, then params)."""
+
+    @abstractmethod
+    def setup_firmware(self, vm: "Vm", boot: Boot) -> None:
+        """Describe the platform to the loaded kernel, once every device
+        exists (ACPI on x86, a device tree on arm64 and powerpc)."""
+
+    @abstractmethod
+    def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:
+        """A vCPU's reset state for entering the boot."""
+
+    def exit_handlers(self, vcpu: "Vcpu") -> Mapping[int, Callable[[], None]]:
+        """Handlers for the exit reasons the core's table lacks (powerpc's
+        KVM_EXIT_PAPR_HCALL); the core's own win."""
+        return {}
+
+    # Debugging and life.
+    @abstractmethod
+    def dump_vcpu(self, vcpu: "Vcpu") -> str:
+        """Registers and whatever else says where a vCPU is stuck."""
+
+    @abstractmethod
+    def inject_nmi(self, vcpu: "Vcpu") -> None:
+        """An NMI, or what the arch has like one, with the vCPU parked."""
+
+    @abstractmethod
+    def guest_halted(self, vm: "Vm") -> bool:
+        """Whether the guest stopped every CPU for good (asked with the
+        vCPUs parked): the VM then ends."""
+
+
+def load() -> type[Arch]:
+    """The arch class for this host."""
     machine = platform.machine()
     try:
-        return importlib.import_module(f"{ARCHES[machine]}.arch")
+        module = importlib.import_module(f"{ARCHES[machine]}.arch")
     except (KeyError, ModuleNotFoundError):
         raise LkvmError(f"lkvm does not support {machine} hosts yet") from None
+    return module.ARCH

@@ -1,9 +1,10 @@
 """A virtual CPU: its thread, KVM_RUN, and the dispatch of exits.
 
 The thread spends its life in KVM_RUN, which drops the GIL; each exit is
-looked up in a table by reason.  Another thread stops or pauses a vCPU by
-setting `immediate_exit` and sending it KICK_SIGNAL, so KVM_RUN returns
-EINTR whether the signal lands inside the ioctl or just before it.
+looked up in a table by reason, the arch's for reasons the core lacks.
+Another thread stops or pauses a vCPU by setting `immediate_exit` and
+sending it KICK_SIGNAL, so KVM_RUN returns EINTR whether the signal lands
+inside the ioctl or just before it.
 """
 
 import fcntl
@@ -42,7 +43,9 @@ class Vcpu:
         self.run = ffi.from_buffer("struct kvm_run *", self.run_map)
         self.run_bytes = memoryview(self.run_map)
         self.thread: threading.Thread | None = None
+        # The arch's handlers fill in reasons the core's table lacks.
         self.exits = {
+            **vm.arch.exit_handlers(self),
             lib.KVM_EXIT_IO: self._exit_io,
             lib.KVM_EXIT_MMIO: self._exit_mmio,
             lib.KVM_EXIT_HLT: self._exit_hlt,

@@ -1,7 +1,7 @@
 """A virtual machine: memory slots, buses, interrupts, vCPUs and their life.
 
-The arch module (x86/, arm/, powerpc/) is handed in; the core calls its
-hooks and never asks which one it is.
+The arch (a kvm.arch.Arch of x86/, arm/ or powerpc/) is handed in; the
+core calls its hooks and never asks which one it is.
 """
 
 import os
@@ -11,6 +11,7 @@ import threading
 import time
 
 from include.uapi import ffi, lib
+from kvm.arch import Arch
 from kvm.bus import Bus
 from kvm.config import Config
 from kvm.devices import STUCK_SECONDS
@@ -24,7 +25,7 @@ HALT_CHECK_SECONDS = 0.5
 
 
 class Vm:
-    def __init__(self, kvm: Kvm, arch: object, cfg: Config) -> None:
+    def __init__(self, kvm: Kvm, arch: Arch, cfg: Config) -> None:
         self.kvm = kvm
         self.arch = arch
         self.fd = kvm.create_vm()
@@ -42,6 +43,7 @@ class Vm:
                 raise LkvmError(f"cannot give {r.size >> 20} MiB to the guest: "
                                 f"{e.strerror}") from None
         arch.init_vm(self)
+        arch.create_irqchip(self)
         self.vcpus = [Vcpu(self, i) for i in range(cfg.cpus)]
         self.exit_status = 0
         self.stopping = False

@@ -7,13 +7,13 @@ from hw.pci import PciBus
 from kvm.bus import Bus
 from virtio.mock import mock_memory
 from virtio.setup import Context
-from x86 import arch
+from x86.arch import X86
 
 
 class FakeRouting:
     def __init__(self) -> None:
         self.msi: dict[int, tuple[int, int]] = {}
-        self.lines = iter(arch.LEGACY_IRQS)
+        self.lines = iter(X86.LEGACY_IRQS)
 
     def alloc_line(self) -> int:
         return next(self.lines)
@@ -28,7 +28,7 @@ class FakeRouting:
 
 
 class FakeVm:
-    arch = arch
+    arch = X86()
 
     def __init__(self) -> None:
         self.mem = mock_memory()
@@ -78,4 +78,4 @@ class FakeVm:
 
 def context(vm: FakeVm) -> Context:
     return Context(vm, FakeRouting(), lambda why: None,
-                   PciBus(vm, *arch.PCI_MMIO), arch.VIRTIO_MMIO_START)
+                   PciBus(vm, *X86.PCI_MMIO), X86.VIRTIO_MMIO_START)

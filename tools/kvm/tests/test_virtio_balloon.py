@@ -22,7 +22,7 @@ from virtio.balloon import DEFLATE, INFLATE, PAGE, PFN, STATS, Balloon
 from virtio.mmio import VirtioMmio
 from virtio.mock import HIGH_RAM, HOLE, LOW_RAM, Driver, mock_memory
 from virtio.pci import DEVICE
-from x86 import arch
+from x86.arch import X86
 
 MIB = 1 << 20
 PATTERN = b"\xa5" * PAGE
@@ -269,7 +269,7 @@ def test_balloon_option_on_every_transport(transport):
     assert ctx.balloon is dev
     setup.TRANSPORTS[transport](dev, ctx)
     if isinstance(dev.transport, VirtioMmio):
-        bus, window = vm.mmio, arch.VIRTIO_MMIO_START + lib.VIRTIO_MMIO_CONFIG
+        bus, window = vm.mmio, X86.VIRTIO_MMIO_START + lib.VIRTIO_MMIO_CONFIG
     elif dev.modern:
         bus, window = vm.mmio, dev.transport.bars[0].addr + DEVICE
     else:  # legacy I/O BAR, MSI-X off: config where the MSI-X vectors would be

@@ -10,7 +10,7 @@ from virtio.mmio import MAGIC, VirtioMmio
 from virtio.pci import COMMON, DEVICE, ISR, NOTIFY, VIRTIO_VENDOR, VirtioPci
 from virtio.queue import ring_sizes
 from virtio.rng import Rng
-from x86 import arch
+from x86.arch import X86
 
 S_ACK_DRIVER = lib.VIRTIO_CONFIG_S_ACKNOWLEDGE | lib.VIRTIO_CONFIG_S_DRIVER
 
@@ -58,13 +58,13 @@ def test_bar_sizing_and_moving(vm):
     rng = Rng(vm.mem)
     VirtioPci(rng, ctx, modern=True)
     bar0 = cfg_read(vm, 1, lib.PCI_BASE_ADDRESS_0)
-    assert bar0 == arch.PCI_MMIO[0]
+    assert bar0 == X86.PCI_MMIO[0]
     cfg_write(vm, 1, lib.PCI_BASE_ADDRESS_0, 0xFFFFFFFF)
     assert cfg_read(vm, 1, lib.PCI_BASE_ADDRESS_0) == (~(0x4000 - 1)) & 0xFFFFFFFF
     cfg_write(vm, 1, lib.PCI_BASE_ADDRESS_0, 0xD8000000)
     assert vm.mmio.find(0xD8000000 + COMMON) is not None and vm.mmio.find(bar0) is None
     assert {a for a, _, _, _ in vm.ioeventfds.values()} == {0xD8000000 + NOTIFY}
-    assert cfg_read(vm, 1, lib.PCI_INTERRUPT_LINE, 1) == arch.LEGACY_IRQS[0]
+    assert cfg_read(vm, 1, lib.PCI_INTERRUPT_LINE, 1) == X86.LEGACY_IRQS[0]
     assert cfg_read(vm, 1, lib.PCI_INTERRUPT_PIN, 1) == 1
     rng.close()
 
@@ -162,7 +162,7 @@ def test_legacy_intx_and_isr(vm):
     vm.pio.write(io + lib.VIRTIO_PCI_QUEUE_PFN, 4, 0x10)
     vm.pio.write(io + lib.VIRTIO_PCI_STATUS, 1, S_ACK_DRIVER | lib.VIRTIO_CONFIG_S_DRIVER_OK)
     vm.pio.write(io + lib.VIRTIO_PCI_QUEUE_NOTIFY, 2, 0)
-    line = arch.LEGACY_IRQS[0]
+    line = X86.LEGACY_IRQS[0]
     assert vm.lines[line] == 1
     assert vm.pio.read(io + lib.VIRTIO_PCI_ISR, 1) == 1
     assert vm.lines[line] == 0 and vm.pio.read(io + lib.VIRTIO_PCI_ISR, 1) == 0
@@ -173,9 +173,9 @@ def test_legacy_intx_and_isr(vm):
 def test_mmio_registers_and_cmdline(vm, modern):
     ctx = context(vm)
     rng = Rng(vm.mem)
-    VirtioMmio(rng, ctx, arch.VIRTIO_MMIO_START, modern)
-    base = arch.VIRTIO_MMIO_START
-    assert vm.cmdline == [f"virtio_mmio.device=0x200@{base:#x}:{arch.LEGACY_IRQS[0]}"]
+    VirtioMmio(rng, ctx, X86.VIRTIO_MMIO_START, modern)
+    base = X86.VIRTIO_MMIO_START
+    assert vm.cmdline == [f"virtio_mmio.device=0x200@{base:#x}:{X86.LEGACY_IRQS[0]}"]
     assert vm.mmio.read(base + lib.VIRTIO_MMIO_MAGIC_VALUE, 4) == MAGIC
     assert vm.mmio.read(base + lib.VIRTIO_MMIO_VERSION, 4) == (2 if modern else 1)
     assert vm.mmio.read(base + lib.VIRTIO_MMIO_DEVICE_ID, 4) == lib.VIRTIO_ID_RNG
@@ -206,7 +206,7 @@ def test_mmio_registers_and_cmdline(vm, modern):
     vm.mem.write(avail + 2, (1).to_bytes(2, "little"))
     vm.mmio.write(base + lib.VIRTIO_MMIO_QUEUE_NOTIFY, 4, 0)
     assert int.from_bytes(vm.mem.read(used + 2, 2), "little") == 1
-    line = arch.LEGACY_IRQS[0]
+    line = X86.LEGACY_IRQS[0]
     assert vm.lines[line] == 1
     assert vm.mmio.read(base + lib.VIRTIO_MMIO_INTERRUPT_STATUS, 4) == \
         lib.VIRTIO_MMIO_INT_VRING
