@@ -64,6 +64,21 @@ int lkvm_ioctl(int fd, unsigned long request, unsigned long arg);
 int lkvm_ioctl_ptr(int fd, unsigned long request, void *arg);
 """
 
+# Memory fences for the rings lkvm shares with the guest (kvm/barrier.py),
+# which Python has none of.  The full fence is an instruction everywhere;
+# acquire and release only hold the compiler back on x86, which keeps
+# loads in order and stores in order, and are barriers on arm64.
+FENCE_GLUE = """
+static void lkvm_mb(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static void lkvm_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+static void lkvm_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+"""
+FENCE_CDEF = """
+void lkvm_mb(void);
+void lkvm_acquire(void);
+void lkvm_release(void);
+"""
+
 # Spellings the compiler accepts and pycparser does not; they do not
 # change layout here because cffi takes the layout from the compiler.
 CPP_FLAGS = ("-D__attribute__(x)=", "-D__extension__=", "-D__signed__=signed",
@@ -231,8 +246,8 @@ def build(outdir: str, includes: list[str]) -> None:
     ffi = cffi.FFI()
     ffi.cdef("\n".join(decls.cdefs))
     ffi.cdef("".join(f"#define {n} ...\n" for n in names))
-    ffi.cdef(IOCTL_CDEF)
-    ffi.set_source("_uapi", source_text() + "\n".join(decls.prelude) + IOCTL_GLUE,
+    ffi.cdef(IOCTL_CDEF + FENCE_CDEF)
+    ffi.set_source("_uapi", source_text() + "\n".join(decls.prelude) + IOCTL_GLUE + FENCE_GLUE,
                    extra_compile_args=["-w", *includes])
     os.makedirs(outdir, exist_ok=True)
     ffi.compile(tmpdir=outdir, verbose=False)

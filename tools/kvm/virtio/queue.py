@@ -5,11 +5,20 @@ owns the used ring; all three live in guest RAM, which the guest can
 change under us at any time.  Every index and address read from them is
 checked, each descriptor is read once, and a chain that breaks the ring
 rules raises QueueError: the device then stops and asks for a reset.
+
+The driver runs on other CPUs meanwhile, so each crossing of the rings
+has its barrier (virtio 1.x §2.7.13, §2.7.10), paired with the driver's:
+an acquire after reading the available index, a release before
+publishing the used index, and a full fence wherever the device writes
+one word and then reads one the driver writes (the available event
+index before looking at the ring again, the used index before asking
+whether the driver wants an interrupt).
 """
 
 from dataclasses import dataclass
 
 from include.uapi import ffi, lib
+from kvm.barrier import acquire, mb, release
 from kvm.errors import GuestError
 from virtio.cstruct import packer
 
@@ -103,11 +112,13 @@ class Virtqueue:
             # Tell the driver where to kick next, then look again: it may
             # have added a buffer before seeing the new event index.
             self._put16(self._used, USED_RING + USED_ELEM_SIZE * self.size, self.last_avail)
+            mb()
             idx = self._u16(avail, AVAIL_IDX)
         if idx == self.last_avail:
             return None
         if (idx - self.last_avail) & 0xFFFF > self.size:
             raise QueueError(f"available index {idx} ran {self.size}+ entries ahead")
+        acquire()  # the ring entry and descriptors the driver wrote before idx
         head = self._u16(avail, AVAIL_RING + U16 * (self.last_avail % self.size))
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         return self._walk(head)
@@ -153,7 +164,7 @@ class Virtqueue:
         """Give a chain back with the number of bytes the device wrote."""
         USED_ELEM.pack_into(self._used, USED_RING + USED_ELEM_SIZE * (self.used_idx % self.size),
                             head, written)
-        # x86 keeps stores in order: the element is visible before the index.
+        release()  # the element is visible before the index that publishes it
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         self._put16(self._used, USED_IDX, self.used_idx)
 
@@ -163,6 +174,7 @@ class Virtqueue:
         new = self.used_idx
         if new == old_used:
             return False
+        mb()  # the driver may have looked at the used index before we wrote it
         if self.event_idx:
             event = self._u16(self._avail, AVAIL_RING + U16 * self.size)
             return (new - event - 1) & 0xFFFF < (new - old_used) & 0xFFFF
