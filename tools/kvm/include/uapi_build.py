@@ -15,6 +15,8 @@ cross-compiled for it with CC against that architecture's uapi headers
 """
 
 import argparse
+import contextlib
+import io
 import os
 import platform
 import re
@@ -125,7 +127,16 @@ def uapi_macros(target: Target, includes: list[str]) -> list[str]:
 def integer_macros(target: Target, names: list[str], includes: list[str]) -> list[str]:
     """Keep the macros that the compiler takes as integer constants: a
     file-scope initialiser must be a constant and "| 0" needs an integer,
-    so each failing line names a macro to drop."""
+    so each failing line names a macro to drop.  gcc reports an undeclared
+    identifier at its first use only (arm64's SZ_64K is used by two
+    macros), so the survivors are probed again until none fails."""
+    while bad := failing_probes(target, names, includes):
+        names = [n for i, n in enumerate(names) if i not in bad]
+    return names
+
+
+def failing_probes(target: Target, names: list[str], includes: list[str]) -> set[int]:
+    """Indices in `names` of the macros whose probe lines fail to compile."""
     probe = target.source_text() + "".join(
         f"unsigned long long __lkvm_probe_{i} = ({n}) | 0;\n"
         for i, n in enumerate(names))
@@ -135,9 +146,8 @@ def integer_macros(target: Target, names: list[str], includes: list[str]) -> lis
         r = subprocess.run([target.cc, "-fsyntax-only", "-w", *includes, f.name],
                            capture_output=True, text=True)
     first = target.source_text().count("\n") + 1
-    bad = {int(m.group(1)) - first
-           for m in re.finditer(rf"^{re.escape(f.name)}:(\d+):\d+: error", r.stderr, re.M)}
-    return [n for i, n in enumerate(names) if i not in bad]
+    return {int(m.group(1)) - first
+            for m in re.finditer(rf"^{re.escape(f.name)}:(\d+):\d+: error", r.stderr, re.M)}
 
 
 BINARY = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__,
@@ -294,7 +304,8 @@ def cross_compile(ffi: cffi.FFI, outdir: str, includes: list[str], target: Targe
     name = f"_uapi.{sys.implementation.cache_tag}-{target.arch}-linux-gnu.so"
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "_uapi.c")
-        ffi.emit_c_code(source)
+        with contextlib.redirect_stdout(io.StringIO()):  # cffi says what it generates
+            ffi.emit_c_code(source)
         subprocess.run([target.cc, "-shared", "-fPIC", "-O2", "-w", *includes,
                         *(f"-I{os.path.abspath(d)}" for d in target.python_includes),
                         "-o", os.path.join(outdir, name), source],
