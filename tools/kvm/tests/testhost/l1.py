@@ -1,5 +1,6 @@
 """The L1 test host's kernel and initramfs: Debian's generic kernel (the cloud
-flavour has no 9p) with kvm_amd and the 9p root, busybox as init."""
+flavour has no 9p) with kvm_amd and the 9p root, busybox as init. The initramfs
+builder is shared with the other architectures' L1 (l1arm64.py)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,14 @@ INIT = Path(__file__).with_name("l1init.sh")
 
 @dataclass(frozen=True)
 class L1Assets:
+    """What an L1 boots: its kernel and initramfs, the read-only 9p exports
+    its init mounts (mount tag -> host directory; "hostfs" is L1's root) and
+    the kernel command-line words that tell its init what differs."""
+
     kernel: Path
     initrd: Path
+    shares: dict[str, Path]
+    params: tuple[str, ...] = ()
 
 
 def _vmlinux(pkgdir: Path) -> Path:
@@ -38,11 +45,13 @@ def _vmlinux(pkgdir: Path) -> Path:
     )
 
 
-def _initrd(kernel_dir: Path, busybox_dir: Path) -> Path:
+def initrd(kernel_dir: Path, busybox_dir: Path, modules: dict[str, str]) -> Path:
+    """L1's initramfs: l1init.sh as /init, busybox, and `modules` (name ->
+    parameters) with what they depend on, from the unpacked kernel package."""
     init = INIT.read_bytes()
-    mods = load_order(kernel_dir / "lib" / "modules", list(MODULES))
+    mods = load_order(kernel_dir / "lib" / "modules", list(modules))
     listing = "".join(
-        f"{p.name} {MODULES.get(p.stem.replace('-', '_'), '')}\n" for p in mods
+        f"{p.name} {modules.get(p.stem.replace('-', '_'), '')}\n" for p in mods
     )
     key = cache.digest(init, listing, kernel_dir.name, busybox_dir.name)
 
@@ -62,8 +71,11 @@ def _initrd(kernel_dir: Path, busybox_dir: Path) -> Path:
 
 
 def prepare() -> L1Assets:
-    """Download, unpack and build what L1 boots; cheap when cached."""
+    """Download, unpack and build what L1 boots; cheap when cached. Its root
+    is the host's own /, so it sees the caller's paths."""
     with cache.locked():
         kernel_dir = debs.unpacked("linux-image-amd64")
         busybox_dir = debs.unpacked("busybox-static")
-        return L1Assets(_vmlinux(kernel_dir), _initrd(kernel_dir, busybox_dir))
+        return L1Assets(
+            _vmlinux(kernel_dir), initrd(kernel_dir, busybox_dir, MODULES), {"hostfs": Path("/")}
+        )

@@ -7,6 +7,7 @@ import sys
 
 from . import probe
 from .cache import TestHostError
+from .hosts import DEFAULT
 from .session import Result, Session
 
 
@@ -46,7 +47,8 @@ class L1:
 
     in_l1 = True
 
-    def __init__(self) -> None:
+    def __init__(self, arch: str = DEFAULT) -> None:
+        self._arch = arch
         self._session: Session | None = None
 
     def run(
@@ -57,7 +59,7 @@ class L1:
         cwd: str | None = None,
     ) -> Result:
         if self._session is None or self._session.closed:
-            self._session = Session()
+            self._session = Session(arch=self._arch)
         return self._session.run(cmd, timeout, env, cwd)
 
     def close(self) -> None:

@@ -1,10 +1,13 @@
-"""Boot the L1 test host in QEMU (TCG, emulated SVM) and run commands in it.
+"""Boot an L1 test host in QEMU (TCG, with the virtualization extensions
+emulated) and run commands in it.
 
-The host's / is shared read-only and overlaid with a tmpfs in L1, so a command
-sees the caller's paths (the checkout, Python, the cache) and what it writes
-stays in L1's memory. Files the host changes during a session must get new
-names to be seen (see l1init.sh). Jobs go in over a second serial port, a line
-per job; their scripts and output travel through a writable 9p share.
+On x86 the host's / is shared read-only and overlaid with a tmpfs in L1, so a
+command sees the caller's paths (the checkout, Python, the cache) and what it
+writes stays in L1's memory; another architecture's L1 gets a root of its own
+with lkvm's checkout at the caller's path (hosts.py, l1arm64.py). Files the
+host changes during a session must get new names to be seen (see l1init.sh).
+Jobs go in over a control port, a line per job; their scripts and output
+travel through a writable 9p share.
 """
 
 import contextlib
@@ -22,11 +25,14 @@ from typing import Self
 
 from . import cache, l1
 from .cache import TestHostError
+from .hosts import DEFAULT, HOSTS
 
-QEMU = "qemu-system-x86_64"
 # Variables a command keeps from the caller; the rest of its environment is
 # set here, so runs in L1 don't depend on what the caller's shell had.
 _KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "VIRTUAL_ENV", "PYTHONPATH")
+# ... except where L1's root is not the caller's /, so its programs are not
+# the caller's: there a command finds them where Debian puts them.
+_OWN_ROOT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "TERM": "linux"}
 
 
 @dataclass(frozen=True)
@@ -54,14 +60,19 @@ class Session:
     def __init__(
         self,
         *,
-        mem: str = "4G",
+        arch: str = DEFAULT,
+        mem: str | None = None,
         cpus: int = 2,
         boot_timeout: float = 300.0,
         interactive: bool = False,
     ) -> None:
-        if shutil.which(QEMU) is None:
-            raise TestHostError(f"{QEMU} not found: install qemu-system-x86")
-        assets = l1.prepare()
+        if arch not in HOSTS:
+            raise TestHostError(f"no {arch} test host: there are {', '.join(HOSTS)}")
+        self._host = HOSTS[arch]
+        if shutil.which(self._host.qemu) is None:
+            raise TestHostError(f"{self._host.qemu} not found: install {self._host.package}")
+        assets = self._host.prepare()
+        self._own_root = assets.shares["hostfs"] != Path("/")
         self._tmp = Path(tempfile.mkdtemp(prefix="lkvm-l1-"))
         self._share = self._tmp / "share"
         self._share.mkdir()
@@ -74,7 +85,7 @@ class Session:
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._interactive = interactive
         try:
-            self._boot(assets, mem, cpus, boot_timeout)
+            self._boot(assets, mem or self._host.mem, cpus, boot_timeout)
         except BaseException:
             self.close()
             raise
@@ -84,18 +95,25 @@ class Session:
         ctl = self._tmp / "ctl.sock"
         self._listener.bind(str(ctl))
         self._listener.listen(1)
+        host = self._host
         virtfs = "local,security_model=none,multidevs=remap"
+        params = [
+            f"console={host.console}", "panic=-1", "quiet", "mitigations=off",
+            f"testhost_ctl={host.control_dev}", *assets.params,
+        ]  # fmt: skip
+        shares = [f"{virtfs},path={path},mount_tag={tag},readonly=on"
+                  for tag, path in assets.shares.items()]  # fmt: skip
+        shares.append(f"{virtfs},path={self._share},mount_tag=results")
         # setpriv: qemu must not outlive a test run that was killed.
         cmd = [
             "setpriv", "--pdeathsig", "KILL",
-            QEMU, "-accel", "tcg", "-cpu", "max", "-m", mem, "-smp", str(cpus),
+            host.qemu, "-accel", "tcg", *host.machine, "-m", mem, "-smp", str(cpus),
             "-nodefaults", "-no-reboot", "-display", "none",
             "-kernel", str(assets.kernel), "-initrd", str(assets.initrd),
-            "-append", "console=ttyS0 panic=-1 quiet mitigations=off",
+            "-append", " ".join(params),
             *self._console_args(),
-            "-chardev", f"socket,id=ctl,path={ctl}", "-serial", "chardev:ctl",
-            "-virtfs", f"{virtfs},path=/,mount_tag=hostfs,readonly=on",
-            "-virtfs", f"{virtfs},path={self._share},mount_tag=results",
+            "-chardev", f"socket,id=ctl,path={ctl}", *host.control,
+            *(arg for share in shares for arg in ("-virtfs", share)),
         ]  # fmt: skip
         stdin = None if self._interactive else subprocess.DEVNULL
         with open(self._tmp / "qemu.err", "wb") as err:
@@ -168,12 +186,15 @@ class Session:
             raise L1Error("the L1 session is closed")
         self._jobs += 1
         job = f"j{self._jobs}"
-        full_env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
+        if self._own_root:
+            full_env = dict(_OWN_ROOT_ENV)
+        else:
+            full_env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
         full_env |= {
             "HOME": "/run/home",  # tmpfs: unix sockets cannot be bound on 9p
             "PYTHONDONTWRITEBYTECODE": "1",  # the host's / is read-only
             "LKVM_CACHE": str(cache.root().parent),
-            "LKVM_TESTHOST": "direct",  # L1's KVM runs CPL0 natively
+            "LKVM_TESTHOST": "direct",  # L1's KVM runs guest kernels natively
         }
         full_env |= env or {}
         script = (
@@ -233,7 +254,9 @@ class Session:
         self.close()
 
 
-def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> Result:
+def run(
+    cmd: list[str], timeout: float, env: dict[str, str] | None = None, arch: str = DEFAULT
+) -> Result:
     """Run one command in a fresh L1 (boot time is bounded separately from `timeout`)."""
-    with Session() as s:
+    with Session(arch=arch) as s:
         return s.run(cmd, timeout, env)
