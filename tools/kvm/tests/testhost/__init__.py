@@ -2,7 +2,9 @@
 
 Where the local KVM runs guest CPL0 code natively, e2e tests run directly;
 where it doesn't (nested PVM), they run inside an L1 QEMU TCG guest with
-emulated SVM and Debian's kernel with kvm_amd (see DESIGN.md §1).
+emulated SVM and Debian's kernel with kvm_amd (see DESIGN.md §1). An arm64
+L1 (Debian's arm64 kernel at EL2, KVM built in) gives arm64 KVM on any
+machine; hosts.py has what differs between them.
 """
 
 from . import l1
