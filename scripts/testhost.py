@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The e2e test host from the command line.
 
-scripts/testhost.py prepare              fill the cache (kernels, initramfs)
+scripts/testhost.py prepare [--arch A]   fill the cache (kernels, initramfs)
 scripts/testhost.py needed               does this host need L1? (exit 0 if so)
-scripts/testhost.py run [-t S] -- CMD…   run CMD in L1; exit with its status
+scripts/testhost.py run [--arch A] [-t S] -- CMD…
+                                         run CMD in L1; exit with its status
 scripts/testhost.py console -- CMD…      run CMD in L1 on this terminal (make run)
 scripts/testhost.py guest-kernel         print the L2 guest kernel's path
 scripts/testhost.py initrd SCRIPT        print the path of an L2 initramfs running SCRIPT
@@ -29,15 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "kvm")
 from tests import testhost
 from tests.helpers import LKVM
 from tests.testhost import l1, probe
+from tests.testhost.hosts import DEFAULT, HOSTS
 
 TOP = Path(__file__).resolve().parent.parent
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     start = time.monotonic()
-    assets = l1.prepare()
+    assets = HOSTS[args.arch].prepare(testhost.HostConfig(arch=args.arch))
     print(f"L1 kernel     {assets.kernel}\nL1 initrd     {assets.initrd}")
-    print(f"guest kernel  {testhost.guest_kernel()}")
+    for tag, path in assets.shares.items():
+        print(f"L1 {tag:<10} {path}")
+    if args.arch == DEFAULT:  # the L2 guests' kernel is x86's for now
+        print(f"guest kernel  {testhost.guest_kernel()}")
     print(f"ready in {time.monotonic() - start:.1f} s")
     return 0
 
@@ -55,7 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         sys.exit("testhost run: no command given")
-    with testhost.Session(cpus=args.cpus, mem=args.mem) as session:
+    config = testhost.HostConfig(arch=args.arch, cpus=args.cpus, mem=args.mem)
+    with testhost.Session(config) as session:
         print(f"testhost: L1 booted in {session.boot_seconds:.1f} s", file=sys.stderr)
         start = time.monotonic()
         result = session.run(cmd, args.timeout)
@@ -72,7 +78,8 @@ def cmd_console(args: argparse.Namespace) -> int:
     if not cmd:
         sys.exit("testhost console: no command given")
     print("testhost: booting the nested host (L1) ...", file=sys.stderr)
-    with testhost.Session(cpus=args.cpus, mem=args.mem, interactive=True) as session:
+    config = testhost.HostConfig(cpus=args.cpus, mem=args.mem)
+    with testhost.Session(config, interactive=True) as session:
         return session.run(cmd, args.timeout).returncode
 
 
@@ -178,12 +185,16 @@ def cmd_soak_e2e(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("prepare", help="fill the cache").set_defaults(func=cmd_prepare)
+    arch = argparse.ArgumentParser(add_help=False)
+    arch.add_argument("--arch", choices=sorted(HOSTS), default=DEFAULT,
+                      help=f"the L1 test host's architecture (default {DEFAULT})")
+    prepare = sub.add_parser("prepare", help="fill the cache", parents=[arch])
+    prepare.set_defaults(func=cmd_prepare)
     sub.add_parser("needed", help="probe /dev/kvm").set_defaults(func=cmd_needed)
-    run = sub.add_parser("run", help="run a command in L1")
+    run = sub.add_parser("run", help="run a command in L1", parents=[arch])
     run.add_argument("-t", "--timeout", type=float, default=600.0)
     run.add_argument("-c", "--cpus", type=int, default=2)
-    run.add_argument("-m", "--mem", default="4G")
+    run.add_argument("-m", "--mem", help="L1's memory (default: 4G on amd64, 2G on arm64)")
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
     console = sub.add_parser("console", help="run a command in L1 on this terminal")

@@ -7,20 +7,28 @@ union and enum they declare is handed to cffi as a partial declaration, so
 cffi asks the compiler for sizes and offsets.  A field or an ioctl that a
 newer kernel adds arrives with its headers.
 
-Usage: uapi_build.py OUTDIR [-I INCDIR]...
+Usage: uapi_build.py OUTDIR [-I INCDIR]... [--arch ARCH --cc CC --python-include DIR...]
+
+With --arch naming another architecture than this machine's, the module is
+cross-compiled for it with CC against that architecture's uapi headers
+(-I) and Python headers, and named as its Python looks for it.
 """
 
 import argparse
+import contextlib
+import io
 import os
+import platform
 import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 
 import cffi
 from pycparser import c_ast, c_generator, c_parser
 
-# The headers lkvm reads; asm/ resolves to the host architecture's.
+# The headers lkvm reads on every architecture; asm/ resolves to the target's.
 HEADERS = (
     "linux/kvm.h",
     "linux/pci_regs.h",
@@ -39,11 +47,15 @@ HEADERS = (
     "linux/virtio_rng.h",
     "linux/virtio_vsock.h",
     "linux/elf.h",
-    "asm/bootparam.h",
-    "asm/e820.h",
-    "asm/processor-flags.h",
-    "asm/kvm_para.h",
 )
+
+# ... and those of one architecture (named as uname -m names it): x86's
+# boot protocol and control registers.  asm/kvm_para.h comes last on all,
+# as it always did, so an x86 build stays the same byte for byte.
+ARCH_HEADERS = {
+    "x86_64": ("asm/bootparam.h", "asm/e820.h", "asm/processor-flags.h", "asm/kvm_para.h"),
+    "aarch64": ("asm/kvm_para.h",),
+}
 
 # ioctl(2) with fixed argument types: the variadic libc call cannot be
 # reached from cffi at full speed, and an int argument would lose the top
@@ -84,22 +96,40 @@ void lkvm_release(void);
 CPP_FLAGS = ("-D__attribute__(x)=", "-D__extension__=", "-D__signed__=signed",
              "-D__inline__=inline", "-D__asm__(x)=", "-D__restrict=")
 
+# GCC's 128-bit integers (arm64's FP/SIMD and pointer authentication
+# registers): pycparser must know their names to parse, and cffi has no such
+# type, so fields of them are left out; their structs stay partial, so the
+# compiler still gives their sizes and the other fields' offsets.
+INT128 = ("__uint128_t", "__int128_t")
+
 UAPI_FILE = re.compile(r'^# \d+ "(?P<path>[^"]*/(?:linux|asm|asm-generic)/[^"]*)"')
 
 
-def source_text() -> str:
-    return "".join(f"#include <{h}>\n" for h in HEADERS)
+@dataclass(frozen=True)
+class Target:
+    """The architecture the bindings are for and the compiler that builds
+    them; python_includes are its Python's headers when cross-compiling."""
+
+    arch: str = platform.machine()
+    cc: str = "gcc"
+    python_includes: tuple[str, ...] = ()
+
+    @property
+    def native(self) -> bool:
+        return self.arch == platform.machine()
+
+    def source_text(self) -> str:
+        return "".join(f"#include <{h}>\n" for h in HEADERS + ARCH_HEADERS[self.arch])
+
+    def run_cc(self, args: list[str], text: str) -> str:
+        return subprocess.run([self.cc, *args, "-x", "c", "-"], input=text,
+                              capture_output=True, text=True, check=True).stdout
 
 
-def cc(args: list[str], text: str) -> str:
-    return subprocess.run(["gcc", *args, "-x", "c", "-"], input=text,
-                          capture_output=True, text=True, check=True).stdout
-
-
-def uapi_macros(includes: list[str]) -> list[str]:
+def uapi_macros(target: Target, includes: list[str]) -> list[str]:
     """Object-like macros defined by the uapi headers, in order."""
     names, in_uapi = [], False
-    for line in cc(["-E", "-dD", *includes], source_text()).splitlines():
+    for line in target.run_cc(["-E", "-dD", *includes], target.source_text()).splitlines():
         if line.startswith("# "):
             in_uapi = bool(UAPI_FILE.match(line))
         elif in_uapi and line.startswith("#define "):
@@ -109,22 +139,30 @@ def uapi_macros(includes: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def integer_macros(names: list[str], includes: list[str]) -> list[str]:
+def integer_macros(target: Target, names: list[str], includes: list[str]) -> list[str]:
     """Keep the macros that the compiler takes as integer constants: a
     file-scope initialiser must be a constant and "| 0" needs an integer,
-    so each failing line names a macro to drop."""
-    probe = source_text() + "".join(
+    so each failing line names a macro to drop.  gcc reports an undeclared
+    identifier at its first use only (arm64's SZ_64K is used by two
+    macros), so the survivors are probed again until none fails."""
+    while bad := failing_probes(target, names, includes):
+        names = [n for i, n in enumerate(names) if i not in bad]
+    return names
+
+
+def failing_probes(target: Target, names: list[str], includes: list[str]) -> set[int]:
+    """Indices in `names` of the macros whose probe lines fail to compile."""
+    probe = target.source_text() + "".join(
         f"unsigned long long __lkvm_probe_{i} = ({n}) | 0;\n"
         for i, n in enumerate(names))
     with tempfile.NamedTemporaryFile("w", suffix=".c") as f:
         f.write(probe)
         f.flush()
-        r = subprocess.run(["gcc", "-fsyntax-only", "-w", *includes, f.name],
+        r = subprocess.run([target.cc, "-fsyntax-only", "-w", *includes, f.name],
                            capture_output=True, text=True)
-    first = source_text().count("\n") + 1
-    bad = {int(m.group(1)) - first
-           for m in re.finditer(rf"^{re.escape(f.name)}:(\d+):\d+: error", r.stderr, re.M)}
-    return [n for i, n in enumerate(names) if i not in bad]
+    first = target.source_text().count("\n") + 1
+    return {int(m.group(1)) - first
+            for m in re.finditer(rf"^{re.escape(f.name)}:(\d+):\d+: error", r.stderr, re.M)}
 
 
 BINARY = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__,
@@ -160,6 +198,21 @@ def fix_array_lengths(node: c_ast.Node) -> None:
             node.dim = c_ast.ID("...")
 
 
+def is_int128(decl: c_ast.Node) -> bool:
+    tdecl = decl.type
+    while isinstance(tdecl, c_ast.ArrayDecl):
+        tdecl = tdecl.type
+    names = getattr(getattr(tdecl, "type", None), "names", [])
+    return any(n in INT128 for n in names)
+
+
+def drop_int128_fields(node: c_ast.Node) -> None:
+    for _, child in node.children():
+        drop_int128_fields(child)
+    if isinstance(node, (c_ast.Struct, c_ast.Union)) and node.decls:
+        node.decls = [d for d in node.decls if not is_int128(d)]
+
+
 def anonymous_body(node: c_ast.Node) -> c_ast.Node | None:
     if isinstance(node, (c_ast.Struct, c_ast.Union)) and node.name is None \
             and node.decls is not None:
@@ -184,6 +237,7 @@ class Declarations:
                 isinstance(getattr(node, "type", None), c_ast.FuncDecl):
             return
         fix_array_lengths(node)
+        drop_int128_fields(node)
         body = node.type
         if isinstance(node, c_ast.Typedef):
             body = node.type.type if isinstance(node.type, c_ast.TypeDecl) else None
@@ -231,38 +285,65 @@ def partial(text: str, body: c_ast.Node) -> str:
     return re.sub(r"\n\}(?=[^\n]*$)", "\n  ...;\n}", text) + ";"
 
 
-def declarations(includes: list[str]) -> Declarations:
-    pre = cc(["-E", "-P", *CPP_FLAGS, *includes], source_text())
+def declarations(target: Target, includes: list[str]) -> Declarations:
+    pre = target.run_cc(["-E", "-P", *CPP_FLAGS, *includes], target.source_text())
+    names = "".join(f"typedef int {t};\n" for t in INT128)
     decls = Declarations()
-    for node in c_parser.CParser().parse(pre).ext:
+    for node in c_parser.CParser().parse(names + pre).ext[len(INT128):]:
         decls.add(node)
     return decls
 
 
-def build(outdir: str, includes: list[str]) -> None:
-    decls = declarations(includes)
-    names = [n for n in integer_macros(uapi_macros(includes), includes)
+def build(outdir: str, includes: list[str], target: Target = Target()) -> None:
+    decls = declarations(target, includes)
+    names = [n for n in integer_macros(target, uapi_macros(target, includes), includes)
              if n not in decls.enumerators]
     ffi = cffi.FFI()
     ffi.cdef("\n".join(decls.cdefs))
     ffi.cdef("".join(f"#define {n} ...\n" for n in names))
     ffi.cdef(IOCTL_CDEF + FENCE_CDEF)
-    ffi.set_source("_uapi", source_text() + "\n".join(decls.prelude) + IOCTL_GLUE + FENCE_GLUE,
+    ffi.set_source("_uapi", target.source_text() + "\n".join(decls.prelude) + IOCTL_GLUE +
+                   FENCE_GLUE,
                    extra_compile_args=["-w", *includes])
     os.makedirs(outdir, exist_ok=True)
-    ffi.compile(tmpdir=outdir, verbose=False)
+    if target.native:
+        ffi.compile(tmpdir=outdir, verbose=False)
+    else:
+        cross_compile(ffi, outdir, includes, target)
+
+
+def cross_compile(ffi: cffi.FFI, outdir: str, includes: list[str], target: Target) -> None:
+    """Compile the module for `target` with its compiler: cffi's own build
+    runs this machine's.  The name carries the target's tag, as its
+    Python's import looks for (PEP 3149): this Python's version, the
+    target's Debian multiarch triplet."""
+    name = f"_uapi.{sys.implementation.cache_tag}-{target.arch}-linux-gnu.so"
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "_uapi.c")
+        with contextlib.redirect_stdout(io.StringIO()):  # cffi says what it generates
+            ffi.emit_c_code(source)
+        subprocess.run([target.cc, "-shared", "-fPIC", "-O2", "-w", *includes,
+                        *(f"-I{os.path.abspath(d)}" for d in target.python_includes),
+                        "-o", os.path.join(outdir, name), source],
+                       capture_output=True, text=True, check=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("outdir")
     ap.add_argument("-I", dest="incdirs", action="append", default=[])
+    ap.add_argument("--arch", default=platform.machine(), choices=sorted(ARCH_HEADERS),
+                    help="the architecture to build for (default: this machine's)")
+    ap.add_argument("--cc", default="gcc", help="its C compiler")
+    ap.add_argument("--python-include", dest="python_includes", action="append",
+                    default=[], help="its Python's headers (when cross-compiling)")
     args = ap.parse_args()
+    target = Target(args.arch, args.cc, tuple(args.python_includes))
     try:
         # Absolute, since cffi compiles from inside its own directory; and
         # system headers, as installed uapi headers are: gcc then reports a
         # bad macro where it is used (the probe's line), not where defined.
-        build(args.outdir, [f"-isystem{os.path.abspath(d)}" for d in args.incdirs])
+        build(args.outdir, [f"-isystem{os.path.abspath(d)}" for d in args.incdirs], target)
     except subprocess.CalledProcessError as e:
         sys.exit(f"uapi_build: {' '.join(e.cmd)} failed:\n{e.stderr}")
 

@@ -1,8 +1,12 @@
 """The cffi bindings agree with the C compiler on the same headers."""
 
 import os
+import shutil
 import subprocess
 
+import pytest
+
+from include import uapi_build
 from include.uapi import ffi, lib
 from tests.helpers import TOP
 
@@ -72,3 +76,19 @@ def test_struct_readers_agree_with_cffi():
     assert io.unpack_from(ffi.buffer(run), at) == (lib.KVM_EXIT_IO_OUT, 2, 0x3F8, 7, 4096)
     reason, at = reader("struct kvm_run", ("exit_reason",))
     assert reason.unpack_from(ffi.buffer(run), at) == (lib.KVM_EXIT_IO,)
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-gcc") is None,
+                    reason="no arm64 cross compiler (Debian gcc-aarch64-linux-gnu)")
+def test_arm64_bindings_parse_without_x86_headers():
+    # The cross compiler's own arm64 uapi headers: x86's boot protocol
+    # headers do not exist there, and arm64's ioctls and structs appear.
+    target = uapi_build.Target("aarch64", "aarch64-linux-gnu-gcc")
+    macros = uapi_build.integer_macros(target, uapi_build.uapi_macros(target, []), [])
+    assert {"KVM_ARM_PREFERRED_TARGET", "KVM_ARM_VCPU_INIT", "KVM_API_VERSION"} <= set(macros)
+    assert "KVM_SET_CPUID2" not in macros
+    # Both use the kernel-internal SZ_64K, which gcc reports only once.
+    assert not {"KVM_VGIC_V3_ITS_SIZE", "KVM_VGIC_V3_REDIST_SIZE"} & set(macros)
+    cdefs = "\n".join(uapi_build.declarations(target, []).cdefs)
+    assert "struct kvm_vcpu_init" in cdefs
+    assert "struct boot_params" not in cdefs

@@ -2,14 +2,17 @@
 
 Where the local KVM runs guest CPL0 code natively, e2e tests run directly;
 where it doesn't (nested PVM), they run inside an L1 QEMU TCG guest with
-emulated SVM and Debian's kernel with kvm_amd (see DESIGN.md §1).
+emulated SVM and Debian's kernel with kvm_amd (see DESIGN.md §1). An arm64
+L1 (Debian's arm64 kernel at EL2, KVM built in) gives arm64 KVM on any
+machine; hosts.py has what differs between them.
 """
 
 from . import l1
 from .cache import TestHostError
+from .hosts import HostConfig
 from .l2 import guest_kernel, guest_vmlinux, kvmconfig_kernel, make_initrd
 from .probe import needed
-from .session import HostConfig, L1Died, L1Error, Result, Session, run
+from .session import L1Died, L1Error, Result, Session, run
 
 
 def prepare() -> None:

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from .hosts import DEFAULT, HOSTS
 from .probe import needed
 from .runner import L1, Direct
-from .session import QEMU
 
 
 @pytest.fixture(scope="session")
@@ -18,10 +18,11 @@ def l2host() -> Iterator[Direct | L1]:
     if not needed():
         yield Direct()
         return
-    if shutil.which(QEMU) is None:
+    spec = HOSTS[DEFAULT]
+    if shutil.which(spec.qemu) is None:
         pytest.skip(
-            f"this KVM can't boot Linux guests and {QEMU} for the L1 test host "
-            "is missing: install qemu-system-x86"
+            f"this KVM can't boot Linux guests and {spec.qemu} for the L1 test host "
+            f"is missing: install {spec.package}"
         )
     host = L1()
     try:

@@ -1,11 +1,18 @@
 """The L1 test host's kernel and initramfs: Debian's generic kernel (the cloud
-flavour has no 9p) with kvm_amd and the 9p root, busybox as init."""
+flavour has no 9p) with kvm_amd and the 9p root, busybox as init. The initramfs
+builder is shared with the other architectures' L1 (l1arm64.py)."""
+
+from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import cache, debs, modules, vmlinux
 from .cpio import Cpio
+
+if TYPE_CHECKING:
+    from .hosts import HostConfig
 
 # Load order comes from the modules' own dependencies; these are the roots,
 # with their parameters (kvm_amd's are HostConfig.kvm_amd).
@@ -22,7 +29,7 @@ MODULES = {
 }
 
 # The kernels L1 can boot: the suite of Debian's linux-image-amd64 they
-# come from, by name ("" is the host's own suite). The first is the default.
+# come from, by name ("" is the host's own suite).
 KERNELS = {"stable": "", "backports": debs.BACKPORTS}
 
 INIT = Path(__file__).with_name("l1init.sh")
@@ -30,8 +37,14 @@ INIT = Path(__file__).with_name("l1init.sh")
 
 @dataclass(frozen=True)
 class L1Assets:
+    """What an L1 boots: its kernel and initramfs, the read-only 9p exports
+    its init mounts (mount tag -> host directory; "hostfs" is L1's root) and
+    the kernel command-line words that tell its init what differs."""
+
     kernel: Path
     initrd: Path
+    shares: dict[str, Path]
+    params: tuple[str, ...] = ()
 
 
 def _vmlinux(pkgdir: Path) -> Path:
@@ -42,12 +55,14 @@ def _vmlinux(pkgdir: Path) -> Path:
     )
 
 
-def _initrd(kernel_dir: Path, busybox_dir: Path, kvm_amd: str) -> Path:
+def initrd(kernel_dir: Path, busybox_dir: Path, wanted: dict[str, str]) -> Path:
+    """L1's initramfs: l1init.sh as /init, busybox, and the `wanted` modules
+    (name -> parameters) with what they depend on, from the unpacked kernel
+    package."""
     init = INIT.read_bytes()
-    params = MODULES | {"kvm_amd": kvm_amd}
-    mods = modules.load_order(kernel_dir / "lib" / "modules", list(params))
+    mods = modules.load_order(kernel_dir / "lib" / "modules", list(wanted))
     listing = "".join(
-        f"{modules.file_name(p)} {params.get(p.name.split('.')[0].replace('-', '_'), '')}\n"
+        f"{modules.file_name(p)} {wanted.get(p.name.split('.')[0].replace('-', '_'), '')}\n"
         for p in mods
     )
     key = cache.digest(init, listing, kernel_dir.name, busybox_dir.name)
@@ -67,10 +82,14 @@ def _initrd(kernel_dir: Path, busybox_dir: Path, kvm_amd: str) -> Path:
     return cache.build(cache.root() / "l1" / f"initrd-{key}.cpio", make)
 
 
-def prepare(kernel: str = "stable", kvm_amd: str = "nested=1 npt=1") -> L1Assets:
-    """Download, unpack and build what L1 boots (`kernel` is one of KERNELS,
-    `kvm_amd` that module's parameters); cheap when cached."""
+def prepare(config: HostConfig) -> L1Assets:
+    """Download, unpack and build what L1 boots (its kernel and kvm_amd's
+    parameters from `config`); cheap when cached. Its root is the host's
+    own /, so it sees the caller's paths."""
     with cache.locked():
-        kernel_dir = debs.unpacked("linux-image-amd64", KERNELS[kernel])
+        kernel_dir = debs.unpacked("linux-image-amd64", suite=KERNELS[config.kernel])
         busybox_dir = debs.unpacked("busybox-static")
-        return L1Assets(_vmlinux(kernel_dir), _initrd(kernel_dir, busybox_dir, kvm_amd))
+        wanted = MODULES | {"kvm_amd": config.kvm_amd}
+        return L1Assets(
+            _vmlinux(kernel_dir), initrd(kernel_dir, busybox_dir, wanted), {"hostfs": Path("/")}
+        )

@@ -2,7 +2,13 @@
 # /init of the L1 test host (busybox sh). Builds a root from the host's /
 # (read-only 9p) under a tmpfs overlay, so the host's paths are valid here and
 # anything written stays in L1's memory; then serves jobs from the host over
-# the second serial port until told to quit.
+# a control port until told to quit.
+#
+# From the kernel command line (see hosts.py):
+#   testhost_ctl   the control port's device
+#   testhost_lkvm  where lkvm's checkout goes when the root is not the host's
+#                  / (another architecture's L1): the "lkvm" share with the
+#                  "uapi" share, that architecture's bindings, laid over it
 
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -32,7 +38,16 @@ mkdir /rw/upper /rw/work
 mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot ||
 	fail "cannot mount the overlay root"
 
+if [ -n "$testhost_lkvm" ]; then
+	mkdir -p /lkvm /uapi "/newroot$testhost_lkvm" &&
+		mount -t 9p -o "ro,cache=loose,$p9" lkvm /lkvm &&
+		mount -t 9p -o "ro,cache=loose,$p9" uapi /uapi &&
+		mount -t overlay -o lowerdir=/uapi:/lkvm overlay "/newroot$testhost_lkvm" ||
+		fail "cannot mount lkvm's checkout"
+fi
+
 cd /newroot
+mkdir -p proc sys dev run
 mount -t proc proc proc
 mount -t sysfs sysfs sys
 mount -t devtmpfs devtmpfs dev
@@ -50,9 +65,11 @@ echo "testhost-l1: root ready"
 # "DONE <job> <status>". RUN keeps the job's output in the share; CONSOLE
 # gives the job L1's console as its terminal, for a person at the keyboard.
 # L1 also sends "HB" every 2 s, which the host reads as "still alive".
-ctl=/dev/ttyS1
-stty -F $ctl raw -echo || fail "no control port"
-exec 3<>$ctl
+con=$(cat /sys/class/tty/console/active)
+con=/dev/${con##* }
+ctl=$testhost_ctl
+stty -F "$ctl" raw -echo || fail "no control port"
+exec 3<>"$ctl"
 echo READY >&3
 while :; do echo HB >&3; sleep 2; done &
 beat=$!
@@ -65,7 +82,7 @@ while read -r verb job <&3; do
 		;;
 	CONSOLE)
 		r=/run/testhost/$job
-		setsid -c chroot /newroot /bin/sh "$r.sh" <>/dev/ttyS0 >&0 2>&0
+		setsid -c chroot /newroot /bin/sh "$r.sh" <>"$con" >&0 2>&0
 		echo "DONE $job $?" >&3
 		;;
 	QUIT)

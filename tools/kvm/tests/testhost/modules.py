@@ -53,15 +53,26 @@ def _canon(name: str) -> str:
     return name.replace("-", "_")
 
 
+def _builtin(moddir: Path) -> set[str]:
+    """Modules built into the kernel (modules.builtin lists their paths):
+    another kernel's configuration may build in what one loads."""
+    return {
+        _canon(Path(line).name.removesuffix(".ko"))
+        for listing in moddir.glob("*/modules.builtin")
+        for line in listing.read_text().split()
+    }
+
+
 def load_order(moddir: Path, wanted: list[str]) -> list[Path]:
-    """Paths of `wanted` modules and everything they depend on, dependencies first."""
+    """Paths of `wanted` modules and everything they depend on, dependencies
+    first; those built into the kernel are left out."""
     index = {
         _canon(file_name(p).removesuffix(".ko")): p
         for suffix in SUFFIXES
         for p in moddir.rglob(f"*{suffix}")
     }
     order: list[Path] = []
-    seen: set[str] = set()
+    seen: set[str] = _builtin(moddir)
 
     def visit(name: str) -> None:
         if name in seen:

@@ -8,7 +8,8 @@ import sys
 
 from . import probe
 from .cache import TestHostError
-from .session import HostConfig, L1Died, Result, Session
+from .hosts import HostConfig
+from .session import L1Died, Result, Session
 
 # Every job rerun because L1 died under it, as "<job>: <first line of why>",
 # for the test report (tests/conftest.py prints them); also appended, one

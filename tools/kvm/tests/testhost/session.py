@@ -1,10 +1,13 @@
-"""Boot the L1 test host in QEMU (TCG, emulated SVM) and run commands in it.
+"""Boot an L1 test host in QEMU (TCG, with the virtualization extensions
+emulated) and run commands in it.
 
-The host's / is shared read-only and overlaid with a tmpfs in L1, so a command
-sees the caller's paths (the checkout, Python, the cache) and what it writes
-stays in L1's memory. Files the host changes during a session must get new
-names to be seen (see l1init.sh). Jobs go in over a second serial port, a line
-per job; their scripts and output travel through a writable 9p share.
+On x86 the host's / is shared read-only and overlaid with a tmpfs in L1, so a
+command sees the caller's paths (the checkout, Python, the cache) and what it
+writes stays in L1's memory; another architecture's L1 gets a root of its own
+with lkvm's checkout at the caller's path (hosts.py, l1arm64.py). Files the
+host changes during a session must get new names to be seen (see l1init.sh).
+Jobs go in over a control port, a line per job; their scripts and output
+travel through a writable 9p share.
 """
 
 import contextlib
@@ -22,12 +25,15 @@ from typing import Self
 
 from . import cache, l1, liveness
 from .cache import TestHostError
+from .hosts import DEFAULT, HOSTS, HostConfig
 from .liveness import Liveness
 
-QEMU = "qemu-system-x86_64"
 # Variables a command keeps from the caller; the rest of its environment is
 # set here, so runs in L1 don't depend on what the caller's shell had.
 _KEPT_ENV = ("PATH", "LANG", "LC_ALL", "TERM", "VIRTUAL_ENV", "PYTHONPATH")
+# ... except where L1's root is not the caller's /, so its programs are not
+# the caller's: there a command finds them where Debian puts them.
+_OWN_ROOT_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "TERM": "linux"}
 
 
 @dataclass(frozen=True)
@@ -49,17 +55,6 @@ class L1Died(L1Error):
 TICK = 1.0  # how often a wait asks whether L1 is alive
 
 
-@dataclass(frozen=True)
-class HostConfig:
-    """How L1 runs: the knobs its soak compares (see scripts/testhost.py soak)."""
-
-    cpus: int = 2
-    mem: str = "4G"
-    tcg_thread: str = "multi"         # QEMU's -accel tcg,thread=
-    kvm_amd: str = "nested=1 npt=1"   # kvm_amd's module parameters in L1
-    kernel: str = "stable"            # one of l1.KERNELS
-
-
 def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -72,14 +67,22 @@ class Session:
     """
 
     def __init__(
-        self, config: HostConfig | None = None, *, boot_timeout: float = 300.0,
-        interactive: bool = False, heartbeat_lost: float = liveness.LOST_AFTER,
+        self,
+        config: HostConfig | None = None,
+        *,
+        boot_timeout: float = 300.0,
+        interactive: bool = False,
+        heartbeat_lost: float = liveness.LOST_AFTER,
     ) -> None:
         config = config or HostConfig()
-        if shutil.which(QEMU) is None:
-            raise TestHostError(f"{QEMU} not found: install qemu-system-x86")
-        assets = l1.prepare(config.kernel, config.kvm_amd)
+        if config.arch not in HOSTS:
+            raise TestHostError(f"no {config.arch} test host: there are {', '.join(HOSTS)}")
         self.config = config
+        self._host = HOSTS[config.arch]
+        if shutil.which(self._host.qemu) is None:
+            raise TestHostError(f"{self._host.qemu} not found: install {self._host.package}")
+        assets = self._host.prepare(config)
+        self._own_root = assets.shares["hostfs"] != Path("/")
         self._tmp = Path(tempfile.mkdtemp(prefix="lkvm-l1-"))
         self._share = self._tmp / "share"
         self._share.mkdir()
@@ -103,20 +106,26 @@ class Session:
         ctl = self._tmp / "ctl.sock"
         self._listener.bind(str(ctl))
         self._listener.listen(1)
+        host, cfg = self._host, self.config
         virtfs = "local,security_model=none,multidevs=remap"
-        cfg = self.config
+        params = [
+            f"console={host.console}", "panic=-1", "quiet", "mitigations=off",
+            f"testhost_ctl={host.control_dev}", *assets.params,
+        ]  # fmt: skip
+        shares = [f"{virtfs},path={path},mount_tag={tag},readonly=on"
+                  for tag, path in assets.shares.items()]  # fmt: skip
+        shares.append(f"{virtfs},path={self._share},mount_tag=results")
         # setpriv: qemu must not outlive a test run that was killed.
         cmd = [
             "setpriv", "--pdeathsig", "KILL",
-            QEMU, "-accel", f"tcg,thread={cfg.tcg_thread}", "-cpu", "max",
-            "-m", cfg.mem, "-smp", str(cfg.cpus),
+            host.qemu, "-accel", f"tcg,thread={cfg.tcg_thread}", *host.machine,
+            "-m", cfg.mem or host.mem, "-smp", str(cfg.cpus),
             "-nodefaults", "-no-reboot", "-display", "none",
             "-kernel", str(assets.kernel), "-initrd", str(assets.initrd),
-            "-append", "console=ttyS0 panic=-1 quiet mitigations=off",
+            "-append", " ".join(params),
             *self._console_args(),
-            "-chardev", f"socket,id=ctl,path={ctl}", "-serial", "chardev:ctl",
-            "-virtfs", f"{virtfs},path=/,mount_tag=hostfs,readonly=on",
-            "-virtfs", f"{virtfs},path={self._share},mount_tag=results",
+            "-chardev", f"socket,id=ctl,path={ctl}", *host.control,
+            *(arg for share in shares for arg in ("-virtfs", share)),
         ]  # fmt: skip
         stdin = None if self._interactive else subprocess.DEVNULL
         with open(self._tmp / "qemu.err", "wb") as err:
@@ -203,12 +212,15 @@ class Session:
             raise L1Error("the L1 session is closed")
         self._jobs += 1
         job = f"j{self._jobs}"
-        full_env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
+        if self._own_root:
+            full_env = dict(_OWN_ROOT_ENV)
+        else:
+            full_env = {k: os.environ[k] for k in _KEPT_ENV if k in os.environ}
         full_env |= {
             "HOME": "/run/home",  # tmpfs: unix sockets cannot be bound on 9p
             "PYTHONDONTWRITEBYTECODE": "1",  # the host's / is read-only
             "LKVM_CACHE": str(cache.root().parent),
-            "LKVM_TESTHOST": "direct",  # L1's KVM runs CPL0 natively
+            "LKVM_TESTHOST": "direct",  # L1's KVM runs guest kernels natively
         }
         full_env |= env or {}
         script = (
@@ -268,7 +280,9 @@ class Session:
         self.close()
 
 
-def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> Result:
+def run(
+    cmd: list[str], timeout: float, env: dict[str, str] | None = None, arch: str = DEFAULT
+) -> Result:
     """Run one command in a fresh L1 (boot time is bounded separately from `timeout`)."""
-    with Session() as s:
+    with Session(HostConfig(arch=arch)) as s:
         return s.run(cmd, timeout, env)

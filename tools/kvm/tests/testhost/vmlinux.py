@@ -15,6 +15,7 @@ _HEADER_MAGIC = 0x202
 _VERSION = 0x206
 _PAYLOAD_OFFSET = 0x248
 _LZ4_LEGACY = b"\x02\x21\x4c\x18"  # Debian's cloud kernel
+_ZSTD = b"\x28\xb5\x2f\xfd"  # Debian's kernels from 6.12 on
 
 
 def _decompress(payload: bytes) -> bytes:
@@ -29,11 +30,16 @@ def _decompress(payload: bytes) -> bytes:
         # about the size the build appends, after a complete stream).
         done = subprocess.run(["lz4", "-dc"], input=payload, capture_output=True, check=False)
         return done.stdout
+    if payload.startswith(_ZSTD):
+        # Nor a zstd module before Python 3.14; zstd stops at the stream's end.
+        done = subprocess.run(["zstd", "-dc"], input=payload, capture_output=True, check=False)
+        return done.stdout
     raise ValueError(f"unsupported kernel compression (magic {payload[:6].hex()})")
 
 
 def extract(bzimage: bytes) -> bytes:
-    """The vmlinux ELF inside `bzimage` (xz or gzip compressed, protocol >= 2.08)."""
+    """The vmlinux ELF inside `bzimage` (xz, gzip, lz4 or zstd compressed,
+    protocol >= 2.08)."""
     if bzimage[_HEADER_MAGIC : _HEADER_MAGIC + 4] != b"HdrS":
         raise ValueError("not a bzImage: no HdrS header")
     (version,) = struct.unpack_from("<H", bzimage, _VERSION)

@@ -1,0 +1,124 @@
+"""The arm64 L1 test host's kernel, initramfs and root, for QEMU's TCG on any
+machine: Debian's arm64 kernel (KVM built in, entered at EL2), the same
+busybox init as x86's L1, and a root that arm64 code can run.
+
+The x86 host's / is no use to arm64 code, so L1's root is a tree in the cache
+made from arm64 packages (Python and what it needs to run, busybox for the
+shell and tools), shared read-only over 9p. lkvm's checkout is shared beside
+it at its own path, with the bindings cross-compiled for arm64 laid over it
+(their file name carries the architecture, so they sit beside the x86 ones
+the checkout has).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import cache, debs
+from .cache import TestHostError
+from .l1 import L1Assets, initrd
+
+if TYPE_CHECKING:
+    from .hosts import HostConfig
+
+ARCH = "arm64"
+
+# Everything virt's devices need is a module in Debian's arm64 kernel. Each
+# costs a few tenths of a second of TCG, so only what the root needs: the
+# host-side backends x86's L1 loads for lkvm (tun, vhost) come with the tests
+# that use them.
+MODULES = {
+    "virtio_pci": "",
+    "virtio_console": "",  # the control port
+    "9pnet_virtio": "",
+    "9p": "",
+    "overlay": "",
+}
+
+# L1's userspace: python3 with the cffi backend lkvm's bindings load, and
+# busybox for /bin/sh and the usual tools.
+ROOT_PACKAGES = ("python3", "python3-cffi-backend", "busybox-static")
+
+# What cross-compiling the bindings takes: the uapi headers of the same
+# kernel release as the host's (the cross toolchain's own are older), and
+# arm64's Python headers.
+UAPI_BUILD = Path(__file__).resolve().parents[2] / "include" / "uapi_build.py"
+CROSS_CC = "aarch64-linux-gnu-gcc"
+CHECKOUT = UAPI_BUILD.parents[3]
+
+
+def _applets() -> list[str]:
+    """Busybox's applets as paths (bin/sh, usr/bin/env ...), from the host
+    architecture's busybox-static, which is built from the same
+    configuration as arm64's and can run here."""
+    busybox = debs.unpacked("busybox-static") / "bin" / "busybox"
+    done = subprocess.run(
+        [str(busybox), "--list-full"], check=True, capture_output=True, text=True, timeout=60
+    )
+    return done.stdout.split()
+
+
+def _root() -> Path:
+    """The arm64 root tree, with busybox's applets linked where no package
+    put a file of the same name (which applets there are follows from
+    busybox's version, part of the key)."""
+    pkgs = debs.closure(ROOT_PACKAGES, ARCH)
+
+    def make(tmp: Path) -> None:
+        debs.install(pkgs, ARCH, tmp)
+        for applet in _applets():
+            link = tmp / applet
+            if not link.exists() and not link.is_symlink():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to("/bin/busybox")
+
+    key = cache.digest(*(f"{p}={v}" for p, v in pkgs))
+    return cache.build(cache.root() / "l1" / f"root-{ARCH}-{key}", make)
+
+
+def _uapi() -> Path:
+    """A directory shaped like the checkout holding only the arm64 bindings."""
+    headers = debs.unpacked("linux-libc-dev", ARCH) / "usr" / "include"
+    python = debs.unpacked("libpython3.11-dev", ARCH) / "usr" / "include"
+    key = cache.digest(
+        UAPI_BUILD.read_bytes(), version("cffi"), headers.parents[1].name, python.parents[1].name
+    )
+    include = UAPI_BUILD.parent.relative_to(CHECKOUT)
+
+    def make(tmp: Path) -> None:
+        if shutil.which(CROSS_CC) is None:
+            raise TestHostError(f"{CROSS_CC} not found: run make (Debian's gcc-aarch64-linux-gnu)")
+        # The module's name carries the building Python's version, which
+        # must be the one arm64's python3 runs.
+        if sys.version_info[:2] != (3, 11):
+            raise TestHostError("the arm64 host's Python is 3.11: build its bindings with 3.11")
+        build = [
+            sys.executable, str(UAPI_BUILD), str(tmp / include), "--arch", "aarch64",
+            "--cc", CROSS_CC, "-I", str(headers / "aarch64-linux-gnu"), "-I", str(headers),
+            "--python-include", str(python / "python3.11"), "--python-include", str(python),
+        ]  # fmt: skip
+        done = subprocess.run(build, capture_output=True, text=True, timeout=600)
+        if done.returncode:
+            raise TestHostError(f"building the arm64 bindings failed:\n{done.stderr.strip()}")
+
+    return cache.build(cache.root() / "l1" / f"uapi-{ARCH}-{key}", make)
+
+
+def prepare(config: HostConfig) -> L1Assets:
+    """Download, unpack and build what the arm64 L1 boots; cheap when cached.
+    Of `config`, only what any L1 has (CPUs, memory, TCG) applies here."""
+    with cache.locked():
+        kernel_dir = debs.unpacked("linux-image-arm64", ARCH)
+        busybox_dir = debs.unpacked("busybox-static", ARCH)
+        (image,) = (kernel_dir / "boot").glob("vmlinuz-*")  # a raw Image
+        return L1Assets(
+            image,
+            initrd(kernel_dir, busybox_dir, MODULES),
+            {"hostfs": _root(), "lkvm": CHECKOUT, "uapi": _uapi()},
+            (f"testhost_lkvm={CHECKOUT}",),
+        )
