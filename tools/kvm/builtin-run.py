@@ -3,11 +3,10 @@ follow kvmtool's, so its users' scripts keep working."""
 
 import os
 import signal
-import sys
 
 from include.uapi import lib
 from kvm import arch as arch_loader
-from kvm import guestroot
+from kvm import guestroot, msg
 from kvm.arch import Arch
 from kvm.cmd import Parser, size_mib
 from kvm.config import Config
@@ -116,13 +115,12 @@ def launch(cfg: Config) -> int:
     try:
         vm = build(cfg, devices)
         devices.init()
-        print(f"  # lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}",
-              file=sys.stderr)
+        msg.note(f"lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}")
         status = vm.run()
     finally:
         devices.exit()
     if status == 0:
-        print("\n  # KVM session ended normally.", file=sys.stderr)
+        msg.note("KVM session ended normally.", fresh_line=True)
     return status
 
 

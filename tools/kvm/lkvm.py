@@ -6,6 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from kvm import msg  # noqa: E402
 from kvm.cmd import HelpRequested, load_builtin, show_doc  # noqa: E402
 from kvm.commands import COMMANDS, usage  # noqa: E402
 from kvm.errors import LkvmError  # noqa: E402
@@ -19,7 +20,7 @@ def dispatch(argv: list[str]) -> int:
         argv = ["version"]
     name = argv[0]
     if name not in dict(COMMANDS):
-        print(f"  Fatal: '{name}' is not a lkvm command.", file=sys.stderr)
+        msg.fatal(f"'{name}' is not a lkvm command.")
         print(usage(), file=sys.stderr)
         return 1
     module = load_builtin(name)
@@ -36,7 +37,7 @@ def main() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         status = 0
     except LkvmError as e:
-        print(f"  Fatal: {e}", file=sys.stderr)
+        msg.fatal(str(e))
         status = 1
     except KeyboardInterrupt:
         status = 130

@@ -6,8 +6,9 @@ range it registered.
 """
 
 import bisect
-import sys
 from typing import Protocol
+
+from kvm import msg
 
 
 class BusDevice(Protocol):
@@ -62,5 +63,4 @@ class Bus:
 
     def _unhandled(self, direction: str, addr: int, size: int) -> None:
         if self.debug:
-            print(f"  Warning: unhandled {self.name} {direction} at {addr:#x}, size {size}",
-                  file=sys.stderr)
+            msg.warning(f"unhandled {self.name} {direction} at {addr:#x}, size {size}")

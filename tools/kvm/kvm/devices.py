@@ -7,11 +7,12 @@ core, the virtio devices and their I/O threads, the IPC socket and the
 terminal last.  Teardown runs every exit even when one fails, so a stop
 always gets as far as the process's own exit."""
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol
+
+from kvm import msg
 
 # How long a stop waits for a thread stuck in the kernel (a backend's
 # read, a vCPU behind it) before abandoning it: daemon threads do not
@@ -75,5 +76,5 @@ class Registry:
             try:
                 device.exit()
             except Exception as e:  # one failing exit must not leak the rest
-                print(f"  Warning: {device.name}: exit failed: {e}", file=sys.stderr)
+                msg.warning(f"{device.name}: exit failed: {e}")
         self.devices.clear()

@@ -15,11 +15,11 @@ import selectors
 import socket
 import stat
 import struct
-import sys
 import threading
 from collections.abc import Callable
 
 from include.uapi import lib
+from kvm import msg
 from kvm.errors import LkvmError
 from kvm.home import lkvm_dir
 from kvm.ioctl import ioctl
@@ -97,7 +97,7 @@ def _bind(path: str, name: str) -> socket.socket:
                     raise LkvmError(f"the guest name '{name}' is in use: "
                                     f"{path} belongs to a running guest")
                 os.unlink(path)
-                print(f"  # removed stale socket {path}", file=sys.stderr)
+                msg.info(f"removed stale socket {path}")
             raise LkvmError(f"cannot claim {path}: other guests keep taking it")
         finally:
             os.unlink(tmp)
@@ -232,7 +232,7 @@ class IpcServer:
             except IpcError as e:
                 status, reply = e.errno, str(e).encode()
             except Exception as e:  # a bug here must not end the guest's IPC
-                print(f"  Warning: IPC message type {msg_type}: {e!r}", file=sys.stderr)
+                msg.warning(f"IPC message type {msg_type}: {e!r}")
                 status, reply = errno.EIO, f"internal error: {e}".encode()
         try:
             conn.sendall(HEADER.pack(status, len(reply)) + reply)

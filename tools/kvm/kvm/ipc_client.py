@@ -7,9 +7,9 @@ import errno
 import os
 import socket
 import stat
-import sys
 from collections.abc import Callable
 
+from kvm import msg
 from kvm.cmd import Parser
 from kvm.errors import LkvmError
 from kvm.home import lkvm_dir
@@ -101,7 +101,7 @@ def connect(name: str) -> Guest:
 def remove_stale(path: str) -> None:
     try:
         os.unlink(path)
-        print(f"  # removed stale socket {path}", file=sys.stderr)
+        msg.info(f"removed stale socket {path}")
     except FileNotFoundError:
         pass
 
@@ -164,6 +164,6 @@ def for_each(args: argparse.Namespace, action: Callable[[Guest], None]) -> int:
             try:
                 action(guest)
             except LkvmError as e:
-                print(f"  Error: {e}", file=sys.stderr)
+                msg.error(str(e))
                 status = 1
     return status

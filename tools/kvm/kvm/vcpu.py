@@ -14,6 +14,7 @@ import sys
 import threading
 
 from include.uapi import ffi, lib
+from kvm import msg
 from kvm.ioctl import ioctl, ioctl_fd
 from kvm.layout import reader
 
@@ -151,12 +152,12 @@ class Vcpu:
             detail = f", suberror {self.run.internal.suberror}"
         elif reason == lib.KVM_EXIT_FAIL_ENTRY:
             detail = f", hardware reason {self.run.fail_entry.hardware_entry_failure_reason:#x}"
-        print(f"\n  # KVM exit reason: {reason} ({name}){detail} on vCPU {self.id}",
-              file=sys.stderr)
+        msg.error(f"KVM exit reason: {reason} ({name}){detail} on vCPU {self.id}",
+                  fresh_line=True)
         try:
             print(self.vm.arch.dump_vcpu(self), file=sys.stderr)
         except OSError as e:
-            print(f"  (registers unavailable: {e.strerror})", file=sys.stderr)
+            msg.warning(f"registers unavailable: {e.strerror}")
         self.vm.stop(1)
         raise VcpuStop
 

@@ -6,11 +6,11 @@ core calls its hooks and never asks which one it is.
 
 import os
 import signal
-import sys
 import threading
 import time
 
 from include.uapi import ffi, lib
+from kvm import msg
 from kvm.arch import Arch
 from kvm.bus import Bus
 from kvm.config import Config
@@ -123,7 +123,7 @@ class Vm:
         for vcpu in self.vcpus:
             vcpu.thread.join(max(deadline - time.monotonic(), 0))
             if vcpu.thread.is_alive():
-                print(f"  Warning: vCPU {vcpu.id} did not stop; abandoned", file=sys.stderr)
+                msg.warning(f"vCPU {vcpu.id} did not stop; abandoned")
 
     def _halted_for_good(self) -> bool:
         """Ask the arch with every vCPU parked: KVM holds a vCPU's state
@@ -147,7 +147,7 @@ class Vm:
             self.exit_status = status
             self._pause_lock.notify_all()
         if message:
-            print(f"  # {message}", file=sys.stderr)
+            msg.error(message)
         self._stopped.set()
         for vcpu in self.vcpus:
             vcpu.kick()

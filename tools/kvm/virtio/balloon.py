@@ -15,11 +15,11 @@ waits for that, a bounded time, and gets the figures as they came.
 
 import errno
 import struct
-import sys
 import threading
 from collections.abc import Iterator
 
 from include.uapi import ffi, lib
+from kvm import msg
 from kvm.errors import GuestError
 from kvm.ipc import BALLOON, S32, STAT, Handler, IpcError
 from virtio.cstruct import CODES, to_bytes
@@ -104,8 +104,7 @@ class Balloon(VirtioDevice):
             # The memory stays with lkvm (hugetlbfs pages, host pages larger
             # than 4 KiB); the guest's balloon works all the same.
             if not self.discard_warned:
-                print(f"  Warning: virtio-balloon: cannot release guest memory: {e}",
-                      file=sys.stderr)
+                msg.warning(f"virtio-balloon: cannot release guest memory: {e}")
                 self.discard_warned = True
 
     def _deflate(self, queue: Virtqueue) -> None:

@@ -8,10 +8,10 @@ interrupts the device asks for through `transport.signal_queue(index)`
 and `transport.signal_config()`.
 """
 
-import sys
 import threading
 
 from include.uapi import lib
+from kvm import msg
 from kvm.errors import GuestError
 from virtio.queue import QueueError, Virtqueue
 
@@ -101,7 +101,7 @@ class VirtioDevice:
     def fail(self, why: str) -> None:
         """Stop the device until the driver resets it (virtio 1.x §2.1.2)."""
         if not self.broken:
-            print(f"  Warning: virtio-{self.name}: {why}; device needs reset", file=sys.stderr)
+            msg.warning(f"virtio-{self.name}: {why}; device needs reset")
             self.status |= S_NEEDS_RESET
             if self.transport is not None:
                 self.transport.signal_config()

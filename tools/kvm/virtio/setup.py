@@ -8,12 +8,12 @@ a backend that blocks (a 9p open waiting on a lease, a read nobody
 answers) stalls its own device and no other, and a stop abandons it."""
 
 import importlib
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from disk.raw import RawDisk
 from hw.pci import PciBus
+from kvm import msg
 from kvm.config import Config
 from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
@@ -73,8 +73,8 @@ class Context:
         stuck = stop_all(self.threads.values(), STUCK_SECONDS)
         for dev in self.devices:
             if self.threads.get(dev) in stuck:
-                print(f"  Warning: virtio-{dev.name}: its I/O thread is stuck in the "
-                      f"backend; abandoned", file=sys.stderr)
+                msg.warning(f"virtio-{dev.name}: its I/O thread is stuck in the backend; "
+                            "abandoned")
             else:
                 dev.close()
         self.threads.clear()

@@ -8,10 +8,10 @@ booting a Linux kernel; flat binaries are tiny either way.
 
 import mmap
 import os
-import sys
 import time
 
 from include.uapi import ffi, lib
+from kvm import msg
 from kvm.ioctl import ioctl, ioctl_fd
 
 # mov $20000, %cx; 1: loop 1b; hlt -- at 0x0000:0x1000
@@ -61,5 +61,5 @@ def cpl0_seconds(kvm: object) -> float | None:
 def warn_if_slow(kvm: object) -> None:
     took = cpl0_seconds(kvm)
     if took is None or took * 1e9 > SLOW_NS:
-        print("  Warning: this host's KVM does not run guest kernel code natively "
-              "(nested PVM?): Linux guests will be very slow here", file=sys.stderr)
+        msg.warning("this host's KVM does not run guest kernel code natively "
+                    "(nested PVM?): Linux guests will be very slow here")
