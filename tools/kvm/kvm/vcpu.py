@@ -15,8 +15,8 @@ import threading
 
 from include.uapi import ffi, lib
 from kvm import msg
+from kvm.cstruct import reader
 from kvm.ioctl import ioctl, ioctl_fd
-from kvm.layout import reader
 
 KICK_SIGNAL = signal.SIGUSR1
 

@@ -65,7 +65,7 @@ def test_nested_anonymous_fields_are_reachable():
 
 
 def test_struct_readers_agree_with_cffi():
-    from kvm.layout import reader
+    from kvm.cstruct import reader
 
     run = ffi.new("struct kvm_run *")
     run.exit_reason = lib.KVM_EXIT_IO

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 
 from include.uapi import ffi, lib
 from kvm import msg
+from kvm.cstruct import CODES, to_bytes
 from kvm.errors import GuestError
 from kvm.ipc import BALLOON, S32, STAT, Handler, IpcError
-from virtio.cstruct import CODES, to_bytes
 from virtio.device import VirtioDevice
 from virtio.iov import prefix
 from virtio.queue import Chain, Virtqueue

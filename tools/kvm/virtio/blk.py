@@ -7,7 +7,7 @@ ring stops the device.
 """
 
 from include.uapi import ffi, lib
-from virtio.cstruct import packer, to_bytes
+from kvm.cstruct import packer, to_bytes
 from virtio.device import DEFAULT_QUEUE_SIZE, VirtioDevice
 from virtio.iov import drop_last, take, total
 from virtio.queue import Chain, Virtqueue

@@ -5,7 +5,7 @@ wait (a bounded amount) until it posts some."""
 from collections.abc import Callable
 
 from include.uapi import lib
-from virtio.cstruct import to_bytes
+from kvm.cstruct import to_bytes
 from virtio.device import VirtioDevice
 from virtio.queue import Virtqueue
 

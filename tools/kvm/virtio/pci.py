@@ -12,7 +12,7 @@ import threading
 from hw.msix import Msix
 from hw.pci import PciDevice
 from include.uapi import ffi, lib
-from virtio.cstruct import to_bytes
+from kvm.cstruct import to_bytes
 from virtio.device import VirtioDevice
 from virtio.queue import ring_sizes
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from include.uapi import ffi, lib
 from kvm.barrier import acquire, mb, release
+from kvm.cstruct import packer
 from kvm.errors import GuestError
-from virtio.cstruct import packer
 
 DESC = packer("struct vring_desc")
 DESC_SIZE = ffi.sizeof("struct vring_desc")
