@@ -16,7 +16,6 @@ from kvm.errors import LkvmError
 CONFIG_ADDRESS, CONFIG_DATA = 0xCF8, 0xCFC
 CONFIG_PORT_SIZE = 4
 CONFIG_ENABLE = 1 << 31           # PCI Local Bus 3.0 §3.2.2.3.2: the enable bit
-CONFIG_SPACE = 256
 MAX_SLOTS = 32
 IO_BAR_START = 0x6200             # where kvmtool's I/O BARs begin
 
@@ -41,7 +40,7 @@ class PciDevice:
 
     def __init__(self, vendor: int, device: int, class_code: int, revision: int = 0,
                  subsys_vendor: int = 0, subsys_id: int = 0) -> None:
-        self.config = bytearray(CONFIG_SPACE)
+        self.config = bytearray(lib.PCI_CFG_SPACE_SIZE)
         self.bars: list[Bar] = []
         self.irq_line = 0
         self.bus: PciBus | None = None
@@ -86,7 +85,7 @@ class PciDevice:
 
     def write_config(self, offset: int, size: int, value: int) -> None:
         bar = (offset - lib.PCI_BASE_ADDRESS_0) // 4
-        if 0 <= bar < 6 and offset % 4 == 0 and size == 4:
+        if 0 <= bar < lib.PCI_STD_NUM_BARS and offset % 4 == 0 and size == 4:
             self._write_bar(bar, value)
         elif offset in (lib.PCI_COMMAND, lib.PCI_INTERRUPT_LINE, lib.PCI_CACHE_LINE_SIZE,
                         lib.PCI_LATENCY_TIMER):

@@ -57,15 +57,15 @@ class Vcpu:
             lib.KVM_EXIT_INTR: self._exit_intr,
         }
 
-    # Register access, by the struct names of the uapi.
-    def get(self, what: str, ctype: str | None = None) -> object:
-        """KVM_GET_<WHAT> into a fresh `ctype`, by default `struct kvm_<what>`."""
-        buf = ffi.new((ctype or f"struct kvm_{what}") + " *")
-        ioctl(self.fd, getattr(lib, f"KVM_GET_{what.upper()}"), buf)
+    # Register access.
+    def get(self, request: int, ctype: str) -> object:
+        """A KVM_GET_* ioctl's answer, in a fresh `ctype`."""
+        buf = ffi.new(ctype + " *")
+        ioctl(self.fd, request, buf)
         return buf
 
-    def set(self, what: str, value: object) -> None:
-        ioctl(self.fd, getattr(lib, f"KVM_SET_{what.upper()}"), value)
+    def set(self, request: int, value: object) -> None:
+        ioctl(self.fd, request, value)
 
     # The thread.
     def start(self) -> None:

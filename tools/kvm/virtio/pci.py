@@ -19,9 +19,12 @@ from virtio.queue import ring_sizes
 VIRTIO_VENDOR = 0x1AF4            # Red Hat / Qumranet, virtio 1.x §4.1.2
 MODERN_DEVICE_BASE = 0x1040       # device id = 0x1040 + virtio id
 # Transitional (legacy) PCI device ids, virtio 1.x §4.1.2.3.
-LEGACY_DEVICE = {lib.VIRTIO_ID_NET: 0x1000, lib.VIRTIO_ID_BLOCK: 0x1001,
-                 lib.VIRTIO_ID_BALLOON: 0x1002, lib.VIRTIO_ID_CONSOLE: 0x1003,
-                 lib.VIRTIO_ID_RNG: 0x1005, lib.VIRTIO_ID_9P: 0x1009}
+LEGACY_DEVICE = {lib.VIRTIO_ID_NET: lib.VIRTIO_TRANS_ID_NET,
+                 lib.VIRTIO_ID_BLOCK: lib.VIRTIO_TRANS_ID_BLOCK,
+                 lib.VIRTIO_ID_BALLOON: lib.VIRTIO_TRANS_ID_BALLOON,
+                 lib.VIRTIO_ID_CONSOLE: lib.VIRTIO_TRANS_ID_CONSOLE,
+                 lib.VIRTIO_ID_RNG: lib.VIRTIO_TRANS_ID_RNG,
+                 lib.VIRTIO_ID_9P: lib.VIRTIO_TRANS_ID_9P}
 CLASS_OTHER = 0xFF0000            # "unclassified device", PCI code assignment
 ISR_QUEUE = 1                     # virtio 1.x §4.1.4.5: bit 0 = used buffer
 

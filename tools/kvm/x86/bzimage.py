@@ -12,7 +12,6 @@ from x86 import cpu, longmode, zeropage
 from x86.layout import CMDLINE_ADDR, KERNEL_ADDR, SETUP_ADDR, SETUP_SEG, ZERO_PAGE_ADDR
 
 MAGIC = b"HdrS"
-MAGIC_OFFSET = 0x202
 MIN_VERSION = 0x206  # cmdline_size; what kvmtool asks for too
 MIN_VERSION_64 = 0x20C  # xloadflags
 DEFAULT_SETUP_SECTS = 4
@@ -34,7 +33,7 @@ class BzImage:
 
     @staticmethod
     def probe(image: bytes) -> bool:
-        return image[MAGIC_OFFSET:MAGIC_OFFSET + 4] == MAGIC
+        return image[zeropage.MAGIC_OFFSET:zeropage.MAGIC_OFFSET + len(MAGIC)] == MAGIC
 
     def __init__(self, vm: object, image: bytes, initrd: bytes | None, cmdline: str,
                  mode: str, rsdp: int | None) -> None:

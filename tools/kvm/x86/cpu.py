@@ -13,7 +13,6 @@ APIC_MODE_EXTINT = 0x7 << 8
 APIC_MODE_NMI = 0x4 << 8
 APIC_LVT_MASKED = 1 << 16
 
-X86_EFLAGS_RESERVED = 0x2  # bit 1 always reads as one
 # CPUID.1:ECX[31], which CPUs leave clear for hypervisors to set; KVM's
 # supported list does not set it (the VMM's job), and without it Linux
 # never looks at KVM's leaves at 0x40000000: no kvmclock, so it times its
@@ -41,35 +40,36 @@ def set_cpuid(vcpu: object, supported: object) -> None:
             e.ecx |= CPUID_1_ECX_HYPERVISOR
         elif e.function == 0xB:
             e.edx = vcpu.id
-    vcpu.set("cpuid2", cpuid)
+    vcpu.set(lib.KVM_SET_CPUID2, cpuid)
 
 
 def wire_lapic(vcpu: object) -> None:
     """LINT0 takes the 8259's interrupts (virtual wire) and LINT1 is NMI, as
     a PC's BIOS leaves them; a kernel booted with noapic relies on it."""
-    lapic = vcpu.get("lapic", "struct kvm_lapic_state")
+    lapic = vcpu.get(lib.KVM_GET_LAPIC, "struct kvm_lapic_state")
     regs = ffi.cast("uint32_t *", lapic.regs)
     regs[APIC_LVT0 // 4] = (regs[APIC_LVT0 // 4] & ~(0x700 | APIC_LVT_MASKED)) | APIC_MODE_EXTINT
     regs[APIC_LVT1 // 4] = (regs[APIC_LVT1 // 4] & ~(0x700 | APIC_LVT_MASKED)) | APIC_MODE_NMI
-    vcpu.set("lapic", lapic)
+    vcpu.set(lib.KVM_SET_LAPIC, lapic)
 
 
 def real_mode(vcpu: object, selector: int, ip: int, sp: int) -> None:
     """Start in real mode at selector:ip with every data segment alike."""
-    sregs = vcpu.get("sregs")
+    sregs = vcpu.get(lib.KVM_GET_SREGS, "struct kvm_sregs")
     for name in ("cs", "ds", "es", "fs", "gs", "ss"):
         seg = getattr(sregs, name)
         seg.selector = selector
         seg.base = selector << 4
-    vcpu.set("sregs", sregs)
+    vcpu.set(lib.KVM_SET_SREGS, sregs)
     regs = ffi.new("struct kvm_regs *", {"rip": ip, "rsp": sp, "rbp": sp,
-                                          "rflags": X86_EFLAGS_RESERVED})
-    vcpu.set("regs", regs)
+                                          "rflags": lib.X86_EFLAGS_FIXED})
+    vcpu.set(lib.KVM_SET_REGS, regs)
 
 
 def make_runnable(vcpu: object) -> None:
     """An AP normally waits for INIT/SIPI; a flat binary starts them all."""
-    vcpu.set("mp_state", ffi.new("struct kvm_mp_state *", {"mp_state": lib.KVM_MP_STATE_RUNNABLE}))
+    vcpu.set(lib.KVM_SET_MP_STATE,
+             ffi.new("struct kvm_mp_state *", {"mp_state": lib.KVM_MP_STATE_RUNNABLE}))
 
 
 # An AP that the boot CPU has not started yet.
@@ -81,10 +81,11 @@ def guest_halted(vm: object) -> bool:
     NMI, which nobody sends, can wake them.  Called with the vCPUs parked."""
     started = False
     for vcpu in vm.vcpus:
-        state = vcpu.get("mp_state").mp_state
+        state = vcpu.get(lib.KVM_GET_MP_STATE, "struct kvm_mp_state").mp_state
         if state in NOT_STARTED:
             continue
-        if state != lib.KVM_MP_STATE_HALTED or vcpu.get("regs").rflags & lib.X86_EFLAGS_IF:
+        regs = vcpu.get(lib.KVM_GET_REGS, "struct kvm_regs")
+        if state != lib.KVM_MP_STATE_HALTED or regs.rflags & lib.X86_EFLAGS_IF:
             return False
         started = True
     return started
@@ -103,7 +104,8 @@ SEGMENTS = ("cs", "ss", "ds", "es", "fs", "gs", "tr", "ldt")
 def dump(vcpu: object) -> str:
     """Registers, segments and the code at rip, the way kvmtool lays out
     its dump, so the two read alike."""
-    r, s = vcpu.get("regs"), vcpu.get("sregs")
+    r = vcpu.get(lib.KVM_GET_REGS, "struct kvm_regs")
+    s = vcpu.get(lib.KVM_GET_SREGS, "struct kvm_sregs")
     out = ["", " Registers:", " ----------",
            f" rip: {r.rip:016x}   rsp: {r.rsp:016x} flags: {r.rflags:016x}",
            f" rax: {r.rax:016x}   rbx: {r.rbx:016x}   rcx: {r.rcx:016x}",

@@ -31,7 +31,7 @@ def pit_line(vm: object) -> str:
 
 
 def lapic_line(vcpu: object) -> str:
-    lapic = vcpu.get("lapic", "struct kvm_lapic_state")
+    lapic = vcpu.get(lib.KVM_GET_LAPIC, "struct kvm_lapic_state")
     regs = ffi.cast("uint32_t *", lapic.regs)
 
     def reg(offset: int) -> int:

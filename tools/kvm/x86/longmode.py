@@ -4,7 +4,6 @@ page tables and the control registers for 64-bit or 32-bit protected mode."""
 import struct
 
 from include.uapi import ffi, lib
-from x86.cpu import X86_EFLAGS_RESERVED
 from x86.layout import BOOT_GDT_ADDR, BOOT_STACK_TOP, PML4_ADDR
 
 # Architectural values (Intel SDM vol. 3, AMD APM vol. 2): no uapi header
@@ -46,7 +45,7 @@ def _flat(seg: object, selector: int, kind: int, long: bool) -> None:
 
 
 def _enter(vcpu: object, long: bool, table: tuple[int, ...]) -> object:
-    sregs = vcpu.get("sregs")
+    sregs = vcpu.get(lib.KVM_GET_SREGS, "struct kvm_sregs")
     _flat(sregs.cs, BOOT_CS, SEG_CODE, long)
     for name in ("ds", "es", "fs", "gs", "ss"):
         _flat(getattr(sregs, name), BOOT_DS, SEG_DATA, False)
@@ -55,21 +54,21 @@ def _enter(vcpu: object, long: bool, table: tuple[int, ...]) -> object:
     sregs.cr4 = lib.X86_CR4_PAE if long else 0
     sregs.cr3 = PML4_ADDR if long else 0
     sregs.efer = EFER_LME | EFER_LMA if long else 0
-    vcpu.set("sregs", sregs)
+    vcpu.set(lib.KVM_SET_SREGS, sregs)
     return sregs
 
 
 def enter_64(vcpu: object, rip: int, rsi: int) -> None:
     """64-bit mode at `rip`, paging on, `rsi` = the zero page."""
     _enter(vcpu, True, GDT)
-    vcpu.set("regs", _regs(rip, rsi=rsi, rsp=BOOT_STACK_TOP))
+    vcpu.set(lib.KVM_SET_REGS, _regs(rip, rsi=rsi, rsp=BOOT_STACK_TOP))
 
 
 def enter_32(vcpu: object, eip: int, ebx: int) -> None:
     """Flat 32-bit protected mode, paging off (the PVH entry state)."""
     _enter(vcpu, False, GDT32)
-    vcpu.set("regs", _regs(eip, rbx=ebx))
+    vcpu.set(lib.KVM_SET_REGS, _regs(eip, rbx=ebx))
 
 
 def _regs(ip: int, **values: int) -> object:
-    return ffi.new("struct kvm_regs *", {"rip": ip, "rflags": X86_EFLAGS_RESERVED, **values})
+    return ffi.new("struct kvm_regs *", {"rip": ip, "rflags": lib.X86_EFLAGS_FIXED, **values})

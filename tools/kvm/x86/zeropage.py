@@ -4,15 +4,16 @@ in 64-bit mode, as a boot loader would after running the setup code."""
 from include.uapi import ffi
 from x86.e820 import e820_map
 
-# The setup header sits at 0x1f1 in a bzImage and ends at 0x202 plus the
-# byte at 0x201 (the jump's offset): Documentation/arch/x86/boot.rst.
-HDR_OFFSET = 0x1F1
-HDR_JUMP_END = 0x202
-HDR_JUMP_LEN = 0x201
+# The setup header sits where struct boot_params has it (0x1f1) in a
+# bzImage, and ends after the "HdrS" magic plus the byte the jump before
+# the magic skips: Documentation/arch/x86/boot.rst.
+HDR_OFFSET = ffi.offsetof("struct boot_params", "hdr")
+MAGIC_OFFSET = HDR_OFFSET + ffi.offsetof("struct setup_header", "header")
+JUMP_REL8 = HDR_OFFSET + ffi.offsetof("struct setup_header", "jump") + 1
 
 
 def _header_len(image: bytes) -> int:
-    end = HDR_JUMP_END + image[HDR_JUMP_LEN]
+    end = MAGIC_OFFSET + image[JUMP_REL8]
     return min(end, HDR_OFFSET + ffi.sizeof("struct setup_header")) - HDR_OFFSET
 
 
