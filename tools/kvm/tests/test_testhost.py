@@ -33,7 +33,7 @@ def test_kvm_boots_l2_linux(l2host) -> None:
         "-append", "console=ttyS0 panic=-1 quiet",
     ]  # fmt: skip
     start = time.monotonic()
-    r = l2host.run(qemu, timeout=300)
+    r = l2host.run(qemu, timeout=180)  # took 48 s on a loaded machine
     print(f"L2 boot via QEMU: {time.monotonic() - start:.1f} s")
     assert r.returncode == 0, r.stderr
     assert f"{MARKER} cpus=2" in r.stdout
@@ -46,8 +46,9 @@ def test_l1_timeout_reports_and_cleans_up() -> None:
     session = Session()
     tmp = session._tmp
     cmd = ["sh", "-c", "echo started; sleep 1000"]
-    with pytest.raises(L1Error, match=r"(?s)timeout 1\.0 s.*--- stdout ---\nstarted"):
-        session.run(cmd, timeout=1.0)
+    # Long enough for the job to have printed under any load; it never ends.
+    with pytest.raises(L1Error, match=r"(?s)timeout 30 s.*--- stdout ---\nstarted"):
+        session.run(cmd, timeout=30)
     assert session.closed
     assert not tmp.exists()
     qemus = subprocess.run(["pgrep", "-f", str(tmp)], capture_output=True, check=False)

@@ -81,11 +81,14 @@ def fake_l1(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return log
 
 
-def test_a_job_l1_died_under_runs_once_more_and_says_so(fake_l1: Path, capsys) -> None:
+def test_a_job_l1_died_under_runs_once_more_and_says_so(
+    fake_l1: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/test_x.py::test_y (call)")
     FakeSession.deaths = 1
     assert runner.L1().run(["true"], timeout=10).stdout == "ok\n"
     assert FakeSession.booted == 2
-    assert runner.RERUNS == ["true: no heartbeat from L1 for 40 s"]
+    assert runner.RERUNS == ["tests/test_x.py::test_y: no heartbeat from L1 for 40 s"]
     assert "L1 died (no heartbeat from L1 for 40 s)" in capsys.readouterr().err
     assert '"event": "l1-died"' in fake_l1.read_text()
 

@@ -11,7 +11,7 @@ from .cache import TestHostError
 from .hosts import HostConfig
 from .session import L1Died, Result, Session
 
-# Every job rerun because L1 died under it, as "<job>: <first line of why>",
+# Every job rerun because L1 died under it, as "<test or command>: <why>",
 # for the test report (tests/conftest.py prints them); also appended, one
 # JSON object a line, to $LKVM_TESTHOST_LOG when set (the e2e soak counts them).
 RERUNS: list[str] = []
@@ -19,7 +19,10 @@ RERUNS: list[str] = []
 
 def _record_rerun(cmd: list[str], died: L1Died) -> None:
     why = str(died).splitlines()[0]
-    line = f"{shlex.join(cmd)[:120]}: {why}"
+    # The test that ran it, where pytest says; else the command's first line.
+    job = os.environ.get("PYTEST_CURRENT_TEST", "").removesuffix(" (call)")
+    job = job or shlex.join(cmd).splitlines()[0][:100]
+    line = f"{job}: {why}"
     RERUNS.append(line)
     print(f"testhost: L1 died ({why}); running the job again in a fresh L1",
           file=sys.stderr)
