@@ -48,7 +48,7 @@ def read_file(path: str, what: str) -> bytes:
         raise LkvmError(f"unable to open {what} {path}: {e.strerror}") from None
 
 
-def parser(arch: type[Arch]) -> Parser:
+def parser() -> Parser:
     p = Parser("run")
     p.add_argument("image", nargs="?", help="kernel image (same as -k)")
     p.add_argument("--name", help="a name for the guest")
@@ -71,14 +71,14 @@ def parser(arch: type[Arch]) -> Parser:
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")
     p.add_argument("--debug-mmio", action="store_true")
-    arch.add_options(p)
+    arch_loader.load().add_options(p)
     return p
 
 
 def configure(argv: list[str], params: str = "") -> Config:
     """The guest lkvm run ARGV describes; params go after the user's -p."""
     arch = arch_loader.load()
-    args = parser(arch).parse(argv)
+    args = parser().parse(argv)
     if args.image and args.kernel:
         raise LkvmError("give the kernel either as -k or as the argument, not both")
     cpus = args.cpus if args.cpus is not None else os.cpu_count()
