@@ -89,6 +89,19 @@ def test_i8042_probe_and_reset():
     assert resets == [1]
 
 
+def test_i8042_output_is_bounded():
+    """A guest writing keyboard commands and never reading the replies."""
+    kbc = I8042(lambda: None, Line())
+    for _ in range(100_000):
+        kbc.write(0, 1, 0xFF)  # keyboard reset: two replies each
+    assert len(kbc.out) <= 16  # a keyboard's own buffer
+    assert kbc.read(0, 1) == 0xFA and kbc.read(0, 1) == 0xAA  # the first, in order
+    while kbc.read(4, 1) & 0x01:
+        kbc.read(0, 1)
+    kbc.write(4, 1, 0xAA)  # drained, it answers again
+    assert kbc.read(0, 1) == 0x55
+
+
 def test_rtc_reads_host_time_in_bcd():
     rtc = Rtc()
 
