@@ -21,12 +21,13 @@ def take(views: list[memoryview], n: int) -> tuple[bytes | None, list[memoryview
 def prefix(views: list[memoryview], limit: int) -> bytes:
     """A copy of the first `limit` bytes, or of all there are if fewer:
     a guest's buffers may span its whole RAM, many times over."""
-    out = bytearray()
+    parts: list[memoryview] = []
     for v in views:
-        if len(out) >= limit:
+        if limit <= 0:
             break
-        out += v[:limit - len(out)]
-    return bytes(out)
+        parts.append(v[:limit])
+        limit -= len(parts[-1])
+    return b"".join(parts)      # the one copy
 
 
 def drop_last(views: list[memoryview]) -> tuple[memoryview | None, list[memoryview]]:
