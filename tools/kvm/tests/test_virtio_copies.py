@@ -12,11 +12,13 @@ import importlib
 import tracemalloc
 from collections.abc import Callable
 
+from virtio.console import TX, Console
 from virtio.mock import F_NEXT, LOW_RAM, Driver, mock_memory
 from virtio.p9.server import MAX_MSIZE
 
 P9 = importlib.import_module("virtio.9p").P9
 SLACK = 256 << 10       # the interpreter's own allocations while a device runs
+CONSOLE_CHUNK = 4096    # a page of output at a time
 
 
 def ram_chain(driver: Driver, index: int, descriptors: int) -> None:
@@ -47,3 +49,20 @@ def test_p9_copies_at_most_msize(tmp_path):
     assert q.used_idx() == 1    # answered (an error), not dropped
     dev.close()
 
+
+def test_console_copies_a_chunk_at_a_time():
+    seen = [0, 0]               # bytes, largest write
+
+    def output(data: bytes) -> None:
+        seen[0] += len(data)
+        seen[1] = max(seen[1], len(data))
+
+    dev = Console(mock_memory(), output)
+    d = Driver(dev)
+    d.start()
+    descriptors = 16
+    ram_chain(d, TX, descriptors)
+    assert peak_copy(d.queues[TX].kick) < CONSOLE_CHUNK + SLACK
+    assert seen == [descriptors * LOW_RAM, CONSOLE_CHUNK]   # all of it, in chunks
+    assert d.queues[TX].used_idx() == 1
+    dev.close()

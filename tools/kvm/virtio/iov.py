@@ -1,5 +1,7 @@
 """Scatter lists of guest memory views: splitting a header off the front,
-a status byte off the back."""
+a status byte off the back, copying out a bounded amount at a time."""
+
+from collections.abc import Iterator
 
 
 def total(views: list[memoryview]) -> int:
@@ -28,6 +30,22 @@ def prefix(views: list[memoryview], limit: int) -> bytes:
         parts.append(v[:limit])
         limit -= len(parts[-1])
     return b"".join(parts)      # the one copy
+
+
+def chunks(views: list[memoryview], size: int) -> Iterator[bytes]:
+    """Copies of the bytes the views hold, `size` at a time: never more in
+    hand however many times over the views cover guest RAM."""
+    out = bytearray()
+    for v in views:
+        while v:
+            room = size - len(out)
+            out += v[:room]
+            v = v[room:]
+            if len(out) == size:
+                yield bytes(out)
+                out = bytearray()
+    if out:
+        yield bytes(out)
 
 
 def drop_last(views: list[memoryview]) -> tuple[memoryview | None, list[memoryview]]:
