@@ -8,6 +8,7 @@ import tempfile
 
 import pytest
 
+from tests.helpers import FUZZ_COUNTS
 from tests.p9share import Share
 from tests.testhost.fixture import l2host
 
@@ -33,6 +34,15 @@ def lkvm_home(monkeypatch: pytest.MonkeyPatch) -> str:
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true",
                      help="also run the slow tier (kernel-tree comparisons, long fuzzing)")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """How many cases each fuzz target ran: the figure a fuzzing claim needs."""
+    counts = config.stash.get(FUZZ_COUNTS, {})
+    if counts:
+        terminalreporter.section("fuzz cases run")
+        for target, cases in sorted(counts.items()):
+            terminalreporter.write_line(f"{cases:>9,}  {target}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
