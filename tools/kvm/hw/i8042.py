@@ -22,6 +22,10 @@ KBD_ACK, KBD_RESET, KBD_GET_ID = 0xFA, 0xFF, 0xF2
 ANSWERS = {CMD_SELF_TEST: 0x55, CMD_KBD_TEST: 0x00, CMD_AUX_TEST: 0x00}
 # Keyboard commands and what the keyboard sends back.
 KBD_REPLIES = {KBD_RESET: (KBD_ACK, 0xAA), KBD_GET_ID: (KBD_ACK, 0xAB, 0x83)}
+# Bytes waiting for the guest to read port 0x60.  A keyboard buffers about
+# 16 and drops what comes after (an overrun); a guest that writes without
+# reading must not make us queue more.
+OUT_MAX = 16
 
 
 class I8042:
@@ -49,7 +53,7 @@ class I8042:
             self.ctr = value
             self.pending_write = None
         else:
-            self.out.extend(KBD_REPLIES.get(value, (KBD_ACK,)))
+            self._queue(*KBD_REPLIES.get(value, (KBD_ACK,)))
         self.last_status_cmd = offset == COMMAND
         self._irq()
 
@@ -57,11 +61,14 @@ class I8042:
         if cmd == CMD_RESET:
             self.reset()
         elif cmd == CMD_READ_CTR:
-            self.out.append(self.ctr)
+            self._queue(self.ctr)
         elif cmd == CMD_WRITE_CTR:
             self.pending_write = cmd
         elif cmd in ANSWERS:
-            self.out.append(ANSWERS[cmd])
+            self._queue(ANSWERS[cmd])
+
+    def _queue(self, *replies: int) -> None:
+        self.out.extend(replies[:OUT_MAX - len(self.out)])
 
     def _irq(self) -> None:
         self.set_irq(int(bool(self.out) and bool(self.ctr & CTR_KBDINT)))

@@ -7,6 +7,7 @@ BAR addresses given here and takes the legacy IRQ from
 PCI_INTERRUPT_LINE.
 """
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -128,6 +129,7 @@ class PciBus:
         self.slots: list[PciDevice | None] = [None] * MAX_SLOTS
         self.next_mmio, self.mmio_end = mmio_start, mmio_end
         self.next_io = IO_BAR_START
+        self._moving = threading.Lock()
         vm.pio.register(CONFIG_ADDRESS, CONFIG_PORT_SIZE, _AddressPort(self))
         vm.pio.register(CONFIG_DATA, CONFIG_PORT_SIZE, _DataPort(self))
         self.add(HostBridge())
@@ -158,19 +160,23 @@ class PciBus:
         return addr
 
     def move_bar(self, dev: PciDevice, bar: Bar, addr: int) -> None:
-        """The guest placed a BAR itself."""
+        """The guest placed a BAR itself.  The bus range moves in one step
+        (lookups on other vCPUs see it at one place or the other); moves
+        are serialised so a BAR's address, range and hooks agree."""
         bus = self.vm.pio if bar.io else self.vm.mmio
-        old = bar.addr
-        bus.unregister(old)
-        try:
-            bus.register(addr, bar.size, bar.dev)
-        except ValueError:
-            bus.register(old, bar.size, bar.dev)  # overlaps another: keep it where it was
-            dev.place_bar(dev.bars.index(bar), old)
-            return
-        bar.addr = addr
-        for hook in dev.on_bar_moved:
-            hook(dev.bars.index(bar), old, addr)
+        index = dev.bars.index(bar)
+        with self._moving:
+            old = bar.addr
+            if addr == old:
+                return
+            try:
+                bus.move(old, addr)
+            except ValueError:
+                dev.place_bar(index, old)  # overlaps another: keep it where it was
+                return
+            bar.addr = addr
+            for hook in dev.on_bar_moved:
+                hook(index, old, addr)
 
     def _target(self) -> tuple[PciDevice, int] | None:
         a = self.address

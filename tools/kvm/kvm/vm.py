@@ -75,11 +75,13 @@ class Vm:
         ioctl(self.fd, lib.KVM_IRQFD, ffi.new("struct kvm_irqfd *", {"fd": efd, "gsi": gsi}))
         return efd
 
-    def ioeventfd(self, addr: int, length: int, pio: bool,
-                  datamatch: int | None = None) -> int:
+    def ioeventfd(self, addr: int, length: int, pio: bool, datamatch: int | None = None,
+                  efd: int | None = None) -> int:
         """An eventfd the kernel signals on a guest write to `addr`, instead
-        of exiting to a vCPU thread."""
-        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        of exiting to a vCPU thread: `efd` if given (a doorbell that moved
+        keeps its eventfd), else a new one."""
+        if efd is None:
+            efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._ioeventfd(efd, addr, length, pio, datamatch, 0)
         return efd
 

@@ -8,6 +8,7 @@ import tempfile
 
 import pytest
 
+from tests.helpers import FUZZ_COUNTS
 from tests.p9share import Share
 from tests.testhost.fixture import l2host
 from tests.testhost.runner import RERUNS
@@ -36,6 +37,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="also run the slow tier (kernel-tree comparisons, long fuzzing)")
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """How many cases each fuzz target ran (the figure a fuzzing claim
+    needs), and the jobs that ran twice because the nested test host died
+    under them (never passed over in silence)."""
+    counts = config.stash.get(FUZZ_COUNTS, {})
+    if counts:
+        terminalreporter.section("fuzz cases run")
+        for target, cases in sorted(counts.items()):
+            terminalreporter.write_line(f"{cases:>9,}  {target}")
+    if RERUNS:
+        terminalreporter.section("test host reruns")
+        for line in RERUNS:
+            terminalreporter.write_line(f"L1 died, rerun once: {line}")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--slow"):
         return
@@ -58,12 +74,3 @@ def share(tmp_path) -> Share:
 def c(share: Share) -> object:
     """A 9P2000.L client attached to `share`."""
     return share.client()
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Jobs that ran twice because the nested test host died under them:
-    never passed over in silence."""
-    if RERUNS:
-        terminalreporter.section("test host reruns")
-        for line in RERUNS:
-            terminalreporter.write_line(f"L1 died, rerun once: {line}")

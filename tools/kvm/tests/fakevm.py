@@ -62,8 +62,9 @@ class FakeVm:
                 pass
         return sorted(out)
 
-    def ioeventfd(self, addr: int, length: int, pio: bool, datamatch: int | None = None) -> int:
-        fd = self._eventfd()
+    def ioeventfd(self, addr: int, length: int, pio: bool, datamatch: int | None = None,
+                  efd: int | None = None) -> int:
+        fd = self._eventfd() if efd is None else efd
         self.ioeventfds[fd] = (addr, length, pio, datamatch)
         return fd
 

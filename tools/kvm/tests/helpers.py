@@ -3,6 +3,8 @@
 import os
 import subprocess
 
+import pytest
+
 KVMDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP = os.path.dirname(os.path.dirname(KVMDIR))
 GUESTS = os.path.join(KVMDIR, "tests", "guests")
@@ -24,3 +26,11 @@ def run_lkvm(*args: str, timeout: float = TINY_TIMEOUT,
     """`./lkvm ARGS`, as a user would type it, with output captured."""
     return subprocess.run([LKVM, *args], input=input, capture_output=True, timeout=timeout,
                           stdin=None if input is not None else subprocess.DEVNULL)
+
+
+# Cases each fuzz target ran, printed in the session's summary (conftest.py).
+FUZZ_COUNTS = pytest.StashKey[dict[str, int]]()
+
+
+def record_fuzz_cases(config: pytest.Config, target: str, cases: int) -> None:
+    config.stash.setdefault(FUZZ_COUNTS, {})[target] = cases

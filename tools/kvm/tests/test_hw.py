@@ -2,6 +2,8 @@
 
 import ctypes
 import mmap
+import sys
+import threading
 import time
 
 import pytest
@@ -89,6 +91,19 @@ def test_i8042_probe_and_reset():
     assert resets == [1]
 
 
+def test_i8042_output_is_bounded():
+    """A guest writing keyboard commands and never reading the replies."""
+    kbc = I8042(lambda: None, Line())
+    for _ in range(100_000):
+        kbc.write(0, 1, 0xFF)  # keyboard reset: two replies each
+    assert len(kbc.out) <= 16  # a keyboard's own buffer
+    assert kbc.read(0, 1) == 0xFA and kbc.read(0, 1) == 0xAA  # the first, in order
+    while kbc.read(4, 1) & 0x01:
+        kbc.read(0, 1)
+    kbc.write(4, 1, 0xAA)  # drained, it answers again
+    assert kbc.read(0, 1) == 0x55
+
+
 def test_rtc_reads_host_time_in_bcd():
     rtc = Rtc()
 
@@ -125,6 +140,71 @@ def test_bus_dispatch_overlap_and_unclaimed():
     bus.write(0x10A, 2, 0xBEEF)
     assert seen == [(2, 2, 0xBEEF)]
     assert bus.read(0x200, 1) == 0xFF and bus.read(0x200, 4) == 0xFFFFFFFF
+    mover = Dev()
+    bus.register(0x300, 8, mover)
+    with pytest.raises(ValueError):
+        bus.move(0x300, 0x10C)  # onto another: refused, and it stays
+    assert bus.find(0x300) == (0x300, mover)
+    bus.move(0x300, 0x400)
+    assert bus.find(0x300) is None and bus.find(0x407) == (0x400, mover)
+    with pytest.raises(ValueError):
+        bus.unregister(0x300)
+
+
+def test_bus_lookups_while_ranges_change():
+    """vCPU threads look up while another registers and unregisters
+    ranges below and between theirs, as a BAR move does: every lookup
+    finds the range that is there or nothing, never another device and
+    never an exception."""
+
+    class Dev:
+        def read(self, offset, size):
+            return 0
+
+        def write(self, offset, size, value):
+            pass
+
+    bus = Bus("mmio")
+    fixed = {0x10000 * (i + 1): Dev() for i in range(8)}
+    for base, dev in fixed.items():
+        bus.register(base, 0x1000, dev)
+    churn, homes = Dev(), (0x100, 0x48000, 0x90000)   # below, between, above them
+    done = threading.Event()
+    problems: list[str] = []
+
+    def look() -> None:
+        while not done.is_set():
+            try:
+                for base, dev in fixed.items():
+                    if bus.find(base + 0x800) != (base, dev):
+                        problems.append(f"{base:#x}: {bus.find(base + 0x800)}")
+                for home in homes:
+                    if bus.find(home) not in (None, (home, churn)):
+                        problems.append(f"{home:#x}: {bus.find(home)}")
+            except Exception as e:  # what a vCPU thread would die of
+                problems.append(repr(e))
+            if problems:
+                return
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)     # switch threads as often as CPython will
+    readers = [threading.Thread(target=look) for _ in range(2)]
+    try:
+        for t in readers:
+            t.start()
+        for n in range(20_000):
+            if problems:
+                break
+            home = homes[n % len(homes)]
+            bus.register(home, 0x1000, churn)
+            bus.unregister(home)
+    finally:
+        done.set()
+        for t in readers:
+            t.join(timeout=30)
+        sys.setswitchinterval(interval)
+    assert not any(t.is_alive() for t in readers)
+    assert problems == []
 
 
 def test_memory_refuses_ranges_outside_ram():

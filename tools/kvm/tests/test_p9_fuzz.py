@@ -14,12 +14,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import record_fuzz_cases
 from tests.p9share import SECRET, Share
 from virtio.p9.client import Client, parse
 from virtio.p9.wire import HEADER, LAYOUTS, NOFID, NOTAG, Msg, message, pack
 
 FUZZ = settings(deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SLOW_CASES = 100_000  # per message type, under --slow
+SESSION = 200           # cases per session: a new one clears fids, remakes the tree
 
 NAMES = [b"", b".", b"..", b"/", b"../outside", b"/etc/passwd", b"abs", b"rel",
          b"file", b"dir", b"abs_secret", b"outside", b"secret", b"a\0b", b"a/b",
@@ -52,8 +55,10 @@ RANDOM = {
 }
 
 
-def seeded_request(r: random.Random) -> bytes:
-    mtype = r.choice(sorted(LAYOUTS))
+def seeded_request(r: random.Random, mtype: int | None = None) -> bytes:
+    """A request of `mtype` (any type if None), its fields drawn from r,
+    and sometimes a few bytes changed."""
+    mtype = r.choice(sorted(LAYOUTS)) if mtype is None else mtype
     layout = LAYOUTS[mtype][0]
     msg = bytearray(message(mtype, r.randrange(0x10000),
                             pack(layout, *(RANDOM[c](r) for c in layout))))
@@ -190,3 +195,18 @@ def test_walks_stay_inside(share, path):
         ino = share.inodes_outside()
         assert all(q[2] not in ino for q in qids)
     share.check()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mtype", sorted(LAYOUTS), ids=lambda t: Msg(t).name)
+def test_every_message_type(request, share, mtype):
+    """SLOW_CASES seeded requests of one type, against sessions holding
+    fids on every kind of object; the tree outside stays untouched."""
+    r = random.Random(mtype)
+    for n in range(SLOW_CASES):
+        if n % SESSION == 0:
+            share.check()
+            fresh_session(share)
+        exchange(share, seeded_request(r, mtype))
+    share.check()
+    record_fuzz_cases(request.config, f"9p {Msg(mtype).name}", SLOW_CASES)

@@ -1,9 +1,17 @@
 """Tiny guests on the local /dev/kvm, run as a user runs them: serial
-output, port I/O both ways, the i8042 reset, SMP, and a fatal exit."""
+output, port I/O both ways, the i8042 reset, SMP started by INIT/SIPI,
+and a fatal exit."""
 
 import pytest
 
+from include.uapi import lib
+from kvm.config import Config
+from kvm.kvm import Kvm
+from kvm.vm import Vm
 from tests.helpers import guest, run_lkvm
+from x86 import cpu
+from x86.arch import X86
+from x86.flat import FlatBinary
 
 pytestmark = pytest.mark.usefixtures("kvm_available")
 
@@ -28,12 +36,39 @@ def test_guest_sees_a_kvm_hypervisor():
     assert r.stdout == b"HKVMKVMKVM\0\0\0\n"
 
 
+def test_flat_binary_enters_the_boot_cpu_only():
+    """The APs keep the state KVM gives them, waiting for INIT/SIPI."""
+    kvm = Kvm()
+    arch = X86()
+    vm = Vm(kvm, arch, Config(name="t", cpus=2, ram_mib=16))
+    try:
+        boot = FlatBinary(vm, open(guest("hello"), "rb").read(), None, "")
+        for vcpu in vm.vcpus:
+            arch.setup_vcpu(vcpu, boot)
+        bsp, ap = (vcpu.get(lib.KVM_GET_MP_STATE, "struct kvm_mp_state").mp_state
+                   for vcpu in vm.vcpus)
+        assert bsp == lib.KVM_MP_STATE_RUNNABLE and ap in cpu.NOT_STARTED
+    finally:
+        vm.close()
+        kvm.close()
+
+
+@pytest.mark.parametrize("run", range(4))
+def test_hello_on_two_vcpus_prints_once(run):
+    """The README's first command, on a 2-CPU host's default of 2 vCPUs."""
+    r = run_lkvm("run", "-c", "2", "-m", "16", guest("hello"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"Hello, lkvm!\n"
+
+
 @pytest.mark.parametrize("cpus", [1, 2, 4])
 def test_smp_every_vcpu_reports_in(cpus):
+    # The boot CPU prints first, then starts the others with INIT/SIPI.
     r = run_lkvm("run", "-c", str(cpus), "-m", "16", guest("smp"))
     assert r.returncode == 0, r.stderr
-    reported = sorted(r.stdout.decode().splitlines())
-    assert reported == [f"cpu {i:x}" for i in range(cpus)]
+    reported = r.stdout.decode().splitlines()
+    assert reported[0] == "cpu 0"
+    assert sorted(reported) == [f"cpu {i:x}" for i in range(cpus)]
 
 
 def test_fatal_exit_dumps_registers():

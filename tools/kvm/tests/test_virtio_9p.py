@@ -38,7 +38,7 @@ def test_version_across_descriptors(tmp_path):
 
 
 def test_hostile_messages_and_chains(request, tmp_path):
-    fuzz_device(request, P9(mock_memory(), str(tmp_path)))
+    fuzz_device(request, P9(mock_memory(), str(tmp_path)), "9p")
     assert os.listdir(tmp_path) == []
 
 

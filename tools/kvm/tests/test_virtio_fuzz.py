@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from disk.raw import RawDisk
 from include.uapi import lib
 from kvm.ipc import BALLOON, STAT, U32, IpcError
+from tests.helpers import record_fuzz_cases
 from virtio import balloon as balloon_mod
 from virtio.balloon import PAGE_SHIFT, PFN, STATS, Balloon
 from virtio.blk import OUTHDR, RANGE, Blk
@@ -173,12 +174,12 @@ DEVICES = {
 @pytest.mark.parametrize("name", sorted(DEVICES))
 def test_hostile_guests_never_crash_a_device(request, name, disk_path, monkeypatch):
     monkeypatch.setattr(balloon_mod, "STATS_TIMEOUT", 0)
-    fuzz_device(request, DEVICES[name](mock_memory(), disk_path))
+    fuzz_device(request, DEVICES[name](mock_memory(), disk_path), name)
 
 
-def fuzz_device(request, dev) -> None:
+def fuzz_device(request, dev, target: str) -> None:
     """Feed `dev` CASES hostile guests (SLOW_CASES under --slow), then
-    close it; every case must have run."""
+    close it; every case must have run, and the count is reported."""
     cases = SLOW_CASES if request.config.getoption("--slow") else CASES
     ran = 0
 
@@ -192,6 +193,7 @@ def fuzz_device(request, dev) -> None:
     case()
     dev.close()
     assert ran >= cases
+    record_fuzz_cases(request.config, f"virtio-{target} hostile guests", ran)
 
 
 def test_feature_refusal_is_checked():

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from include.uapi import lib
 from kvm.cstruct import to_bytes
 from virtio.device import VirtioDevice
+from virtio.iov import chunks
 from virtio.queue import Virtqueue
 
 RX, TX = 0, 1
 PENDING_MAX = 64 << 10  # keystrokes kept while the guest posts no buffers
+OUT_CHUNK = 4096        # bytes of output copied out of guest memory at a time
 
 
 class Console(VirtioDevice):
@@ -28,7 +30,8 @@ class Console(VirtioDevice):
     def process(self, index: int, queue: Virtqueue) -> None:
         if index == TX:
             while (chain := queue.pop()) is not None:
-                self.output(b"".join(chain.readable))
+                for chunk in chunks(chain.readable, OUT_CHUNK):
+                    self.output(chunk)
                 queue.push(chain.head, 0)
         else:
             self._fill(queue)

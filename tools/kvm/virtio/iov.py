@@ -1,5 +1,7 @@
 """Scatter lists of guest memory views: splitting a header off the front,
-a status byte off the back."""
+a status byte off the back, copying out a bounded amount at a time."""
+
+from collections.abc import Iterator
 
 
 def total(views: list[memoryview]) -> int:
@@ -21,12 +23,29 @@ def take(views: list[memoryview], n: int) -> tuple[bytes | None, list[memoryview
 def prefix(views: list[memoryview], limit: int) -> bytes:
     """A copy of the first `limit` bytes, or of all there are if fewer:
     a guest's buffers may span its whole RAM, many times over."""
+    parts: list[memoryview] = []
+    for v in views:
+        if limit <= 0:
+            break
+        parts.append(v[:limit])
+        limit -= len(parts[-1])
+    return b"".join(parts)      # the one copy
+
+
+def chunks(views: list[memoryview], size: int) -> Iterator[bytes]:
+    """Copies of the bytes the views hold, `size` at a time: never more in
+    hand however many times over the views cover guest RAM."""
     out = bytearray()
     for v in views:
-        if len(out) >= limit:
-            break
-        out += v[:limit - len(out)]
-    return bytes(out)
+        while v:
+            room = size - len(out)
+            out += v[:room]
+            v = v[room:]
+            if len(out) == size:
+                yield bytes(out)
+                out = bytearray()
+    if out:
+        yield bytes(out)
 
 
 def drop_last(views: list[memoryview]) -> tuple[memoryview | None, list[memoryview]]:

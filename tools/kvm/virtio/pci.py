@@ -96,13 +96,17 @@ class VirtioPci(PciDevice):
             self.notifiers.append((efd, point))
 
     def _bar_moved(self, index: int, old: int, new: int) -> None:
+        """The doorbells follow BAR 0 with the eventfds they had: the I/O
+        thread goes on waiting on them, and a guest moving the BAR over
+        and over makes lkvm open nothing."""
         if index != 0:
             return
-        for efd, point in self.notifiers:
+        moved = []
+        for (efd, point), new_point in zip(self.notifiers, self._notify_points(), strict=True):
             self.vm.remove_ioeventfd(efd, *point)
-            self.iothread.remove(efd)
-        self.notifiers.clear()
-        self._add_notifiers()
+            self.vm.ioeventfd(*new_point, efd=efd)
+            moved.append((efd, new_point))
+        self.notifiers = moved
 
     # Interrupts, for the device.
     def signal_queue(self, index: int) -> None:

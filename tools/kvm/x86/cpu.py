@@ -66,12 +66,6 @@ def real_mode(vcpu: object, selector: int, ip: int, sp: int) -> None:
     vcpu.set(lib.KVM_SET_REGS, regs)
 
 
-def make_runnable(vcpu: object) -> None:
-    """An AP normally waits for INIT/SIPI; a flat binary starts them all."""
-    vcpu.set(lib.KVM_SET_MP_STATE,
-             ffi.new("struct kvm_mp_state *", {"mp_state": lib.KVM_MP_STATE_RUNNABLE}))
-
-
 # An AP that the boot CPU has not started yet.
 NOT_STARTED = (lib.KVM_MP_STATE_UNINITIALIZED, lib.KVM_MP_STATE_INIT_RECEIVED)
 

@@ -1,6 +1,7 @@
 """Flat binaries: raw code loaded at 1000:0000 and entered in real mode,
-as kvmtool runs them.  Every vCPU starts there; code tells them apart by
-the APIC ID that CPUID reports."""
+as kvmtool runs them.  The boot CPU starts there; the others wait for
+INIT and STARTUP IPIs, as on a PC, so a binary written for one CPU runs
+once whatever -c says (tests/guests/smp.S starts them)."""
 
 from kvm.errors import LkvmError
 from x86 import cpu
@@ -24,5 +25,3 @@ class FlatBinary:
 
     def setup_vcpu(self, vcpu: object) -> None:
         cpu.real_mode(vcpu, BOOT_LOADER_SELECTOR, BOOT_LOADER_IP, BOOT_LOADER_SP)
-        if vcpu.id:
-            cpu.make_runnable(vcpu)

@@ -1,7 +1,8 @@
 /* Count for ever: %ebx goes up by one per loop and is written to port
  * 0x80 (the POST port, which nobody claims), so every round trips through
  * lkvm's vCPU thread.  A debug dump's rbx shows the progress; a paused
- * guest's rbx stands still.  An NMI prints "NMI\n" on ttyS0 and returns. */
+ * guest's rbx stands still.  An NMI prints "NMI\n" on ttyS0 and returns.
+ * Every CPU counts: the boot CPU starts the others first. */
 	.code16
 	.globl	_start
 _start:
@@ -9,6 +10,7 @@ _start:
 	mov	%ax, %es
 	movw	$nmi, %es:2*4		/* real-mode IVT entry 2: NMI */
 	mov	%cs, %es:2*4+2
+	call	start_aps
 	xor	%ebx, %ebx
 1:	inc	%ebx
 	mov	%ebx, %eax
@@ -32,3 +34,25 @@ nmi:	push	%ax
 	iret
 
 msg:	.asciz	"NMI\n"
+
+/* The other CPUs wait for INIT and a STARTUP IPI, whose vector 0x10
+ * starts them at 1000:0000, the top of this file: the boot CPU (APIC ID
+ * 0) sends both to all but itself through the x2APIC's ICR, an MSR that
+ * real mode can write.  A second STARTUP is what the MP spec asks. */
+start_aps:
+	mov	$1, %eax
+	cpuid
+	shr	$24, %ebx
+	jnz	1f
+	mov	$0x1b, %ecx		/* IA32_APIC_BASE: enable, x2APIC mode */
+	rdmsr
+	or	$0xc00, %eax
+	wrmsr
+	mov	$0x830, %ecx		/* ICR: all but self, level assert */
+	xor	%edx, %edx
+	mov	$0xc4500, %eax		/* INIT */
+	wrmsr
+	mov	$0xc4610, %eax		/* STARTUP, vector 0x10 */
+	wrmsr
+	wrmsr
+1:	ret

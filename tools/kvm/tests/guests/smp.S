@@ -1,10 +1,17 @@
-/* Every vCPU starts here: each takes a spinlock, prints "cpu N" with its
- * APIC ID, and counts itself in; the boot CPU waits for all of them (the
- * count is CPUID leaf 1's EBX[23:16]) and resets. */
+/* The boot CPU starts the others as firmware does: INIT, then two
+ * STARTUP IPIs with vector 0x10, which starts them in real mode at
+ * 1000:0000, here.  The APs wait for that (kvmtool leaves them so); a
+ * flat binary is entered by the boot CPU alone.  Each CPU takes a
+ * spinlock, prints "cpu N" with its APIC ID, and counts itself in; the
+ * boot CPU waits for all of them (the count is CPUID leaf 1's EBX[23:16])
+ * and resets.  The IPIs go through the x2APIC's ICR, an MSR, which real
+ * mode can write. */
 	.code16
 	.globl	_start
 _start:
 	cli
+	mov	%cs, %ax		/* an AP comes out of INIT with DS at 0 */
+	mov	%ax, %ds
 	mov	$1, %eax
 	cpuid
 	mov	%ebx, %ecx
@@ -34,8 +41,21 @@ _start:
 	movb	$0, lock
 	test	%bl, %bl
 	jnz	park
+	push	%cx
+	mov	$0x1b, %ecx		/* IA32_APIC_BASE: enable, x2APIC mode */
+	rdmsr
+	or	$0xc00, %eax
+	wrmsr
+	mov	$0x830, %ecx		/* x2APIC ICR; all but self, level assert */
+	xor	%edx, %edx
+	mov	$0xc4500, %eax		/* INIT */
+	wrmsr
+	mov	$0xc4610, %eax		/* STARTUP, vector 0x10 */
+	wrmsr
+	wrmsr
+	pop	%cx
 5:	cmp	count, %cl
-	jne	5b
+	ja	5b
 	mov	$0xfe, %al
 	out	%al, $0x64
 park:	hlt
