@@ -54,4 +54,4 @@ def test_moving_bar0_leaks_no_eventfd(vm, transport):
         home = pci.bars[0]
         assert all(home.addr <= p[0] < home.addr + home.size for _, p in pci.notifiers)
     finally:
-        setup.close(ctx)
+        ctx.exit()
