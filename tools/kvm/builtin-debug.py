@@ -22,7 +22,8 @@ def cmd_debug(argv: list[str]) -> int:
     if args.dump:
         flags |= DEBUG_DUMP
     if args.nmi is not None:
-        if args.nmi < 0:
+        # The protocol carries the vCPU as a u32 (kvmtool's debug_cmd_params).
+        if not 0 <= args.nmi < 1 << 32:
             raise LkvmError(f"--nmi {args.nmi}: not a vCPU number")
         flags, cpu = flags | DEBUG_NMI, args.nmi
     if args.sysrq is not None:
