@@ -101,6 +101,9 @@ def configure(argv: list[str], params: str = "") -> tuple[RunConfig, object]:
     cpus = args.cpus if args.cpus is not None else os.cpu_count()
     if cpus < 1:
         raise LkvmError(f"--cpus {cpus}: a guest needs at least one vCPU")
+    if cpus > arch_loader.load().MAX_CPUS:
+        raise LkvmError(f"--cpus {cpus}: this architecture's guests take at most "
+                        f"{arch_loader.load().MAX_CPUS} vCPUs")
     ram = args.mem if args.mem is not None else default_ram_mib(cpus)
     if ram < MIN_RAM_MIB:
         raise LkvmError(f"--mem {ram}: a guest needs at least {MIN_RAM_MIB} MiB")

@@ -31,6 +31,11 @@ memory_layout = ram_layout
 inject_nmi = cpu.inject_nmi
 guest_halted = cpu.guest_halted
 
+# Without x2APIC a CPU's APIC ID is the byte in CPUID.1:EBX[31:24] and
+# the count beside it is a byte too; 0xFF is the broadcast ID.  kvmtool's
+# MP table stops at the same count.
+MAX_CPUS = 255
+
 # The PC's four COM ports: (I/O base, ISA IRQ).
 SERIAL_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
 I8042_PORT, RTC_PORT = 0x60, 0x70
