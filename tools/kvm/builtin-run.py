@@ -4,6 +4,7 @@ follow kvmtool's, so its users' scripts keep working."""
 import os
 import platform
 import signal
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -46,12 +47,31 @@ def find_kernel() -> str:
     raise LkvmError("could not find a kernel image; searched: " + ", ".join(kernel_candidates()))
 
 
-def read_file(path: str, what: str) -> bytes:
+def read_file(path: str, what: str, limit: int) -> bytes:
+    """The whole of a regular file no bigger than limit (the guest's RAM,
+    which no image can exceed).  Opened non-blocking, so a FIFO named
+    here cannot stall the open, and refused, as a device is: /dev/zero
+    would be read until the host ran out of memory."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise LkvmError(f"unable to open {what} {path}: {e.strerror}") from None
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LkvmError(f"{what} {path} is not a regular file")
+        if st.st_size == 0:
+            raise LkvmError(f"{what} {path} is empty")
+        if st.st_size > limit:
+            raise LkvmError(f"{what} {path} ({st.st_size >> 20} MiB) is larger than "
+                            f"the guest's {limit >> 20} MiB of RAM")
+        try:
+            data = f.read(limit + 1)
+        except OSError as e:
+            raise LkvmError(f"unable to read {what} {path}: {e.strerror}") from None
+    if not data or len(data) > limit:
+        raise LkvmError(f"{what} {path} changed size while being read")
+    return data
 
 
 def parser() -> Parser:
@@ -110,13 +130,13 @@ def configure(argv: list[str], params: str = "") -> tuple[RunConfig, object]:
     if ram > host_ram_mib():
         raise LkvmError(f"--mem {ram}: more than the host's {host_ram_mib()} MiB of RAM")
     kernel = args.image or args.kernel or find_kernel()
-    image = read_file(kernel, "kernel")
+    image = read_file(kernel, "kernel", ram << 20)
     root = guestroot.choose(args.disk, bool(args.initrd), arch_loader.load().boots_linux(image))
     # The devices follow the root: its disks, then its shares before --9p's.
     args.disk, args.p9 = root.disks, [*root.shares, *args.p9]
     cfg = RunConfig(name=args.name or root.name or f"guest-{os.getpid()}", cpus=cpus,
                     ram_mib=ram, kernel=kernel, image=image,
-                    initrd=read_file(args.initrd, "initrd") if args.initrd else None,
+                    initrd=read_file(args.initrd, "initrd", ram << 20) if args.initrd else None,
                     params=" ".join(filter(None, [args.params, params])), root=root)
     return cfg, args
 
