@@ -20,6 +20,7 @@ from x86.layout import (
     ACPI_START,
     GAP_START,
     IDENTITY_MAP_ADDR,
+    KERNEL_ADDR,
     MPTABLE_START,
     TSS_ADDR,
     VIRTIO_MMIO_START,
@@ -120,6 +121,9 @@ def load_kernel(vm: object, image: bytes, initrd: bytes | None, params: str,
     if mode != "auto" and mode not in loader.modes:
         raise LkvmError(f"--boot-mode {mode}: a {loader.name} boots with "
                         f"{' or '.join(loader.modes)}")
+    if vm.ram_size <= KERNEL_ADDR:
+        raise LkvmError(f"-m {vm.ram_size >> 20}: a {loader.name} is loaded at "
+                        f"{KERNEL_ADDR >> 20} MiB and needs RAM above it")
     probe.warn_if_slow(vm.kvm)
     rsdp = install_firmware(vm, opts.acpi)
     cmdline = kernel_cmdline(params, opts.console, opts.acpi, root)
