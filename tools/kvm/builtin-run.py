@@ -15,6 +15,7 @@ from kvm.cmd import TOP, Parser, size_mib
 from kvm.errors import LkvmError
 from kvm.ipc import IpcServer
 from kvm.kvm import Kvm
+from kvm.memory import check_hugetlbfs
 from kvm.term import Terminal
 from kvm.vm import Vm
 from virtio import setup as virtio_setup
@@ -129,6 +130,8 @@ def configure(argv: list[str], params: str = "") -> tuple[RunConfig, object]:
         raise LkvmError(f"--mem {ram}: a guest needs at least {MIN_RAM_MIB} MiB")
     if ram > host_ram_mib():
         raise LkvmError(f"--mem {ram}: more than the host's {host_ram_mib()} MiB of RAM")
+    if args.hugetlbfs is not None:
+        check_hugetlbfs(args.hugetlbfs)
     kernel = args.image or args.kernel or find_kernel()
     image = read_file(kernel, "kernel", ram << 20)
     root = guestroot.choose(args.disk, bool(args.initrd), arch_loader.load().boots_linux(image))
