@@ -35,7 +35,7 @@ def test_guest_finds_no_rng_without_rng():
     ("/nonexistent.img", b"Fatal: --disk /nonexistent.img: no such file or directory, nor a "
                          b"rootfs in"),
     ("/dev/null,bogus", b"Fatal: --disk /dev/null,bogus: expected file[,ro][,direct]"),
-    ("/dev/null", b"Fatal: disk image /dev/null is smaller than one sector"),
+    ("/dev/null", b"Fatal: disk image /dev/null is not a regular file or block device"),
 ])
 def test_bad_disks_are_one_line_errors(spec, message):
     r = run_lkvm("run", "-c", "1", "-m", "16", "-d", spec, guest("hello"))
