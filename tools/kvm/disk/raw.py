@@ -8,11 +8,12 @@ memory and never reach the file.  `,direct` opens it O_DIRECT.
 
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import stat
 
-from include.uapi import lib
+from include.uapi import ffi, lib
 from kvm.errors import LkvmError
 from virtio.iov import advance, total
 
@@ -51,12 +52,28 @@ def open_image(path: str, readonly: bool, direct: bool) -> int:
     return fd
 
 
+def lock(fd: int, path: str, readonly: bool) -> None:
+    """Take an open-file-description lock on the whole image, as QEMU
+    does: a writer excludes everyone, readers (,ro) share.  Held until
+    the fd is closed, and released by the kernel if lkvm dies."""
+    flock = ffi.new("struct flock *", {"l_type": lib.F_RDLCK if readonly else lib.F_WRLCK,
+                                       "l_whence": os.SEEK_SET})
+    try:
+        fcntl.fcntl(fd, lib.F_OFD_SETLK, bytes(ffi.buffer(flock)))
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise LkvmError(f"disk image {path} is locked: another program has it open"
+                            f"{' for writing' if readonly else ''}") from None
+        # Other errors: a file system without locks (some network ones) still serves.
+
+
 class RawDisk:
     def __init__(self, path: str, readonly: bool = False, direct: bool = False) -> None:
         self.path = path
         self.direct = direct
         self.fd = open_image(path, readonly, direct)
         try:
+            lock(self.fd, path, readonly)
             self.size = os.lseek(self.fd, 0, os.SEEK_END)
             if self.size < SECTOR:
                 raise LkvmError(f"disk image {path} is smaller than one sector")
