@@ -91,9 +91,10 @@ def parser() -> Parser:
     p.add_argument("-d", "--disk", action="append", default=[],
                    metavar="FILE[,ro][,direct]|DIR|ROOTFS",
                    help="a virtio-blk disk, or a directory or ~/.lkvm rootfs as the 9p root")
-    p.add_argument("--9p", dest="p9", action="append", default=[], metavar="DIR[,TAG]",
+    p.add_argument("--9p", dest="p9", action="append", default=[], metavar="DIR[,TAG[,ro]]",
                    type=guestroot.parse_share,
-                   help="share DIR with the guest as 9p mount TAG (repeatable)")
+                   help="share DIR with the guest as 9p mount TAG, read-only with ,ro "
+                        "(repeatable)")
     p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")
