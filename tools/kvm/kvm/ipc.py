@@ -38,6 +38,10 @@ DEBUG_DUMP, DEBUG_NMI, DEBUG_SYSRQ = 1 << 0, 1 << 1, 1 << 2
 
 MAX_PAYLOAD = 4096  # far above any request; a bigger length is garbage
 SEND_TIMEOUT = 5.0  # a client that stops reading loses its connection, not the server
+# Connections waiting to be accepted while the thread serves another: a
+# `lkvm list` loop over many guests, or 100 scripts at once, must queue,
+# not be refused.  The kernel caps it at net.core.somaxconn.
+BACKLOG = socket.SOMAXCONN
 SOCK_SUFFIX = ".sock"
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 
@@ -83,7 +87,7 @@ def _bind(path: str, name: str) -> socket.socket:
             os.unlink(tmp)  # our pid's, from a killed run: nobody else's
         sock.bind(tmp)
         os.chmod(tmp, 0o600)
-        sock.listen(16)
+        sock.listen(BACKLOG)
         try:
             for _ in range(3):
                 try:

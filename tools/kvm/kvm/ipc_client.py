@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 import sys
 from collections.abc import Callable
 
@@ -17,6 +18,9 @@ from kvm.ipc import HEADER, MAX_PAYLOAD, PID, SOCK_SUFFIX, U32, VMSTATE, socket_
 
 # Long enough for a pause on a loaded host or a dump of many vCPUs.
 REPLY_TIMEOUT = 30.0
+# How long a connect may wait for room in a busy guest's backlog.
+CONNECT_TIMEOUT = 10.0
+TIMEVAL = struct.Struct("@ll")
 
 
 class Guest:
@@ -85,9 +89,8 @@ def connect(name: str) -> Guest:
     guest's leftover: removed, as kvmtool does."""
     path = socket_path(name)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.settimeout(REPLY_TIMEOUT)
     try:
-        sock.connect(path)
+        _connect(sock, path)
     except OSError as e:
         sock.close()
         if e.errno == errno.ECONNREFUSED:
@@ -95,7 +98,19 @@ def connect(name: str) -> Guest:
         elif e.errno != errno.ENOENT:
             raise LkvmError(f"cannot reach guest '{name}' at {path}: {e.strerror}") from None
         raise LkvmError(f"no running guest named '{name}' (see 'lkvm list')") from None
+    sock.settimeout(REPLY_TIMEOUT)
     return Guest(name, sock)
+
+
+def _connect(sock: socket.socket, path: str) -> None:
+    """A blocking connect, bounded by SO_SNDTIMEO.  A non-blocking one (what
+    settimeout() gives) fails at once with EAGAIN when the guest's backlog
+    is full; a blocking one waits for the guest to accept, as long as the
+    send timeout allows, and only then says EAGAIN."""
+    sec = int(CONNECT_TIMEOUT)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    TIMEVAL.pack(sec, int((CONNECT_TIMEOUT - sec) * 1_000_000)))
+    sock.connect(path)
 
 
 def remove_stale(path: str) -> None:

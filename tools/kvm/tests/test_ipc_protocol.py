@@ -319,3 +319,29 @@ def test_socket_path_too_long(monkeypatch):
     monkeypatch.setenv("HOME", "/tmp/" + "h" * 100)
     with pytest.raises(LkvmError, match="longer than a unix socket allows"):
         ipc.socket_path("guest")
+
+
+# Issue 11 item 6: the server under load and under fd pressure.
+
+BIG = 200   # a request type whose reply is MAX_PAYLOAD bytes
+
+
+def test_a_hundred_clients_at_once_all_get_answers(server):
+    """While the thread is busy, connects queue in the backlog (once 16
+    deep, and clients gave up at once with EAGAIN): none may fail."""
+    busy, release = threading.Event(), threading.Event()
+    server.register(BIG, lambda p: (busy.set(), release.wait(30), b"")[-1], 0)
+    guests = []
+    with raw(server.path) as blocker:
+        blocker.sendall(ipc.HEADER.pack(BIG, 0))
+        try:
+            assert busy.wait(10)
+            for _ in range(100):
+                guests.append(connect("fake"))      # all pending at once
+        finally:
+            release.set()
+        try:
+            assert [g.pid() for g in guests] == [os.getpid()] * 100
+        finally:
+            for g in guests:
+                g.close()
