@@ -256,7 +256,10 @@ def test_close_removes_the_socket_and_every_fd(lkvm_home):
 def test_stop_waits_for_the_guest_to_let_go(server):
     """lkvm stop returns when the guest closes its socket; here the fake
     guest's 'exit' is the server closing once the stop is seen."""
-    closer = threading.Thread(target=lambda: (server.thread.join(0.2), server.close()))
+    stopped = threading.Event()
+    stop = server.vm.stop
+    server.vm.stop = lambda status: (stop(status), stopped.set())
+    closer = threading.Thread(target=lambda: (stopped.wait(30), server.close()))
     closer.start()
     r = run_lkvm("stop", "-n", "fake")
     closer.join()
