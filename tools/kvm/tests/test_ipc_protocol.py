@@ -348,3 +348,22 @@ def test_a_hundred_clients_at_once_all_get_answers(server):
         finally:
             for g in guests:
                 g.close()
+
+
+def test_a_client_that_never_reads_does_not_stall_others(server):
+    server.register(BIG, lambda p: b"x" * ipc.MAX_PAYLOAD, 0)
+    with raw(server.path) as hog:
+        # Far more replies than the socket holds; hog reads none of them.
+        hog.setblocking(False)
+        sent = 0
+        request = ipc.HEADER.pack(BIG, 0) * 64
+        for _ in range(400):
+            try:
+                sent += hog.send(request)
+            except BlockingIOError:
+                break
+        assert sent
+        with connect("fake") as g:
+            g.sock.settimeout(2)    # the old server stalled everyone for 5 s per reply
+            for _ in range(20):
+                assert g.pid() == os.getpid()
