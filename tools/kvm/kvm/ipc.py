@@ -17,6 +17,7 @@ import stat
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 from include.uapi import lib
@@ -42,6 +43,9 @@ CLOSE_TIMEOUT = 10.0  # close() waits this long for the thread
 # `lkvm list` loop over many guests, or 100 scripts at once, must queue,
 # not be refused.  The kernel caps it at net.core.somaxconn.
 BACKLOG = socket.SOMAXCONN
+# Out of fds, the listener cannot accept and stays readable: it is left
+# out of the select this long, so the thread waits instead of spinning.
+ACCEPT_BACKOFF = 0.5
 SOCK_SUFFIX = ".sock"
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 
@@ -126,6 +130,14 @@ class _Conn:
         self.closing = False    # close once the reply is out
 
 
+def _reserve_fd() -> int:
+    """An fd held back for hard times; -1 when there is none to hold."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
 class IpcServer:
     """Serves one guest's socket from a thread until close().  Handlers
     take the payload and return the reply payload, or raise IpcError; a
@@ -155,6 +167,9 @@ class IpcServer:
         self.sock.setblocking(False)
         self.ino = os.stat(self.path).st_ino
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        # Given up when fds run out, so a waiting client can be accepted
+        # and told why instead of left in the backlog.
+        self._reserve = _reserve_fd()
         self.thread = threading.Thread(target=self._serve, name="kvm-ipc", daemon=True)
         self.thread.start()
 
@@ -188,13 +203,22 @@ class IpcServer:
         sel = selectors.DefaultSelector()
         sel.register(self.sock, selectors.EVENT_READ)
         sel.register(self._wake, selectors.EVENT_READ)
+        listening_again = None  # when the listener sits out after EMFILE
         try:
             while True:
-                for key, events in sel.select():
+                timeout = None
+                if listening_again is not None:
+                    timeout = max(0.0, listening_again - time.monotonic())
+                    if timeout == 0.0:
+                        sel.register(self.sock, selectors.EVENT_READ)
+                        listening_again = timeout = None
+                for key, events in sel.select(timeout):
                     if key.fileobj == self._wake:
                         return
                     if key.fileobj is self.sock:
-                        self._accept(sel)
+                        if not self._accept(sel):
+                            sel.unregister(self.sock)
+                            listening_again = time.monotonic() + ACCEPT_BACKOFF
                     else:
                         self._service(sel, key.fileobj, key.data, events)
         finally:
@@ -204,15 +228,46 @@ class IpcServer:
             sel.close()
             self.sock.close()
             os.close(self._wake)
+            if self._reserve >= 0:
+                os.close(self._reserve)
             self._wake = None
 
-    def _accept(self, sel: selectors.BaseSelector) -> None:
+    def _accept(self, sel: selectors.BaseSelector) -> bool:
+        """Take one waiting client; False when fds ran out and nobody could
+        be accepted, so the listener must sit out a while."""
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                return True
+            return self._turn_away()
+        conn.setblocking(False)
+        sel.register(conn, selectors.EVENT_READ, _Conn())
+        return True
+
+    def _turn_away(self) -> bool:
+        """Out of fds: spend the reserve one to accept the first waiting
+        client and tell it why, rather than leave it hanging."""
+        if self._reserve < 0:
+            self._reserve = _reserve_fd()
+            return False
+        os.close(self._reserve)
         try:
             conn, _ = self.sock.accept()
         except OSError:
-            return
-        conn.setblocking(False)
-        sel.register(conn, selectors.EVENT_READ, _Conn())
+            conn = None
+        if conn is not None:
+            with conn:
+                message = f"guest '{self.name}': lkvm is out of file descriptors".encode()
+                try:
+                    conn.setblocking(False)
+                    conn.send(HEADER.pack(errno.EMFILE, len(message)) + message)
+                except OSError:
+                    pass
+        self._reserve = _reserve_fd()
+        return conn is not None
 
     def _service(self, sel: selectors.BaseSelector, sock: socket.socket, conn: "_Conn",
                  events: int) -> None:

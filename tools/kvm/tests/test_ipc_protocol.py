@@ -367,3 +367,54 @@ def test_a_client_that_never_reads_does_not_stall_others(server):
             g.sock.settimeout(2)    # the old server stalled everyone for 5 s per reply
             for _ in range(20):
                 assert g.pid() == os.getpid()
+
+
+@pytest.fixture
+def few_fds():
+    """Lower the soft fd limit to what is open now, so the next fd fails
+    with EMFILE; the limit is restored afterwards."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+
+    def exhaust() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1, hard))
+        try:
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as e:
+            assert e.errno == errno.EMFILE
+
+    yield exhaust
+    for fd in fillers:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def cpu_seconds(stat_fd: int) -> float:
+    """utime + stime of the task whose /proc stat file is open as stat_fd."""
+    fields = os.pread(stat_fd, 4096, 0).decode().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_fds_a_client_is_told_and_the_thread_does_not_spin(server, few_fds):
+    clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    stat_fd = os.open(f"/proc/self/task/{server.thread.native_id}/stat", os.O_RDONLY)
+    try:
+        few_fds()
+        for c in clients:
+            c.settimeout(10)
+            c.connect(server.path)      # no fd needed on our side: the server's accept fails
+        status, length = ipc.HEADER.unpack(clients[0].recv(ipc.HEADER.size))
+        assert status == errno.EMFILE
+        assert b"out of file descriptors" in clients[0].recv(length)
+        # The others wait in the backlog; the thread sleeps meanwhile.
+        # 20 select rounds at the back-off pace is a second: compare with it.
+        cpu = cpu_seconds(stat_fd)
+        threading.Event().wait(1.0)
+        assert cpu_seconds(stat_fd) - cpu < 0.5
+    finally:
+        os.close(stat_fd)
+        for c in clients:
+            c.close()
