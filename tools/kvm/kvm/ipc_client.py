@@ -23,6 +23,11 @@ CONNECT_TIMEOUT = 10.0
 TIMEVAL = struct.Struct("@ll")
 
 
+class GuestGone(LkvmError):
+    """The guest is not running (any more): no socket, a dead one's, or it
+    closed the connection unanswered."""
+
+
 class Guest:
     """A connection to one running guest's socket."""
 
@@ -62,7 +67,7 @@ class Guest:
         while len(data) < n:
             chunk = self.sock.recv(n - len(data))
             if not chunk:
-                raise LkvmError(f"guest '{self.name}' went away before answering")
+                raise GuestGone(f"guest '{self.name}' went away before answering")
             data += chunk
         return bytes(data)
 
@@ -97,7 +102,7 @@ def connect(name: str) -> Guest:
             remove_stale(path)
         elif e.errno != errno.ENOENT:
             raise LkvmError(f"cannot reach guest '{name}' at {path}: {e.strerror}") from None
-        raise LkvmError(f"no running guest named '{name}' (see 'lkvm list')") from None
+        raise GuestGone(f"no running guest named '{name}' (see 'lkvm list')") from None
     sock.settimeout(REPLY_TIMEOUT)
     return Guest(name, sock)
 
@@ -142,13 +147,16 @@ def guest_names() -> list[str]:
 
 def running() -> list[Guest]:
     """A connection to every running guest; leftovers are cleaned away and
-    guests that end meanwhile are skipped."""
+    guests that end meanwhile are skipped.  One that cannot be reached is
+    told on stderr, not passed over in silence."""
     guests = []
     for name in guest_names():
         try:
             guests.append(connect(name))
-        except LkvmError:
+        except GuestGone:
             continue
+        except LkvmError as e:
+            print(f"  Warning: {e}", file=sys.stderr)
     return guests
 
 

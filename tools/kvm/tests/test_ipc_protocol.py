@@ -418,3 +418,13 @@ def test_out_of_fds_a_client_is_told_and_the_thread_does_not_spin(server, few_fd
         os.close(stat_fd)
         for c in clients:
             c.close()
+
+
+def test_list_shows_a_guest_that_cannot_answer(server):
+    def failing(payload: bytes) -> bytes:
+        raise ipc.IpcError(errno.EMFILE, "lkvm is out of file descriptors")
+    server.register(ipc.PID, failing, 0)
+    r = run_lkvm("list", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [{"pid": None, "name": "fake", "state": "unknown"}]
+    assert b"out of file descriptors" in r.stderr
