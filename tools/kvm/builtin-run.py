@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from include.uapi import lib
 from kvm import arch as arch_loader
-from kvm import guestroot
+from kvm import fdlimit, guestroot
 from kvm.cmd import TOP, Parser, size_mib
 from kvm.errors import LkvmError
 from kvm.ipc import IpcServer
@@ -151,6 +151,7 @@ def cmd_run(argv: list[str]) -> int:
 
 def launch(cfg: RunConfig, args: object) -> int:
     """Run the configured guest until it ends; its exit status."""
+    fdlimit.raise_to_hard()     # before any device sizes its fd budget
     kvm = Kvm()
     max_cpus = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
     if cfg.cpus > max_cpus:
