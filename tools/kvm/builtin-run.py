@@ -57,7 +57,7 @@ def read_file(path: str, what: str, limit: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise LkvmError(f"unable to open {what} {path}: {e.strerror}") from None
-    with open(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise LkvmError(f"{what} {path} is not a regular file")
@@ -66,10 +66,12 @@ def read_file(path: str, what: str, limit: int) -> bytes:
         if st.st_size > limit:
             raise LkvmError(f"{what} {path} ({st.st_size >> 20} MiB) is larger than "
                             f"the guest's {limit >> 20} MiB of RAM")
-        try:
+        with open(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
-        except OSError as e:
-            raise LkvmError(f"unable to read {what} {path}: {e.strerror}") from None
+    except OSError as e:
+        raise LkvmError(f"unable to read {what} {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
     if not data or len(data) > limit:
         raise LkvmError(f"{what} {path} changed size while being read")
     return data
