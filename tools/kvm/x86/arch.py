@@ -20,6 +20,7 @@ from x86.layout import (
     ACPI_START,
     GAP_START,
     IDENTITY_MAP_ADDR,
+    KERNEL_ADDR,
     MPTABLE_START,
     TSS_ADDR,
     VIRTIO_MMIO_START,
@@ -30,6 +31,11 @@ from x86.vmlinux import Vmlinux
 memory_layout = ram_layout
 inject_nmi = cpu.inject_nmi
 guest_halted = cpu.guest_halted
+
+# Without x2APIC a CPU's APIC ID is the byte in CPUID.1:EBX[31:24] and
+# the count beside it is a byte too; 0xFF is the broadcast ID.  kvmtool's
+# MP table stops at the same count.
+MAX_CPUS = 255
 
 # The PC's four COM ports: (I/O base, ISA IRQ).
 SERIAL_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
@@ -115,6 +121,9 @@ def load_kernel(vm: object, image: bytes, initrd: bytes | None, params: str,
     if mode != "auto" and mode not in loader.modes:
         raise LkvmError(f"--boot-mode {mode}: a {loader.name} boots with "
                         f"{' or '.join(loader.modes)}")
+    if vm.ram_size <= KERNEL_ADDR:
+        raise LkvmError(f"-m {vm.ram_size >> 20}: a {loader.name} is loaded at "
+                        f"{KERNEL_ADDR >> 20} MiB and needs RAM above it")
     probe.warn_if_slow(vm.kvm)
     rsdp = install_firmware(vm, opts.acpi)
     cmdline = kernel_cmdline(params, opts.console, opts.acpi, root)
