@@ -75,15 +75,16 @@ $(UAPI_SO): $(KVMDIR)/include/uapi_build.py $(VENV)/.stamp $(UAPI_DEP)
 	$(Q)$(PY) $(KVMDIR)/include/uapi_build.py $(KVMDIR)/include $(addprefix -I,$(UAPI_INC))
 	$(Q)touch $@
 
-# Real-mode flat binaries linked at 0: the test guests and the BIOS.
+# Real-mode flat binaries linked at 0: the test guests and the BIOS; they
+# share macros through .include files beside them.
 define flat_binary
 	$(say) AS $@
-	$(Q)as --32 -o $(@:.bin=.o) $<
+	$(Q)as --32 -I $(dir $<) -o $(@:.bin=.o) $<
 	$(Q)ld -m elf_i386 -Ttext=0 --oformat binary -o $@ $(@:.bin=.o)
 	$(Q)rm -f $(@:.bin=.o)
 endef
 
-$(GUESTDIR)/%.bin: $(GUESTDIR)/%.S $(BUILD)/deps.stamp
+$(GUESTDIR)/%.bin: $(GUESTDIR)/%.S $(wildcard $(GUESTDIR)/*.inc) $(BUILD)/deps.stamp
 	$(flat_binary)
 
 $(BIOS): $(BIOS:.bin=.S) $(BUILD)/deps.stamp

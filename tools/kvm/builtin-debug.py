@@ -1,6 +1,7 @@
 """lkvm debug: a running guest's vCPU registers, an NMI, or a SysRq on
 its serial console."""
 
+import os
 import sys
 
 from kvm.errors import LkvmError
@@ -22,13 +23,16 @@ def cmd_debug(argv: list[str]) -> int:
     if args.dump:
         flags |= DEBUG_DUMP
     if args.nmi is not None:
-        if args.nmi < 0:
+        # The protocol carries the vCPU as a u32 (kvmtool's debug_cmd_params).
+        if not 0 <= args.nmi < 1 << 32:
             raise LkvmError(f"--nmi {args.nmi}: not a vCPU number")
         flags, cpu = flags | DEBUG_NMI, args.nmi
     if args.sysrq is not None:
-        if len(args.sysrq.encode()) != 1:
-            raise LkvmError(f"--sysrq '{args.sysrq}': give one ASCII character")
-        flags, key = flags | DEBUG_SYSRQ, args.sysrq.encode()
+        # The bytes the user typed: an undecodable one is a surrogate here.
+        key = os.fsencode(args.sysrq)
+        if len(key) != 1:
+            raise LkvmError(f"--sysrq '{args.sysrq}': give a one-byte character")
+        flags |= DEBUG_SYSRQ
     if not flags:
         raise LkvmError("nothing to do: give --dump, --nmi or --sysrq")
     payload = DEBUG_PARAMS.pack(flags, cpu, key)

@@ -4,13 +4,15 @@ guests that are shut off, as kvmtool lists them."""
 import json
 import os
 
+from kvm import msg
 from kvm.cmd import Parser
 from kvm.errors import LkvmError
 from kvm.home import lkvm_dir
 from kvm.ipc import VMSTATE_PAUSED
-from kvm.ipc_client import running
+from kvm.ipc_client import GuestGone, connect, guest_names
 
 RUNNING, PAUSED, SHUT_OFF = "running", "paused", "shut off"
+UNKNOWN = "unknown"  # its socket is live but it did not answer
 
 
 def parser() -> Parser:
@@ -22,14 +24,21 @@ def parser() -> Parser:
 
 
 def running_guests() -> list[dict]:
+    """Every guest with a live socket.  One that cannot answer now (out of
+    fds, busy beyond the timeout) is still listed, in state unknown: a
+    guest that runs must never vanish from the list."""
     rows = []
-    for guest in running():
-        with guest:
-            try:
+    for name in guest_names():
+        try:
+            with connect(name) as guest:
                 pid, state = guest.pid(), guest.vmstate()
-            except LkvmError:
-                continue  # it ended while we asked
-        rows.append({"pid": pid, "name": guest.name,
+        except GuestGone:
+            continue  # not running, or it ended while we asked
+        except LkvmError as e:
+            msg.warning(str(e))
+            rows.append({"pid": None, "name": name, "state": UNKNOWN})
+            continue
+        rows.append({"pid": pid, "name": name,
                      "state": PAUSED if state == VMSTATE_PAUSED else RUNNING})
     return rows
 

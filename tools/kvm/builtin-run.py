@@ -3,10 +3,11 @@ follow kvmtool's, so its users' scripts keep working."""
 
 import os
 import signal
+import stat
 
 from include.uapi import lib
 from kvm import arch as arch_loader
-from kvm import guestroot, msg
+from kvm import fdlimit, guestroot, msg
 from kvm.arch import Arch
 from kvm.cmd import Parser, size_mib
 from kvm.config import Config
@@ -14,6 +15,7 @@ from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError
 from kvm.ipc import IpcServer
 from kvm.kvm import Kvm
+from kvm.memory import check_hugetlbfs
 from kvm.term import Terminal
 from kvm.vm import Vm
 from virtio import setup as virtio_setup
@@ -40,12 +42,33 @@ def find_kernel(arch: type[Arch]) -> str:
     raise LkvmError("could not find a kernel image; searched: " + ", ".join(candidates))
 
 
-def read_file(path: str, what: str) -> bytes:
+def read_file(path: str, what: str, limit: int) -> bytes:
+    """The whole of a regular file no bigger than limit (the guest's RAM,
+    which no image can exceed).  Opened non-blocking, so a FIFO named
+    here cannot stall the open, and refused, as a device is: /dev/zero
+    would be read until the host ran out of memory."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise LkvmError(f"unable to open {what} {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LkvmError(f"{what} {path} is not a regular file")
+        if st.st_size == 0:
+            raise LkvmError(f"{what} {path} is empty")
+        if st.st_size > limit:
+            raise LkvmError(f"{what} {path} ({st.st_size >> 20} MiB) is larger than "
+                            f"the guest's {limit >> 20} MiB of RAM")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise LkvmError(f"unable to read {what} {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if not data or len(data) > limit:
+        raise LkvmError(f"{what} {path} changed size while being read")
+    return data
 
 
 def parser() -> Parser:
@@ -64,9 +87,10 @@ def parser() -> Parser:
     p.add_argument("-d", "--disk", action="append", default=[],
                    metavar="FILE[,ro][,direct]|DIR|ROOTFS",
                    help="a virtio-blk disk, or a directory or ~/.lkvm rootfs as the 9p root")
-    p.add_argument("--9p", dest="p9", action="append", default=[], metavar="DIR[,TAG]",
+    p.add_argument("--9p", dest="p9", action="append", default=[], metavar="DIR[,TAG[,ro]]",
                    type=guestroot.parse_share,
-                   help="share DIR with the guest as 9p mount TAG (repeatable)")
+                   help="share DIR with the guest as 9p mount TAG, read-only with ,ro "
+                        "(repeatable)")
     p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")
@@ -84,18 +108,23 @@ def configure(argv: list[str], params: str = "") -> Config:
     cpus = args.cpus if args.cpus is not None else os.cpu_count()
     if cpus < 1:
         raise LkvmError(f"--cpus {cpus}: a guest needs at least one vCPU")
+    if cpus > arch.MAX_CPUS:
+        raise LkvmError(f"--cpus {cpus}: this architecture's guests take at most "
+                        f"{arch.MAX_CPUS} vCPUs")
     ram = args.mem if args.mem is not None else default_ram_mib(cpus)
     if ram < MIN_RAM_MIB:
         raise LkvmError(f"--mem {ram}: a guest needs at least {MIN_RAM_MIB} MiB")
     if ram > host_ram_mib():
         raise LkvmError(f"--mem {ram}: more than the host's {host_ram_mib()} MiB of RAM")
+    if args.hugetlbfs is not None:
+        check_hugetlbfs(args.hugetlbfs)
     kernel = args.image or args.kernel or find_kernel(arch)
-    image = read_file(kernel, "kernel")
+    image = read_file(kernel, "kernel", ram << 20)
     root = guestroot.choose(args.disk, bool(args.initrd), arch.boots_linux(image))
     return Config(
         name=args.name or root.name or f"guest-{os.getpid()}", cpus=cpus, ram_mib=ram,
         kernel=kernel, image=image,
-        initrd=read_file(args.initrd, "initrd") if args.initrd else None,
+        initrd=read_file(args.initrd, "initrd", ram << 20) if args.initrd else None,
         params=" ".join(filter(None, [args.params, params])), root=root,
         console=args.console, rng=args.rng, balloon=args.balloon,
         # The devices follow the root: its disks, then its shares before --9p's.
@@ -111,6 +140,7 @@ def cmd_run(argv: list[str]) -> int:
 
 def launch(cfg: Config) -> int:
     """Run the configured guest until it ends; its exit status."""
+    fdlimit.raise_to_hard()     # before any device sizes its fd budget
     devices = Registry()
     try:
         vm = build(cfg, devices)

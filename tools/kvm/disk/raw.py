@@ -8,10 +8,12 @@ memory and never reach the file.  `,direct` opens it O_DIRECT.
 
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
+import stat
 
-from include.uapi import lib
+from include.uapi import ffi, lib
 from kvm.errors import LkvmError
 from virtio.iov import advance, total
 
@@ -33,20 +35,51 @@ ZERO = lib.FALLOC_FL_ZERO_RANGE | lib.FALLOC_FL_KEEP_SIZE
 UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENODEV)
 
 
+def open_image(path: str, readonly: bool, direct: bool) -> int:
+    """A descriptor for a regular file or block device.  Opened
+    non-blocking first: opening a FIFO would wait for a writer forever."""
+    flags = os.O_RDONLY if readonly else os.O_RDWR
+    flags |= os.O_CLOEXEC | os.O_NONBLOCK | (os.O_DIRECT if direct else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise LkvmError(f"unable to open disk image {path}: {e.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        os.close(fd)
+        raise LkvmError(f"disk image {path} is not a regular file or block device")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def lock(fd: int, path: str, readonly: bool) -> None:
+    """Take an open-file-description lock on the whole image, as QEMU
+    does: a writer excludes everyone, readers (,ro) share.  Held until
+    the fd is closed, and released by the kernel if lkvm dies."""
+    flock = ffi.new("struct flock *", {"l_type": lib.F_RDLCK if readonly else lib.F_WRLCK,
+                                       "l_whence": os.SEEK_SET})
+    try:
+        fcntl.fcntl(fd, lib.F_OFD_SETLK, bytes(ffi.buffer(flock)))
+    except OSError as e:
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            raise LkvmError(f"disk image {path} is locked: another program has it open"
+                            f"{' for writing' if readonly else ''}") from None
+        # Other errors: a file system without locks (some network ones) still serves.
+
+
 class RawDisk:
     def __init__(self, path: str, readonly: bool = False, direct: bool = False) -> None:
         self.path = path
         self.direct = direct
-        flags = os.O_RDONLY if readonly else os.O_RDWR
-        flags |= os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
+        self.fd = open_image(path, readonly, direct)
         try:
-            self.fd = os.open(path, flags)
-        except OSError as e:
-            raise LkvmError(f"unable to open disk image {path}: {e.strerror}") from None
-        self.size = os.lseek(self.fd, 0, os.SEEK_END)
-        if self.size < SECTOR:
+            lock(self.fd, path, readonly)
+            self.size = os.lseek(self.fd, 0, os.SEEK_END)
+            if self.size < SECTOR:
+                raise LkvmError(f"disk image {path} is smaller than one sector")
+        except BaseException:
             os.close(self.fd)
-            raise LkvmError(f"disk image {path} is smaller than one sector")
+            raise
         self.cow = mmap.mmap(self.fd, self.size, flags=mmap.MAP_PRIVATE,
                              prot=mmap.PROT_READ | mmap.PROT_WRITE) if readonly else None
         self.can_discard = not readonly and self._probe(PUNCH)

@@ -33,6 +33,8 @@ HEADERS = (
     "linux/kvm.h",
     "linux/pci_regs.h",
     "linux/falloc.h",
+    "linux/fcntl.h",
+    "linux/magic.h",
     "linux/if_tun.h",
     "linux/virtio_9p.h",
     "linux/virtio_balloon.h",
@@ -70,6 +72,21 @@ static int lkvm_ioctl_ptr(int fd, unsigned long request, void *arg)
 {
 	return ioctl(fd, request, arg);
 }
+"""
+
+# statfs(2)'s f_type (a *_MAGIC of linux/magic.h), which os.statvfs
+# leaves out; -1 with errno set on failure.
+STATFS_GLUE = """
+#include <sys/vfs.h>
+static long long lkvm_fs_type(const char *path)
+{
+	struct statfs st;
+
+	return statfs(path, &st) ? -1 : (long long)st.f_type;
+}
+"""
+STATFS_CDEF = """
+long long lkvm_fs_type(const char *path);
 """
 IOCTL_CDEF = """
 int lkvm_ioctl(int fd, unsigned long request, unsigned long arg);
@@ -301,9 +318,9 @@ def build(outdir: str, includes: list[str], target: Target = Target()) -> None:
     ffi = cffi.FFI()
     ffi.cdef("\n".join(decls.cdefs))
     ffi.cdef("".join(f"#define {n} ...\n" for n in names))
-    ffi.cdef(IOCTL_CDEF + FENCE_CDEF)
-    ffi.set_source("_uapi", target.source_text() + "\n".join(decls.prelude) + IOCTL_GLUE +
-                   FENCE_GLUE,
+    ffi.cdef(IOCTL_CDEF + STATFS_CDEF + FENCE_CDEF)
+    ffi.set_source("_uapi", target.source_text() + "\n".join(decls.prelude) + IOCTL_GLUE
+                   + STATFS_GLUE + FENCE_GLUE,
                    extra_compile_args=["-w", *includes])
     os.makedirs(outdir, exist_ok=True)
     if target.native:

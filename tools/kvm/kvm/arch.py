@@ -42,6 +42,8 @@ class SerialConsole(Protocol):
 class Arch(ABC):
     # The uapi headers only this arch has (asm/...), beside the generic ones.
     UAPI_HEADERS: ClassVar[tuple[str, ...]]
+    # The most vCPUs the arch's guests can be told about.
+    MAX_CPUS: ClassVar[int]
     # Interrupt lines the core hands out to PCI INTx and virtio-mmio.
     LEGACY_IRQS: ClassVar[tuple[int, ...]]
     # The guest physical window for PCI BARs: [start, end).

@@ -3,6 +3,7 @@ line, and help text read from Documentation/."""
 
 import argparse
 import importlib.util
+import math
 import os
 import sys
 from types import ModuleType
@@ -74,6 +75,7 @@ def size_mib(text: str) -> int:
         value = float(number) * (scale or 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a memory size") from None
-    if value != int(value) or value <= 0:
+    # inf and nan are floats too; int() of them would raise.
+    if not math.isfinite(value) or value != int(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"'{text}' is not a whole, positive number of MiB")
     return int(value)

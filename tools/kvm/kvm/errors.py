@@ -1,8 +1,27 @@
 """Errors that reach the user as one line."""
 
+import unicodedata
+
+# Unicode categories that end or garble a terminal line: controls (C0,
+# C1, DEL, the format characters) and the line and paragraph separators.
+UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp")
+
+
+def one_line(text: str) -> str:
+    """text with whatever would break the line (a newline in a guest name
+    the user typed, say) spelled as a Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in UNPRINTABLE else c
+                   for c in text)
+
 
 class LkvmError(Exception):
-    """A problem with the user's input or the host, told in one line."""
+    """A problem with the user's input or the host, told in one line: the
+    message often quotes the user's input, so it is made one line here."""
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
 
 
 class GuestError(Exception):

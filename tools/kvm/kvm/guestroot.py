@@ -44,14 +44,19 @@ class Root:
     name: str | None = None     # the guest's name unless --name: -d NAME's
 
 
+SHARE_FLAGS = {"ro": "readonly"}
+
+
 def parse_share(spec: str) -> Share:
-    """--9p DIR[,TAG]."""
-    path, sep, tag = spec.partition(",")
-    if not path or (sep and not tag):
-        raise LkvmError(f"--9p {spec}: expected DIR[,TAG]")
+    """--9p DIR[,TAG[,ro]].  A third field was once taken into the tag:
+    DIR,TAG,ro made a writable share tagged "TAG,ro"."""
+    path, *fields = spec.split(",")
+    tag, flags = (fields[0], fields[1:]) if fields else (None, [])
+    if not path or tag == "" or any(f not in SHARE_FLAGS for f in flags):
+        raise LkvmError(f"--9p {spec}: expected DIR[,TAG[,ro]]")
     if not os.path.isdir(path):
         raise LkvmError(f"--9p {spec}: {path} is not a directory")
-    return Share(os.path.realpath(path), tag or None)
+    return Share(os.path.realpath(path), tag, **{SHARE_FLAGS[f]: True for f in flags})
 
 
 def boot_rootfs(name: str, root: Root) -> None:

@@ -16,6 +16,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 
 from include.uapi import lib
@@ -37,7 +38,14 @@ DEBUG_PARAMS = struct.Struct("<IIc3x")
 DEBUG_DUMP, DEBUG_NMI, DEBUG_SYSRQ = 1 << 0, 1 << 1, 1 << 2
 
 MAX_PAYLOAD = 4096  # far above any request; a bigger length is garbage
-SEND_TIMEOUT = 5.0  # a client that stops reading loses its connection, not the server
+CLOSE_TIMEOUT = 10.0  # close() waits this long for the thread
+# Connections waiting to be accepted while the thread serves another: a
+# `lkvm list` loop over many guests, or 100 scripts at once, must queue,
+# not be refused.  The kernel caps it at net.core.somaxconn.
+BACKLOG = socket.SOMAXCONN
+# Out of fds, the listener cannot accept and stays readable: it is left
+# out of the select this long, so the thread waits instead of spinning.
+ACCEPT_BACKOFF = 0.5
 SOCK_SUFFIX = ".sock"
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 
@@ -83,7 +91,7 @@ def _bind(path: str, name: str) -> socket.socket:
             os.unlink(tmp)  # our pid's, from a killed run: nobody else's
         sock.bind(tmp)
         os.chmod(tmp, 0o600)
-        sock.listen(16)
+        sock.listen(BACKLOG)
         try:
             for _ in range(3):
                 try:
@@ -112,6 +120,24 @@ def _bind(path: str, name: str) -> socket.socket:
 Handler = Callable[[bytes], bytes]
 
 
+class _Conn:
+    """One client's bytes: requests not yet whole, a reply not yet sent."""
+    __slots__ = ("buf", "out", "closing")
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.out = bytearray()
+        self.closing = False    # close once the reply is out
+
+
+def _reserve_fd() -> int:
+    """An fd held back for hard times; -1 when there is none to hold."""
+    try:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
 class IpcServer:
     """Serves one guest's socket from a thread until close().  Handlers
     take the payload and return the reply payload, or raise IpcError; a
@@ -138,8 +164,12 @@ class IpcServer:
             **(handlers or {}),
         }
         self.sock = _bind(self.path, name)
+        self.sock.setblocking(False)
         self.ino = os.stat(self.path).st_ino
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        # Given up when fds run out, so a waiting client can be accepted
+        # and told why instead of left in the backlog.
+        self._reserve = _reserve_fd()
         self.thread = threading.Thread(target=self._serve, name="kvm-ipc", daemon=True)
         self.thread.start()
 
@@ -157,7 +187,7 @@ class IpcServer:
             pass
         if self._wake is not None:
             os.eventfd_write(self._wake, 1)
-            self.thread.join(SEND_TIMEOUT * 2)
+            self.thread.join(CLOSE_TIMEOUT)
 
     def __enter__(self) -> "IpcServer":
         return self
@@ -165,80 +195,150 @@ class IpcServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # The thread.
+    # The thread.  Connections are non-blocking: a reply that does not fit
+    # in the socket waits in the connection's buffer, and nothing more is
+    # read from that client until it is taken, so a client that never
+    # reads holds only its own connection, and a bounded amount of memory.
     def _serve(self) -> None:
         sel = selectors.DefaultSelector()
         sel.register(self.sock, selectors.EVENT_READ)
         sel.register(self._wake, selectors.EVENT_READ)
+        listening_again = None  # when the listener sits out after EMFILE
         try:
             while True:
-                for key, _ in sel.select():
+                timeout = None
+                if listening_again is not None:
+                    timeout = max(0.0, listening_again - time.monotonic())
+                    if timeout == 0.0:
+                        sel.register(self.sock, selectors.EVENT_READ)
+                        listening_again = timeout = None
+                for key, events in sel.select(timeout):
                     if key.fileobj == self._wake:
                         return
                     if key.fileobj is self.sock:
-                        self._accept(sel)
-                    elif not self._receive(key.fileobj, key.data):
-                        sel.unregister(key.fileobj)
-                        key.fileobj.close()
+                        if not self._accept(sel):
+                            sel.unregister(self.sock)
+                            listening_again = time.monotonic() + ACCEPT_BACKOFF
+                    else:
+                        self._service(sel, key.fileobj, key.data, events)
         finally:
             for key in list(sel.get_map().values()):
-                if isinstance(key.fileobj, socket.socket):
+                if isinstance(key.fileobj, socket.socket) and key.fileobj is not self.sock:
                     key.fileobj.close()
             sel.close()
+            self.sock.close()
             os.close(self._wake)
+            if self._reserve >= 0:
+                os.close(self._reserve)
             self._wake = None
 
-    def _accept(self, sel: selectors.BaseSelector) -> None:
+    def _accept(self, sel: selectors.BaseSelector) -> bool:
+        """Take one waiting client; False when fds ran out and nobody could
+        be accepted, so the listener must sit out a while."""
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE):
+                return True
+            return self._turn_away()
+        conn.setblocking(False)
+        sel.register(conn, selectors.EVENT_READ, _Conn())
+        return True
+
+    def _turn_away(self) -> bool:
+        """Out of fds: spend the reserve one to accept the first waiting
+        client and tell it why, rather than leave it hanging."""
+        if self._reserve < 0:
+            self._reserve = _reserve_fd()
+            return False
+        os.close(self._reserve)
         try:
             conn, _ = self.sock.accept()
         except OSError:
-            return
-        conn.settimeout(SEND_TIMEOUT)
-        sel.register(conn, selectors.EVENT_READ, bytearray())
+            conn = None
+        if conn is not None:
+            with conn:
+                message = f"guest '{self.name}': lkvm is out of file descriptors".encode()
+                try:
+                    conn.setblocking(False)
+                    conn.send(HEADER.pack(errno.EMFILE, len(message)) + message)
+                except OSError:
+                    pass
+        self._reserve = _reserve_fd()
+        return conn is not None
 
-    def _receive(self, conn: socket.socket, buf: bytearray) -> bool:
-        """Read what is there and serve every whole request in it; False
-        ends the connection (peer gone, garbage, or a failed reply)."""
+    def _service(self, sel: selectors.BaseSelector, sock: socket.socket, conn: "_Conn",
+                 events: int) -> None:
+        alive = True
+        if events & selectors.EVENT_WRITE:
+            alive = self._send(sock, conn)
+        if alive and events & selectors.EVENT_READ:
+            alive = self._receive(sock, conn)
+        if alive and not conn.out:
+            alive = self._serve_buffered(sock, conn)
+        if not alive or (conn.closing and not conn.out):
+            sel.unregister(sock)
+            sock.close()
+        else:
+            sel.modify(sock, selectors.EVENT_WRITE if conn.out else selectors.EVENT_READ, conn)
+
+    def _send(self, sock: socket.socket, conn: "_Conn") -> bool:
         try:
-            data = conn.recv(65536)
+            n = sock.send(conn.out)
+        except BlockingIOError:
+            return True
         except OSError:
             return False
-        if not data:
+        del conn.out[:n]
+        return True
+
+    def _receive(self, sock: socket.socket, conn: "_Conn") -> bool:
+        """Read what is there; False ends the connection (peer gone)."""
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return True
+        except OSError:
             return False
-        buf += data
-        while len(buf) >= HEADER.size:
+        conn.buf += data
+        return bool(data)
+
+    def _serve_buffered(self, sock: socket.socket, conn: "_Conn") -> bool:
+        """Serve whole requests from the buffer while replies go straight
+        out; False ends the connection (garbage or a failed send)."""
+        buf = conn.buf
+        while not conn.out and not conn.closing and len(buf) >= HEADER.size:
             msg_type, length = HEADER.unpack_from(buf)
             if length > MAX_PAYLOAD:
                 return False
             if len(buf) < HEADER.size + length:
-                return True
+                break
             payload = bytes(buf[HEADER.size:HEADER.size + length])
             del buf[:HEADER.size + length]
-            if not self._dispatch(conn, msg_type, payload):
+            status, reply, keep = self._dispatch(msg_type, payload)
+            conn.out += HEADER.pack(status, len(reply)) + reply
+            conn.closing = not keep
+            if not self._send(sock, conn):
                 return False
         return True
 
-    def _dispatch(self, conn: socket.socket, msg_type: int, payload: bytes) -> bool:
+    def _dispatch(self, msg_type: int, payload: bytes) -> tuple[int, bytes, bool]:
+        """(status, reply, whether the connection may go on)."""
         entry = self.handlers.get(msg_type)
-        keep = True
         if entry is None:
-            status, reply, keep = errno.EINVAL, f"unknown message type {msg_type}".encode(), False
-        elif entry[1] is not None and len(payload) != entry[1]:
-            status, reply, keep = (errno.EINVAL, f"message type {msg_type} takes {entry[1]} "
-                                   f"bytes, not {len(payload)}".encode(), False)
-        else:
-            try:
-                status, reply = 0, entry[0](payload)
-            except IpcError as e:
-                status, reply = e.errno, str(e).encode()
-            except Exception as e:  # a bug here must not end the guest's IPC
-                msg.warning(f"IPC message type {msg_type}: {e!r}")
-                status, reply = errno.EIO, f"internal error: {e}".encode()
+            return errno.EINVAL, f"unknown message type {msg_type}".encode(), False
+        if entry[1] is not None and len(payload) != entry[1]:
+            return (errno.EINVAL, f"message type {msg_type} takes {entry[1]} "
+                    f"bytes, not {len(payload)}".encode(), False)
         try:
-            conn.sendall(HEADER.pack(status, len(reply)) + reply)
-        except OSError:
-            return False
-        return keep
+            return 0, entry[0](payload), True
+        except IpcError as e:
+            return e.errno, str(e).encode(), True
+        except Exception as e:  # a bug here must not end the guest's IPC
+            msg.warning(f"IPC message type {msg_type}: {e!r}")
+            return errno.EIO, f"internal error: {e}".encode(), True
 
     # Handlers.
     def _pid(self, payload: bytes) -> bytes:

@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 import stat
+import struct
 from collections.abc import Callable
 
 from kvm import msg
@@ -17,6 +18,14 @@ from kvm.ipc import HEADER, MAX_PAYLOAD, PID, SOCK_SUFFIX, U32, VMSTATE, socket_
 
 # Long enough for a pause on a loaded host or a dump of many vCPUs.
 REPLY_TIMEOUT = 30.0
+# How long a connect may wait for room in a busy guest's backlog.
+CONNECT_TIMEOUT = 10.0
+TIMEVAL = struct.Struct("@ll")
+
+
+class GuestGone(LkvmError):
+    """The guest is not running (any more): no socket, a dead one's, or it
+    closed the connection unanswered."""
 
 
 class Guest:
@@ -58,7 +67,7 @@ class Guest:
         while len(data) < n:
             chunk = self.sock.recv(n - len(data))
             if not chunk:
-                raise LkvmError(f"guest '{self.name}' went away before answering")
+                raise GuestGone(f"guest '{self.name}' went away before answering")
             data += chunk
         return bytes(data)
 
@@ -85,17 +94,28 @@ def connect(name: str) -> Guest:
     guest's leftover: removed, as kvmtool does."""
     path = socket_path(name)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.settimeout(REPLY_TIMEOUT)
     try:
-        sock.connect(path)
+        _connect(sock, path)
     except OSError as e:
         sock.close()
         if e.errno == errno.ECONNREFUSED:
             remove_stale(path)
         elif e.errno != errno.ENOENT:
             raise LkvmError(f"cannot reach guest '{name}' at {path}: {e.strerror}") from None
-        raise LkvmError(f"no running guest named '{name}' (see 'lkvm list')") from None
+        raise GuestGone(f"no running guest named '{name}' (see 'lkvm list')") from None
+    sock.settimeout(REPLY_TIMEOUT)
     return Guest(name, sock)
+
+
+def _connect(sock: socket.socket, path: str) -> None:
+    """A blocking connect, bounded by SO_SNDTIMEO.  A non-blocking one (what
+    settimeout() gives) fails at once with EAGAIN when the guest's backlog
+    is full; a blocking one waits for the guest to accept, as long as the
+    send timeout allows, and only then says EAGAIN."""
+    sec = int(CONNECT_TIMEOUT)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                    TIMEVAL.pack(sec, int((CONNECT_TIMEOUT - sec) * 1_000_000)))
+    sock.connect(path)
 
 
 def remove_stale(path: str) -> None:
@@ -127,13 +147,16 @@ def guest_names() -> list[str]:
 
 def running() -> list[Guest]:
     """A connection to every running guest; leftovers are cleaned away and
-    guests that end meanwhile are skipped."""
+    guests that end meanwhile are skipped.  One that cannot be reached is
+    told on stderr, not passed over in silence."""
     guests = []
     for name in guest_names():
         try:
             guests.append(connect(name))
-        except LkvmError:
+        except GuestGone:
             continue
+        except LkvmError as e:
+            msg.warning(str(e))
     return guests
 
 

@@ -7,9 +7,10 @@ a guest address into host memory.
 
 import bisect
 import mmap
+import os
 from dataclasses import dataclass
 
-from include.uapi import ffi
+from include.uapi import ffi, lib
 from kvm.errors import GuestError, LkvmError
 
 
@@ -23,6 +24,17 @@ class Region:
     @property
     def end(self) -> int:
         return self.gpa + self.size
+
+
+def check_hugetlbfs(path: str) -> None:
+    """A directory on some other file system would be accepted by
+    mkstemp and mmap alike, and quietly give the guest ordinary pages.
+    Checked with the other options, before KVM is opened."""
+    fs_type = lib.lkvm_fs_type(os.fsencode(path))
+    if fs_type < 0:
+        raise LkvmError(f"cannot use hugetlbfs at {path}: {os.strerror(ffi.errno)}")
+    if fs_type != lib.HUGETLBFS_MAGIC:
+        raise LkvmError(f"cannot use hugetlbfs at {path}: not a hugetlbfs mount")
 
 
 class GuestMemory:
@@ -42,7 +54,6 @@ class GuestMemory:
         if hugetlbfs is None:
             flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
             return mmap.mmap(-1, size, flags=flags)
-        import os
         import tempfile
         try:
             fd, path = tempfile.mkstemp(dir=hugetlbfs, prefix="lkvm-")

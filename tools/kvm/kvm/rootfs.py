@@ -10,6 +10,7 @@ walk the path without following symlinks and replace files by rename."""
 import errno
 import os
 import re
+import secrets
 import stat
 
 from kvm.cmd import TOP
@@ -24,6 +25,7 @@ PASSWD = "root:x:0:0:root:/root:/bin/sh\n"
 DEFAULT = "default"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TMP_MODE = 0o1777   # any guest user may write /tmp, only the owner delete
+TMP_TRIES = 16      # 64 random bits each: a clash means someone guesses them
 DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -54,25 +56,39 @@ def _open_dir(root: str, rel: str) -> int:
 def put(root: str, rel: str, data: bytes, mode: int) -> None:
     """Make root/rel a regular file holding data.  Written beside and
     renamed over, so a symlink or FIFO the guest left there is replaced,
-    never written through."""
+    never written through.  The name beside is random and made with
+    O_EXCL: a guest that pre-creates every name lkvm could pick (a pid
+    suffix has only pid_max of them) would keep it from ever booting."""
     dirname, name = os.path.split(rel)
     dfd = _open_dir(root, dirname)
-    tmp = f".{name}.lkvm-{os.getpid()}"
+    tmp = None
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     mode, dir_fd=dfd)
+        fd, tmp = _create_beside(dfd, name, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             os.fchmod(f.fileno(), mode)     # what the umask took away
         os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except OSError as e:
-        try:
-            os.unlink(tmp, dir_fd=dfd)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except OSError:
+                pass
         raise LkvmError(f"cannot write {os.path.join(root, rel)}: {e.strerror}") from None
     finally:
         os.close(dfd)
+
+
+def _create_beside(dfd: int, name: str, mode: int) -> tuple[int, str]:
+    """A new file .NAME.lkvm-RANDOM in dfd, opened for writing."""
+    for _ in range(TMP_TRIES):
+        tmp = f".{name}.lkvm-{secrets.token_hex(8)}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, mode, dir_fd=dfd), tmp
+        except FileExistsError:
+            continue
+    raise OSError(errno.EEXIST, "no free temporary name")
 
 
 def get(root: str, rel: str, limit: int) -> bytes | None:

@@ -1,7 +1,12 @@
 """The command line as a user meets it: help, version, and bad input
 answered in one line with a non-zero exit."""
 
-from tests.helpers import guest, run_lkvm
+import os
+import shutil
+
+import pytest
+
+from tests.helpers import TINY_TIMEOUT, guest, run_lkvm
 
 
 def lines(data: bytes) -> list[str]:
@@ -68,3 +73,47 @@ def test_every_command_has_its_document():
         r = run_lkvm("help", name)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith(f"lkvm-{name}(1)".encode()), name
+
+
+@pytest.fixture
+def odd_files(tmp_path):
+    """A FIFO, an empty file, a plain directory and a small ELF, to be
+    named where lkvm wants an image or a hugetlbfs mount."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "dir").mkdir()
+    shutil.copy("/bin/true", tmp_path / "elf")      # an ELF, as a vmlinux is
+    return tmp_path
+
+
+# (arguments, what the one Fatal: line says); {t} is the odd_files dir.
+BAD_INPUT = [
+    (("run", "-m", "inf", "{hello}"), "whole, positive number of MiB"),
+    (("run", "-m", "1e400", "{hello}"), "whole, positive number of MiB"),
+    (("run", "-m", "nan", "{hello}"), "whole, positive number of MiB"),
+    (("run", "-c", "256", "{hello}"), "at most 255 vCPUs"),
+    (("run", "-c", "257", "{hello}"), "at most 255 vCPUs"),
+    (("run", "-c", "1024", "{hello}"), "at most 255 vCPUs"),
+    (("debug", "-n", "X", "-m", "4294967296"), "not a vCPU number"),
+    (("run", "--disk", "{t}/fifo", "{hello}"), "not a regular file or block device"),
+    (("run", "--disk", "{t}/fifo,ro", "{hello}"), "not a regular file or block device"),
+    (("run", "-k", "{t}/empty"), "is empty"),
+    (("run", "-k", "{t}/fifo"), "not a regular file"),
+    (("run", "-k", "/dev/zero"), "not a regular file"),
+    (("run", "-i", "/dev/zero", "{hello}"), "not a regular file"),
+    (("run", "-m", "1", "-k", "/usr/bin/python3"), "larger than the guest's 1 MiB"),
+    (("run", "-m", "1", "-k", "{t}/elf"), "needs RAM above it"),
+    (("run", "--hugetlbfs", "{t}/dir", "{hello}"), "not a hugetlbfs mount"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line(odd_files, lkvm_home, argv, message):
+    argv = [a.format(t=odd_files, hello=guest("hello")) for a in argv]
+    assert message in one_fatal_line(run_lkvm(*argv, timeout=TINY_TIMEOUT))
+
+
+def test_255_vcpus_still_run(lkvm_home):
+    r = run_lkvm("run", "-c", "255", "-m", "64", guest("hello"))
+    assert r.returncode == 0, r.stderr

@@ -2,14 +2,17 @@
 command line that root gets, and the 9p shares it serves (no KVM here)."""
 
 import errno
+import importlib
 import os
 import stat
 
 import pytest
 
 from kvm import guestroot, rootfs
+from kvm.cmd import load_builtin
 from kvm.errors import LkvmError
 from tests.helpers import guest, run_lkvm
+from virtio.mock import mock_memory
 from virtio.p9 import Server
 from virtio.p9.client import Client
 from virtio.p9.fs import QTSYMLINK
@@ -102,14 +105,17 @@ def test_bad_root_is_one_fatal_line(tmp_path):
 @pytest.mark.parametrize("spec,share", [
     ("tree", guestroot.Share("TREE", None)),
     ("tree,tag", guestroot.Share("TREE", "tag")),
+    ("tree,tag,ro", guestroot.Share("TREE", "tag", readonly=True)),
 ])
 def test_parse_share(tmp_path, monkeypatch, spec, share):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tree").mkdir()
-    assert guestroot.parse_share(spec) == guestroot.Share(str(tmp_path / "tree"), share.tag)
+    assert guestroot.parse_share(spec) == guestroot.Share(str(tmp_path / "tree"), share.tag,
+                                                          share.readonly)
 
 
-@pytest.mark.parametrize("spec", ["", ",tag", "tree,", "missing,tag"])
+@pytest.mark.parametrize("spec", ["", ",tag", "tree,", "missing,tag", "tree,tag,rw",
+                                  "tree,,ro", "tree,tag,ro,"])
 def test_parse_share_refuses(tmp_path, monkeypatch, spec):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tree").mkdir()
@@ -167,3 +173,23 @@ def test_host_share_is_read_only(home):
         with pytest.raises(OSError) as e:
             c.rpc(mtype, *args)
         assert e.value.errno == errno.EROFS, mtype
+
+
+def test_9p_ro_option_makes_a_read_only_share(tmp_path, lkvm_home):
+    """--9p DIR,TAG,ro reaches the device as a read-only share tagged TAG
+    (it used to be a writable share tagged "TAG,ro")."""
+    (tmp_path / "tree").mkdir()
+    cfg = load_builtin("run").configure(["--9p", f"{tmp_path}/tree,data,ro", guest("hello")])
+    share = cfg.shares[-1]
+    dev = importlib.import_module("virtio.9p").P9(mock_memory(), share.path, share.tag,
+                                                 share.readonly)
+    try:
+        assert bytes(dev.config[2:]) == b"data"
+        c = Client(dev.server.handle)
+        c.mount()
+        with pytest.raises(OSError) as e:
+            c.rpc(Msg.TMKDIR, 0, b"new", 0o755, 0)
+        assert e.value.errno == errno.EROFS
+    finally:
+        dev.close()
+    assert not (tmp_path / "tree" / "new").exists()

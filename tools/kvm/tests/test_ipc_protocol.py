@@ -256,7 +256,10 @@ def test_close_removes_the_socket_and_every_fd(lkvm_home):
 def test_stop_waits_for_the_guest_to_let_go(server):
     """lkvm stop returns when the guest closes its socket; here the fake
     guest's 'exit' is the server closing once the stop is seen."""
-    closer = threading.Thread(target=lambda: (server.thread.join(0.2), server.close()))
+    stopped = threading.Event()
+    stop = server.vm.stop
+    server.vm.stop = lambda status: (stop(status), stopped.set())
+    closer = threading.Thread(target=lambda: (stopped.wait(30), server.close()))
     closer.start()
     r = run_lkvm("stop", "-n", "fake")
     closer.join()
@@ -319,3 +322,109 @@ def test_socket_path_too_long(monkeypatch):
     monkeypatch.setenv("HOME", "/tmp/" + "h" * 100)
     with pytest.raises(LkvmError, match="longer than a unix socket allows"):
         ipc.socket_path("guest")
+
+
+# Issue 11 item 6: the server under load and under fd pressure.
+
+BIG = 200   # a request type whose reply is MAX_PAYLOAD bytes
+
+
+def test_a_hundred_clients_at_once_all_get_answers(server):
+    """While the thread is busy, connects queue in the backlog (once 16
+    deep, and clients gave up at once with EAGAIN): none may fail."""
+    busy, release = threading.Event(), threading.Event()
+    server.register(BIG, lambda p: (busy.set(), release.wait(30), b"")[-1], 0)
+    guests = []
+    with raw(server.path) as blocker:
+        blocker.sendall(ipc.HEADER.pack(BIG, 0))
+        try:
+            assert busy.wait(10)
+            for _ in range(100):
+                guests.append(connect("fake"))      # all pending at once
+        finally:
+            release.set()
+        try:
+            assert [g.pid() for g in guests] == [os.getpid()] * 100
+        finally:
+            for g in guests:
+                g.close()
+
+
+def test_a_client_that_never_reads_does_not_stall_others(server):
+    server.register(BIG, lambda p: b"x" * ipc.MAX_PAYLOAD, 0)
+    with raw(server.path) as hog:
+        # Far more replies than the socket holds; hog reads none of them.
+        hog.setblocking(False)
+        sent = 0
+        request = ipc.HEADER.pack(BIG, 0) * 64
+        for _ in range(400):
+            try:
+                sent += hog.send(request)
+            except BlockingIOError:
+                break
+        assert sent
+        with connect("fake") as g:
+            g.sock.settimeout(2)    # the old server stalled everyone for 5 s per reply
+            for _ in range(20):
+                assert g.pid() == os.getpid()
+
+
+@pytest.fixture
+def few_fds():
+    """Lower the soft fd limit to what is open now, so the next fd fails
+    with EMFILE; the limit is restored afterwards."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+
+    def exhaust() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (max(int(fd) for fd in os.listdir("/proc/self/fd")) + 1, hard))
+        try:
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError as e:
+            assert e.errno == errno.EMFILE
+
+    yield exhaust
+    for fd in fillers:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def cpu_seconds(stat_fd: int) -> float:
+    """utime + stime of the task whose /proc stat file is open as stat_fd."""
+    fields = os.pread(stat_fd, 4096, 0).decode().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_fds_a_client_is_told_and_the_thread_does_not_spin(server, few_fds):
+    clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    stat_fd = os.open(f"/proc/self/task/{server.thread.native_id}/stat", os.O_RDONLY)
+    try:
+        few_fds()
+        for c in clients:
+            c.settimeout(10)
+            c.connect(server.path)      # no fd needed on our side: the server's accept fails
+        status, length = ipc.HEADER.unpack(clients[0].recv(ipc.HEADER.size))
+        assert status == errno.EMFILE
+        assert b"out of file descriptors" in clients[0].recv(length)
+        # The others wait in the backlog; the thread sleeps meanwhile.
+        # 20 select rounds at the back-off pace is a second: compare with it.
+        cpu = cpu_seconds(stat_fd)
+        threading.Event().wait(1.0)
+        assert cpu_seconds(stat_fd) - cpu < 0.5
+    finally:
+        os.close(stat_fd)
+        for c in clients:
+            c.close()
+
+
+def test_list_shows_a_guest_that_cannot_answer(server):
+    def failing(payload: bytes) -> bytes:
+        raise ipc.IpcError(errno.EMFILE, "lkvm is out of file descriptors")
+    server.register(ipc.PID, failing, 0)
+    r = run_lkvm("list", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [{"pid": None, "name": "fake", "state": "unknown"}]
+    assert b"out of file descriptors" in r.stderr

@@ -64,12 +64,16 @@ def test_ram_too_small_for_the_kernel(tmp_path) -> None:
     assert "needs at least 65 MiB" in _fatal(tmp_path, bytes(image), "-m", "32")
 
 
-def test_initrd_bigger_than_ram(tmp_path) -> None:
+@pytest.mark.parametrize("mib,message", [
+    (40, "is larger than the guest's 32 MiB of RAM"),    # refused before it is read
+    (31, "initrd does not fit"),                         # smaller than RAM, not beside the kernel
+])
+def test_initrd_bigger_than_ram(tmp_path, mib, message) -> None:
     initrd = tmp_path / "initrd"
     with open(initrd, "wb") as f:
-        f.truncate(40 << 20)
+        f.truncate(mib << 20)
     line = _fatal(tmp_path, _bzimage(0x20F), "-m", "32", "-i", str(initrd))
-    assert "initrd does not fit" in line
+    assert message in line
 
 
 def test_boot_mode_the_image_lacks(tmp_path) -> None:

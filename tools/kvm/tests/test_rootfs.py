@@ -68,3 +68,30 @@ def test_get_and_remove(root):
     rootfs.remove(path, "virt/.status")
     rootfs.remove(path, "virt/.status")       # gone already: fine
     assert rootfs.get(path, "virt/.status", 16) is None
+
+
+def test_planted_temporary_names_cannot_block_the_rootfs(root):
+    """A guest owns virt/: it may pre-create whatever names lkvm would
+    write beside init.  The ones a pid makes must not stop the next run."""
+    path, _ = root
+    virt = os.path.join(path, "virt")
+    planted = {f".init.lkvm-{os.getpid()}", f".init.lkvm-{os.getpid() + 1}"}
+    for name in planted:
+        os.mkfifo(os.path.join(virt, name))
+    rootfs.prepare("box")
+    assert set(os.listdir(virt)) == {"home", "init", *planted}   # nothing of ours left
+
+
+def test_put_retries_a_taken_random_name_and_gives_up_in_one_line(root, monkeypatch):
+    path, _ = root
+    virt = os.path.join(path, "virt")
+    names = iter(["aa", "aa", "bb"])
+    monkeypatch.setattr(rootfs.secrets, "token_hex", lambda n: next(names))
+    rootfs.put(path, "virt/x", b"1", 0o644)                 # aa is free
+    os.rename(os.path.join(virt, "x"), os.path.join(virt, ".x.lkvm-aa"))
+    rootfs.put(path, "virt/x", b"2", 0o644)                 # aa taken, bb free
+    assert open(os.path.join(virt, "x"), "rb").read() == b"2"
+    monkeypatch.setattr(rootfs.secrets, "token_hex", lambda n: "aa")
+    with pytest.raises(LkvmError, match="cannot write .*virt/x: "):
+        rootfs.put(path, "virt/x", b"3", 0o644)
+    assert open(os.path.join(virt, ".x.lkvm-aa"), "rb").read() == b"1"   # not ours to remove

@@ -35,7 +35,7 @@ def test_guest_finds_no_rng_without_rng():
     ("/nonexistent.img", b"Fatal: --disk /nonexistent.img: no such file or directory, nor a "
                          b"rootfs in"),
     ("/dev/null,bogus", b"Fatal: --disk /dev/null,bogus: expected file[,ro][,direct]"),
-    ("/dev/null", b"Fatal: disk image /dev/null is smaller than one sector"),
+    ("/dev/null", b"Fatal: disk image /dev/null is not a regular file or block device"),
 ])
 def test_bad_disks_are_one_line_errors(spec, message):
     r = run_lkvm("run", "-c", "1", "-m", "16", "-d", spec, guest("hello"))
@@ -45,10 +45,11 @@ def test_bad_disks_are_one_line_errors(spec, message):
 
 @pytest.mark.parametrize("transport", ["pci", "mmio", "mmio-legacy"])
 def test_every_transport_starts_and_stops(tmp_path, transport):
-    img = tmp_path / "disk.img"
+    img, ro = tmp_path / "disk.img", tmp_path / "ro.img"
     img.write_bytes(bytes(1 << 20))
+    ro.write_bytes(bytes(1 << 20))      # one image cannot be both: it is locked
     r = run_lkvm("run", "-c", "1", "-m", "16", "--rng", "--console", "virtio",
-                 "--virtio-transport", transport, "-d", str(img), "-d", f"{img},ro",
+                 "--virtio-transport", transport, "-d", str(img), "-d", f"{ro},ro",
                  guest("hello"))
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"Hello, lkvm!\n"

@@ -30,6 +30,7 @@ from x86.layout import (
     ACPI_START,
     GAP_START,
     IDENTITY_MAP_ADDR,
+    KERNEL_ADDR,
     MPTABLE_START,
     TSS_ADDR,
     VIRTIO_MMIO_START,
@@ -64,6 +65,10 @@ class X86Config:
 
 class X86(Arch):
     UAPI_HEADERS = UAPI_HEADERS
+    # Without x2APIC a CPU's APIC ID is the byte in CPUID.1:EBX[31:24] and
+    # the count beside it is a byte too; 0xFF is the broadcast ID.
+    # kvmtool's MP table stops at the same count.
+    MAX_CPUS = 255
     # ISA lines free for PCI INTx and virtio-mmio, as kvmtool hands out
     # from 5 up (the UARTs have 3 and 4, the i8042 1 and 12, the RTC 8,
     # the PIT 0, the PIC cascade 2, the IDE legacy 14 and 15 are left
@@ -168,6 +173,9 @@ class X86(Arch):
         if mode != "auto" and mode not in loader.modes:
             raise LkvmError(f"--boot-mode {mode}: a {loader.name} boots with "
                             f"{' or '.join(loader.modes)}")
+        if vm.ram_size <= KERNEL_ADDR:
+            raise LkvmError(f"-m {vm.ram_size >> 20}: a {loader.name} is loaded at "
+                            f"{KERNEL_ADDR >> 20} MiB and needs RAM above it")
         probe.warn_if_slow(vm.kvm)
         cmdline = kernel_cmdline(params, cfg.console, with_acpi, cfg.root.cmdline)
         return loader(vm, cfg.image, cfg.initrd, cmdline, mode,

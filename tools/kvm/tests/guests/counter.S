@@ -3,6 +3,7 @@
  * lkvm's vCPU thread.  A debug dump's rbx shows the progress; a paused
  * guest's rbx stands still.  An NMI prints "NMI\n" on ttyS0 and returns.
  * Every CPU counts: the boot CPU starts the others first. */
+	.include "start_aps.inc"
 	.code16
 	.globl	_start
 _start:
@@ -44,15 +45,5 @@ start_aps:
 	cpuid
 	shr	$24, %ebx
 	jnz	1f
-	mov	$0x1b, %ecx		/* IA32_APIC_BASE: enable, x2APIC mode */
-	rdmsr
-	or	$0xc00, %eax
-	wrmsr
-	mov	$0x830, %ecx		/* ICR: all but self, level assert */
-	xor	%edx, %edx
-	mov	$0xc4500, %eax		/* INIT */
-	wrmsr
-	mov	$0xc4610, %eax		/* STARTUP, vector 0x10 */
-	wrmsr
-	wrmsr
+	START_APS
 1:	ret

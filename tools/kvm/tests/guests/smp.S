@@ -6,6 +6,7 @@
  * boot CPU waits for all of them (the count is CPUID leaf 1's EBX[23:16])
  * and resets.  The IPIs go through the x2APIC's ICR, an MSR, which real
  * mode can write. */
+	.include "start_aps.inc"
 	.code16
 	.globl	_start
 _start:
@@ -42,17 +43,7 @@ _start:
 	test	%bl, %bl
 	jnz	park
 	push	%cx
-	mov	$0x1b, %ecx		/* IA32_APIC_BASE: enable, x2APIC mode */
-	rdmsr
-	or	$0xc00, %eax
-	wrmsr
-	mov	$0x830, %ecx		/* x2APIC ICR; all but self, level assert */
-	xor	%edx, %edx
-	mov	$0xc4500, %eax		/* INIT */
-	wrmsr
-	mov	$0xc4610, %eax		/* STARTUP, vector 0x10 */
-	wrmsr
-	wrmsr
+	START_APS
 	pop	%cx
 5:	cmp	count, %cl
 	ja	5b

@@ -8,6 +8,7 @@
  * resets the 9p device, as Linux does on its way down: the vCPU waits
  * there for the stuck device, until lkvm is stopped.
  * Registers: virtio 0.9.5 legacy PCI layout, MSI-X off. */
+	.include "put_hex.inc"
 	.code16
 	.globl	_start
 	.set	P9_ID, 0x10091af4
@@ -89,18 +90,7 @@ wait:	cmpw	$1, %es:0x2002		/* used.idx */
 
 	mov	$RNG_BUF, %ax
 	mov	%ax, %es
-	xor	%di, %di
-hex:	mov	%es:(%di), %al
-	mov	%al, %cl
-	shr	$4, %al
-	call	nibble
-	mov	%cl, %al
-	call	nibble
-	inc	%di
-	cmp	$16, %di
-	jne	hex
-	mov	$'\n', %al
-	call	putc
+	PUT_HEX16
 
 	cmpb	$0, has_blk
 	jne	reset

@@ -2,6 +2,7 @@
  * through configuration mechanism #1, set up queue 0 through its I/O BAR,
  * ask for 16 bytes, poll the used ring and print them in hex on ttyS0.
  * Registers: virtio 0.9.5 legacy PCI layout. */
+	.include "put_hex.inc"
 	.code16
 	.globl	_start
 	.set	VRING, 0x2000		/* segment: desc 0x20000, avail 0x21000, used 0x22000 */
@@ -74,18 +75,7 @@ wait:	cmpw	$1, %es:0x2002		/* used.idx */
 
 	mov	$BUF, %ax
 	mov	%ax, %es
-	xor	%di, %di
-hex:	mov	%es:(%di), %al
-	mov	%al, %cl
-	shr	$4, %al
-	call	nibble
-	mov	%cl, %al
-	call	nibble
-	inc	%di
-	cmp	$16, %di
-	jne	hex
-	mov	$'\n', %al
-	call	putc
+	PUT_HEX16
 	jmp	reset
 fail:	mov	$'?', %al
 	call	putc

@@ -59,7 +59,7 @@ class Server:
     def __init__(self, root: str, readonly: bool = False) -> None:
         self.root = fs.open_root(root)
         self.readonly = readonly
-        self.fids = FidTable()
+        self.fids = FidTable(self.root)
         self.msize = MAX_MSIZE
         self.ready = False      # no requests but Tversion until negotiated
         # Reading the umask means setting it; done once, before any I/O thread.
@@ -75,6 +75,7 @@ class Server:
         tag = wire.NOTAG
         try:
             size, mtype, tag = wire.header(request)
+            self.fids.trim()
             return self._dispatch(mtype, tag, size, request)
         except OSError as e:
             err = e.errno or errno.EIO
@@ -203,19 +204,20 @@ class Server:
 
     def lopen(self, fid, flags):
         f = self.fids.get(fid)
-        if f.file >= 0:
+        if f.opened:
             fs.fail(errno.EBADF)
         if self.readonly and flags & fs.DOTL_WRITES:
             fs.fail(errno.EROFS)
-        f.file = fs.reopen(f.fd, fs.host_flags(flags))
+        host = fs.host_flags(flags)
+        f.open(fs.reopen(f.fd, host), host)
         return fs.qid(os.stat(f.fd)), 0
 
     def lcreate(self, fid, name, flags, mode, gid):
         f = self.fids.get(fid)
-        if f.file >= 0:
+        if f.opened:
             fs.fail(errno.EBADF)
-        fd, created = fs.create(f.fd, name, fs.host_flags(flags),
-                                stat.S_IMODE(mode), bool(flags & fs.DOTL_EXCL))
+        host = fs.host_flags(flags)
+        fd, created = fs.create(f.fd, name, host, stat.S_IMODE(mode), bool(flags & fs.DOTL_EXCL))
         try:
             if created:
                 fs.settle(fd, stat.S_IMODE(mode), f.uid, _id(gid), self.umask)
@@ -223,13 +225,13 @@ class Server:
         except OSError:
             os.close(fd)
             raise
-        os.close(f.fd)
-        f.fd, f.file, f.path = pfd, fd, f.path + (name,)
+        f.repoint(pfd, f.path + (name,))
+        f.open(fd, host)
         return fs.qid(os.stat(fd)), 0
 
     def _open_file(self, fid) -> int:
         f = self.fids.get(fid)
-        if f.file < 0:
+        if not f.opened:
             fs.fail(errno.EBADF)
         return f.file
 
