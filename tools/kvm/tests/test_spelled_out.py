@@ -40,6 +40,16 @@ def test_grep_finds_each_vcpu_ioctl(ioctl):
     assert r.stdout, f"no use of {ioctl} found"
 
 
+@pytest.mark.parametrize("path", lkvm_sources(), ids=lambda p: os.path.relpath(p, KVMDIR))
+def test_no_magic_number_is_copied(path):
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    copies = {lib.V9FS_MAGIC: "V9FS_MAGIC"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            assert node.value not in copies, f"line {node.lineno}: use lib.{copies[node.value]}"
+
+
 def test_the_headers_numbers():
     assert zeropage.HDR_OFFSET == 0x1F1 == ffi.offsetof("struct boot_params", "hdr")
     assert zeropage.MAGIC_OFFSET == 0x202

@@ -14,6 +14,8 @@ import os
 import stat
 import time
 
+from include.uapi import lib
+
 from . import fs, wire
 from .fids import Fid, FidTable
 from .wire import LAYOUTS, Msg
@@ -197,7 +199,7 @@ class Server:
 
     def statfs(self, fid):
         sv = os.statvfs(self.fids.get(fid).fd)
-        return (0x01021997, sv.f_bsize, sv.f_blocks, sv.f_bfree, sv.f_bavail,
+        return (lib.V9FS_MAGIC, sv.f_bsize, sv.f_blocks, sv.f_bfree, sv.f_bavail,
                 sv.f_files, sv.f_ffree, sv.f_fsid, sv.f_namemax)
 
     # I/O
