@@ -170,6 +170,11 @@ class IpcServer:
         # Given up when fds run out, so a waiting client can be accepted
         # and told why instead of left in the backlog.
         self._reserve = _reserve_fd()
+        # Made here, not in the thread: every fd the server needs exists
+        # before it serves, so running out of fds cannot stop it starting.
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.sock, selectors.EVENT_READ)
+        self._sel.register(self._wake, selectors.EVENT_READ)
         self.thread = threading.Thread(target=self._serve, name="kvm-ipc", daemon=True)
         self.thread.start()
 
@@ -200,9 +205,7 @@ class IpcServer:
     # read from that client until it is taken, so a client that never
     # reads holds only its own connection, and a bounded amount of memory.
     def _serve(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self.sock, selectors.EVENT_READ)
-        sel.register(self._wake, selectors.EVENT_READ)
+        sel = self._sel
         listening_again = None  # when the listener sits out after EMFILE
         try:
             while True:
