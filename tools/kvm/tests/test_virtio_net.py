@@ -1,17 +1,27 @@
 """virtio-net through the mock driver: frames to a fake back end and
-back, hostile chains, the link going down."""
+back, hostile chains, the link going down; and, with Debian's passt,
+ARP, a DHCP lease and a TCP connection to the host's loopback, from
+frames built here by hand."""
 
 import os
+import select
+import signal
+import socket
+import struct
+import time
 
 import pytest
 
 from include.uapi import lib
+from kvm.errors import LkvmError
 from net.backend import MAX_FRAME, LinkDown
+from net.passt import GUEST_IP, GUEST_MAC, HOST_IP, HOST_MAC, Passt
 from virtio.mock import F_NEXT, F_WRITE, Driver, mock_memory
 from virtio.net import HDR, HDR_MRG, PENDING_FRAMES, RX, TX, Net, parse_mac
 
-MAC = parse_mac("02:15:15:15:15:15")
+MAC = parse_mac(GUEST_MAC)
 HDR_NONE = HDR_MRG.pack(0, 0, 0, 0, 0, 0, 0)
+WAIT = 5.0  # seconds passt gets to answer
 
 
 class FakeBackend:
@@ -201,3 +211,190 @@ def test_back_end_death_takes_the_link_down_once(capsys):
     assert not dev.read_config(6, 2) & lib.VIRTIO_NET_S_LINK_UP
     assert drv.transport.config_irqs == 1 and be.closed == 1 and not dev.broken
     assert len(tx.collect()) == 1 and be.sent == []
+
+
+# With the real passt.
+needs_passt = pytest.mark.skipif(not any(
+    os.access(os.path.join(d, "passt"), os.X_OK) for d in os.environ["PATH"].split(":")),
+    reason="passt is not installed (make installs it)")
+
+
+def csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def ether(dst: bytes, ethertype: int, payload: bytes) -> bytes:
+    return dst + MAC + struct.pack("!H", ethertype) + payload
+
+
+def ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0x4000, 64, proto, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    return hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:] + payload
+
+
+def udp(src: str, dst: str, sport: int, dport: int, data: bytes) -> bytes:
+    return ipv4(src, dst, socket.IPPROTO_UDP,
+                struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data)
+
+
+def tcp(sport: int, dport: int, seq: int, ack: int, flags: int, data: bytes = b"") -> bytes:
+    seg = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + data
+    pseudo = socket.inet_aton(GUEST_IP) + socket.inet_aton(HOST_IP) + \
+        struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(seg))
+    seg = seg[:16] + struct.pack("!H", csum(pseudo + seg)) + seg[18:]
+    return ether(GATEWAY_MAC, 0x0800, ipv4(GUEST_IP, HOST_IP, socket.IPPROTO_TCP, seg))
+
+
+GATEWAY_MAC = parse_mac(HOST_MAC)
+SYN, ACK, PSH = 0x02, 0x10, 0x08
+
+
+class Guest:
+    """A device on passt with a driver that keeps receive buffers posted."""
+
+    def __init__(self) -> None:
+        self.backend = Passt()
+        self.dev = Net(mock_memory(), self.backend, MAC)
+        self.rx, self.tx = Driver(self.dev).start()
+        for _ in range(64):
+            self.rx.add([], [4096])
+
+    def send(self, frame: bytes) -> None:
+        self.tx.add([HDR_NONE + frame], [])
+        self.tx.kick()
+        assert self.tx.collect() and self.backend.proc.poll() is None
+
+    def wait(self, match):
+        """Received frames until `match` returns something for one; that."""
+        deadline = time.monotonic() + WAIT
+        while (left := deadline - time.monotonic()) > 0:
+            select.select([self.backend.fileno()], [], [], left)
+            self.dev.receive()
+            for _, written, data in self.rx.collect():
+                self.rx.add([], [4096])
+                self.rx.kick()
+                if (found := match(data[HDR_MRG.size:written])) is not None:
+                    return found
+        pytest.fail("passt did not answer")
+
+    def close(self) -> None:
+        self.dev.close()
+
+
+@pytest.fixture
+def guest():
+    g = Guest()
+    yield g
+    g.close()
+    assert g.backend.proc.poll() is not None
+
+
+def arp_reply(frame: bytes) -> bytes | None:
+    if frame[12:14] == b"\x08\x06" and frame[20:22] == b"\0\x02":
+        return frame[22:32]   # the sender's MAC and IP
+    return None
+
+
+@needs_passt
+def test_passt_answers_arp_for_the_host(guest):
+    request = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + MAC + socket.inet_aton(GUEST_IP) + \
+        bytes(6) + socket.inet_aton(HOST_IP)
+    guest.send(ether(b"\xff" * 6, 0x0806, request))
+    assert guest.wait(arp_reply) == GATEWAY_MAC + socket.inet_aton(HOST_IP)
+
+
+def dhcp(kind: int, xid: int, *options: bytes) -> bytes:
+    body = struct.pack("!BBBBIHH4s4s4s4s", 1, 1, 6, 0, xid, 0, 0x8000, bytes(4), bytes(4),
+                       bytes(4), bytes(4)) + MAC + bytes(10) + bytes(192) + \
+        b"\x63\x82\x53\x63" + bytes([53, 1, kind]) + b"".join(options) + b"\xff"
+    return ether(b"\xff" * 6, 0x0800, udp("0.0.0.0", "255.255.255.255", 68, 67, body))
+
+
+def dhcp_reply(xid: int):
+    def match(frame: bytes) -> tuple[int, str, dict] | None:
+        if frame[12:14] != b"\x08\x00" or frame[23] != socket.IPPROTO_UDP:
+            return None
+        body = frame[14 + (frame[14] & 0xF) * 4 + 8:]
+        if body[0] != 2 or struct.unpack_from("!I", body, 4)[0] != xid:
+            return None
+        opts, i = {}, 240
+        while i < len(body) and body[i] != 255:
+            if body[i] == 0:
+                i += 1
+                continue
+            opts[body[i]] = body[i + 2:i + 2 + body[i + 1]]
+            i += 2 + body[i + 1]
+        return opts[53][0], socket.inet_ntoa(body[16:20]), opts
+    return match
+
+
+@needs_passt
+def test_passt_leases_the_guest_its_address_by_dhcp(guest):
+    guest.send(dhcp(1, 0x1234))
+    kind, offered, opts = guest.wait(dhcp_reply(0x1234))
+    assert (kind, offered) == (2, GUEST_IP)          # OFFER
+    assert opts[1] == socket.inet_aton("255.255.255.0") and opts[3] == socket.inet_aton(HOST_IP)
+    guest.send(dhcp(3, 0x1235, bytes([50, 4]) + socket.inet_aton(GUEST_IP),
+                    bytes([54, 4]) + opts[54]))
+    kind, leased, opts = guest.wait(dhcp_reply(0x1235))
+    assert (kind, leased) == (5, GUEST_IP)           # ACK
+    assert opts[6] == socket.inet_aton(HOST_IP)      # DNS through the host
+
+
+def tcp_from_host(port: int, flags: int):
+    def match(frame: bytes) -> tuple[int, int, bytes] | None:
+        if frame[12:14] != b"\x08\x00" or frame[23] != socket.IPPROTO_TCP:
+            return None
+        seg = frame[14 + (frame[14] & 0xF) * 4:]
+        sport, dport, seq, ack, off, got = struct.unpack_from("!HHIIBB", seg)
+        if (sport, dport) != (port, 40000) or got & flags != flags:
+            return None
+        return seq, ack, seg[(off >> 4) * 4:]
+    return match
+
+
+@needs_passt
+def test_guest_connects_to_the_hosts_loopback_through_the_gateway(guest):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(WAIT)
+        port = listener.getsockname()[1]
+        seq = 1000
+        guest.send(tcp(40000, port, seq, 0, SYN))
+        their, ack, _ = guest.wait(tcp_from_host(port, SYN | ACK))
+        assert ack == seq + 1
+        seq, their = seq + 1, their + 1
+        guest.send(tcp(40000, port, seq, their, ACK))
+        conn, peer = listener.accept()
+        with conn:
+            conn.settimeout(WAIT)
+            guest.send(tcp(40000, port, seq, their, ACK | PSH, b"hello from the guest"))
+            assert conn.recv(100) == b"hello from the guest"
+            conn.sendall(b"hello from the host")
+            _, _, data = guest.wait(lambda f: r if (r := tcp_from_host(port, ACK)(f)) and r[2]
+                                    else None)
+            assert data == b"hello from the host"
+
+
+@needs_passt
+def test_passt_dying_takes_the_link_down_and_says_so_once(guest, capsys):
+    os.kill(guest.backend.proc.pid, signal.SIGKILL)
+    select.select([guest.backend.fileno()], [], [], WAIT)
+    guest.dev.receive()
+    guest.dev.receive()
+    err = capsys.readouterr().err
+    assert err.count("passt killed by signal 9; the guest's link is down") == 1, err
+    assert not guest.dev.read_config(6, 2) & lib.VIRTIO_NET_S_LINK_UP
+
+
+def test_missing_passt_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LkvmError, match="install Debian's passt package"):
+        Passt()
