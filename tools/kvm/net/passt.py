@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 
 from kvm.errors import LkvmError
+from net.mac import parse_mac
 from net.stream import StreamBackend
 
 # kvmtool's user-mode defaults.
@@ -51,8 +52,13 @@ class Passt(StreamBackend):
         if shutil.which("passt") is None:
             raise LkvmError("mode=user needs passt: install Debian's passt package "
                             "(apt-get install passt, or run make)")
-        net = ipaddress.IPv4Network(f"{guest_ip}/{prefix_len}", strict=False)
-        if ipaddress.IPv4Address(host_ip) not in net:
+        try:
+            net = ipaddress.IPv4Network(f"{guest_ip}/{prefix_len}", strict=False)
+            gateway = ipaddress.IPv4Address(host_ip)
+            parse_mac(host_mac)
+        except ValueError as e:
+            raise LkvmError(f"mode=user: {e}") from None
+        if gateway not in net:
             raise LkvmError(f"host_ip {host_ip} is not in the guest's network {net}")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # An unlinked file, not a pipe: nobody need drain it while passt runs.

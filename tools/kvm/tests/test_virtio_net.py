@@ -15,9 +15,10 @@ import pytest
 from include.uapi import lib
 from kvm.errors import LkvmError
 from net.backend import MAX_FRAME, LinkDown
+from net.mac import parse_mac
 from net.passt import GUEST_IP, GUEST_MAC, HOST_IP, HOST_MAC, Passt
 from virtio.mock import F_NEXT, F_WRITE, Driver, mock_memory
-from virtio.net import HDR, HDR_MRG, PENDING_FRAMES, RX, TX, Net, parse_mac
+from virtio.net import HDR, HDR_MRG, PENDING_FRAMES, RX, TX, Net
 
 MAC = parse_mac(GUEST_MAC)
 HDR_NONE = HDR_MRG.pack(0, 0, 0, 0, 0, 0, 0)
@@ -213,6 +214,13 @@ def test_back_end_death_takes_the_link_down_once(capsys):
     assert len(tx.collect()) == 1 and be.sent == []
 
 
+@pytest.mark.parametrize("text", ["02:15:15:15:15", "02:15:15:15:15:1g", " 2:15:15:15:15:15",
+                                  "02-15-15-15-15-15", "+2:15:15:15:15:15"])
+def test_bad_mac_is_refused(text):
+    with pytest.raises(ValueError):
+        parse_mac(text)
+
+
 # With the real passt.
 needs_passt = pytest.mark.skipif(not any(
     os.access(os.path.join(d, "passt"), os.X_OK) for d in os.environ["PATH"].split(":")),
@@ -392,6 +400,14 @@ def test_passt_dying_takes_the_link_down_and_says_so_once(guest, capsys):
     err = capsys.readouterr().err
     assert err.count("passt killed by signal 9; the guest's link is down") == 1, err
     assert not guest.dev.read_config(6, 2) & lib.VIRTIO_NET_S_LINK_UP
+
+
+@needs_passt
+@pytest.mark.parametrize("kw", [{"guest_ip": "192.168.33.256"}, {"host_ip": "10.0.0.1"},
+                                {"prefix_len": 33}, {"host_mac": "02:01:01:01:01"}])
+def test_bad_user_mode_settings_are_one_line(kw):
+    with pytest.raises(LkvmError):
+        Passt(**kw)
 
 
 def test_missing_passt_says_how_to_install_it(monkeypatch, tmp_path):

@@ -40,14 +40,6 @@ STATUS_OFFSET = ffi.offsetof("struct virtio_net_config", "status")
 PENDING_FRAMES = 256   # received frames kept while the guest posts no buffers
 
 
-def parse_mac(text: str) -> bytes:
-    """aa:bb:cc:dd:ee:ff as 6 bytes; ValueError if it is not one."""
-    parts = text.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        raise ValueError(f"not a MAC address: {text}")
-    return bytes(int(p, 16) for p in parts)
-
-
 class Net(VirtioDevice):
     device_id = lib.VIRTIO_ID_NET
     name = "net"
