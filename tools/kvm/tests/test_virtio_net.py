@@ -14,6 +14,7 @@ import pytest
 
 from include.uapi import lib
 from kvm.errors import LkvmError
+from net import stream
 from net.backend import MAX_FRAME, LinkDown
 from net.mac import parse_mac
 from net.passt import GUEST_IP, GUEST_MAC, HOST_IP, HOST_MAC, Passt
@@ -212,6 +213,58 @@ def test_back_end_death_takes_the_link_down_once(capsys):
     assert not dev.read_config(6, 2) & lib.VIRTIO_NET_S_LINK_UP
     assert drv.transport.config_irqs == 1 and be.closed == 1 and not dev.broken
     assert len(tx.collect()) == 1 and be.sent == []
+
+
+# QEMU's stream protocol.
+@pytest.fixture
+def pair():
+    ours, theirs = socket.socketpair()
+    be = stream.StreamBackend(ours)
+    yield be, theirs
+    be.close()
+    theirs.close()
+
+
+def test_stream_reassembles_frames_across_reads(pair):
+    be, peer = pair
+    one, two = os.urandom(1514), os.urandom(60)
+    wire = struct.pack(">I", len(one)) + one + struct.pack(">I", len(two)) + two
+    peer.sendall(wire[:3])
+    assert be.recv() == []
+    peer.sendall(wire[3:1000])
+    assert be.recv() == []
+    peer.sendall(wire[1000:])
+    assert be.recv() == [one, two] and not be.inbuf
+    be.send(two)
+    assert peer.recv(100) == struct.pack(">I", len(two)) + two
+
+
+@pytest.mark.parametrize("length", [0, MAX_FRAME + 1, 0xFFFFFFFF])
+def test_stream_bad_length_ends_the_link(pair, length):
+    be, peer = pair
+    peer.sendall(struct.pack(">I", length) + bytes(64))
+    with pytest.raises(LinkDown, match=f"a frame of {length} bytes"):
+        be.recv()
+
+
+def test_stream_peer_closing_ends_the_link(pair):
+    be, peer = pair
+    peer.close()
+    with pytest.raises(LinkDown, match="closed the connection"):
+        be.recv()
+
+
+def test_stream_peer_that_takes_nothing_ends_the_link(monkeypatch):
+    monkeypatch.setattr(stream, "SEND_TIMEOUT", 1)
+    ours, peer = socket.socketpair()    # the peer never reads
+    be = stream.StreamBackend(ours)
+    try:
+        with pytest.raises(LinkDown, match="sending a frame failed"):
+            for _ in range(1000):       # far more than the socket buffers hold
+                be.send(bytes(MAX_FRAME))
+    finally:
+        be.close()
+        peer.close()
 
 
 @pytest.mark.parametrize("text", ["02:15:15:15:15", "02:15:15:15:15:1g", " 2:15:15:15:15:15",
