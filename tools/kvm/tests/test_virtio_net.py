@@ -8,12 +8,14 @@ import select
 import signal
 import socket
 import struct
+import threading
 import time
 
 import pytest
 
 from include.uapi import lib
 from kvm.errors import LkvmError
+from kvm.iothread import IoThread
 from net import stream
 from net.backend import MAX_FRAME, LinkDown
 from net.mac import parse_mac
@@ -368,6 +370,32 @@ def test_passt_answers_arp_for_the_host(guest):
         bytes(6) + socket.inet_aton(HOST_IP)
     guest.send(ether(b"\xff" * 6, 0x0806, request))
     assert guest.wait(arp_reply) == GATEWAY_MAC + socket.inet_aton(HOST_IP)
+
+
+@needs_passt
+def test_io_thread_serves_the_back_end_and_the_link_going_down(guest, capsys):
+    rx_irq, config_irq, errors = threading.Event(), threading.Event(), []
+    guest.dev.transport.signal_queue = lambda index: index == RX and rx_irq.set()
+    guest.dev.transport.signal_config = config_irq.set
+    io = IoThread("net-test", errors.append)
+    io.add(guest.backend.fileno(), guest.dev.receive, counter=False)
+    io.start()
+    try:
+        request = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + MAC + \
+            socket.inet_aton(GUEST_IP) + bytes(6) + socket.inet_aton(HOST_IP)
+        guest.send(ether(b"\xff" * 6, 0x0806, request))
+        assert rx_irq.wait(WAIT)
+        with guest.dev.lock:
+            frames = [d[HDR_MRG.size:w] for _, w, d in guest.rx.collect()]
+        assert GATEWAY_MAC + socket.inet_aton(HOST_IP) in map(arp_reply, frames)
+        os.kill(guest.backend.proc.pid, signal.SIGKILL)
+        assert config_irq.wait(WAIT)
+        # Closed, so out of the epoll set: the thread does not spin on EOF.
+        assert guest.backend.sock.fileno() == -1
+    finally:
+        io.wake()
+        assert io.join(WAIT)
+    assert errors == [] and "passt killed by signal 9" in capsys.readouterr().err
 
 
 def dhcp(kind: int, xid: int, *options: bytes) -> bytes:
