@@ -22,13 +22,18 @@ class IoThread:
         self.name = name
         self.on_error = on_error
         self.epoll = select.epoll()
-        self.handlers: dict[int, Callable[[], None]] = {}
+        # Each fd's callback, and whether it is an eventfd whose counter
+        # the loop takes.
+        self.handlers: dict[int, tuple[Callable[[], None], bool]] = {}
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.epoll.register(self._wake, select.EPOLLIN)
         self.thread: threading.Thread | None = None
 
-    def add(self, fd: int, callback: Callable[[], None]) -> None:
-        self.handlers[fd] = callback
+    def add(self, fd: int, callback: Callable[[], None], counter: bool = True) -> None:
+        """Call `callback` when `fd` polls readable.  An eventfd's counter
+        is taken first; any other fd (a network back end's socket, say) is
+        the callback's to read, and it runs again while data is left."""
+        self.handlers[fd] = (callback, counter)
         self.epoll.register(fd, select.EPOLLIN)
 
     def remove(self, fd: int) -> None:
@@ -45,11 +50,12 @@ class IoThread:
             for fd, _ in self.epoll.poll():
                 if fd == self._wake:
                     return
+                handler, counter = self.handlers.get(fd, (None, True))
                 try:
-                    os.eventfd_read(fd)
+                    if counter:
+                        os.eventfd_read(fd)
                 except BlockingIOError:
                     continue  # another reader took it
-                handler = self.handlers.get(fd)
                 if handler is None:
                     continue
                 try:

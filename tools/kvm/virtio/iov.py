@@ -48,6 +48,17 @@ def chunks(views: list[memoryview], size: int) -> Iterator[bytes]:
         yield bytes(out)
 
 
+def scatter(views: list[memoryview], data: bytes) -> int:
+    """Copy `data` into the views in order, as far as they reach; the
+    bytes written."""
+    done = 0
+    for v in views:
+        n = min(len(v), len(data) - done)
+        v[:n] = data[done:done + n]
+        done += n
+    return done
+
+
 def drop_last(views: list[memoryview]) -> tuple[memoryview | None, list[memoryview]]:
     """The last byte as a view (None if there is none) and the views before."""
     rest = [v for v in views if len(v)]

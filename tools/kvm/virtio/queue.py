@@ -123,6 +123,13 @@ class Virtqueue:
         self.last_avail = (self.last_avail + 1) & 0xFFFF
         return self._walk(head)
 
+    def rewind(self, count: int) -> None:
+        """Put the last `count` chains popped back on the ring, unused: a
+        device that found it cannot finish with them yet (a received
+        frame longer than the buffers posted so far) takes them again,
+        read afresh, on a later pop."""
+        self.last_avail = (self.last_avail - count) & 0xFFFF
+
     def _walk(self, head: int) -> Chain:
         table, entries, mem = self._desc, self.size, self.mem
         readable: list[memoryview] = []
