@@ -22,12 +22,12 @@ running; frames sent after that are dropped.  The back end is closed
 then, which also takes its fd out of the I/O thread's epoll set.
 """
 
-import sys
 from collections import deque
 
 from include.uapi import ffi, lib
+from kvm import msg
+from kvm.cstruct import packer, to_bytes
 from net.backend import MAX_FRAME, Backend, LinkDown
-from virtio.cstruct import packer, to_bytes
 from virtio.device import VirtioDevice
 from virtio.iov import prefix, scatter, total
 from virtio.queue import Chain, QueueError, Virtqueue
@@ -153,7 +153,7 @@ class Net(VirtioDevice):
 
     # The link.
     def _link_down(self, why: str) -> None:
-        print(f"  Warning: virtio-net: {why}; the guest's link is down", file=sys.stderr)
+        msg.warning(f"virtio-net: {why}; the guest's link is down")
         self.link_up = False
         self.pending.clear()
         self.backend.close()
