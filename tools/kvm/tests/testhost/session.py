@@ -119,7 +119,7 @@ class Session:
         cmd = [
             "setpriv", "--pdeathsig", "KILL",
             host.qemu, "-accel", f"tcg,thread={cfg.tcg_thread}", *host.machine,
-            "-m", cfg.mem or host.mem, "-smp", str(cfg.cpus),
+            "-m", cfg.mem or host.mem, "-smp", str(cfg.cpus or host.cpus),
             "-nodefaults", "-no-reboot", "-display", "none",
             "-kernel", str(assets.kernel), "-initrd", str(assets.initrd),
             "-append", " ".join(params),
