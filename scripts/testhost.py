@@ -168,13 +168,18 @@ def cmd_soak_e2e(args: argparse.Namespace) -> int:
                  str(TOP / "tools" / "kvm" / "tests")],
                 env=os.environ | {"LKVM_TESTHOST_LOG": log.name}, check=False,
                 capture_output=True, text=True, cwd=TOP)
-            died = sum(1 for _ in open(log.name))
+            with open(log.name) as f:
+                deaths = [json.loads(line) for line in f]
         verdict = "pass" if done.returncode == 0 else "fail"
         runs[verdict] += 1
-        hangs += died
+        hangs += len(deaths)
         last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
         print(f"run {n}/{args.runs}: {verdict} in {time.monotonic() - start:.0f} s, "
-              f"L1 deaths {died}: {last}", flush=True)
+              f"L1 deaths {len(deaths)}: {last}", flush=True)
+        for death in deaths:
+            # Which test L1 died under, and why: with -v, L1's console tail.
+            why = death["why"] if args.verbose else death["why"].splitlines()[0]
+            print(f"  L1 died under {death['job']}: {why}", flush=True)
         if verdict == "fail" and args.verbose:
             print(done.stdout[-6000:], flush=True)
     print(f"e2e soak: {args.runs} runs, {runs['pass']} passed, {runs['fail']} failed, "

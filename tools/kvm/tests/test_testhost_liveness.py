@@ -1,6 +1,7 @@
 """How the test host tells a dead L1 from a slow job, and what the runner
 does then, without booting anything (test_testhost.py freezes a real L1)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,10 @@ def test_a_job_l1_died_under_runs_once_more_and_says_so(
     assert FakeSession.booted == 2
     assert runner.RERUNS == ["tests/test_x.py::test_y: no heartbeat from L1 for 40 s"]
     assert "L1 died (no heartbeat from L1 for 40 s)" in capsys.readouterr().err
-    assert '"event": "l1-died"' in fake_l1.read_text()
+    logged = json.loads(fake_l1.read_text())
+    assert logged["event"] == "l1-died"
+    assert logged["job"] == "tests/test_x.py::test_y"
+    assert logged["why"].endswith("--- L1 console (tail) ---")
 
 
 def test_a_second_death_fails_the_job(fake_l1: Path) -> None:

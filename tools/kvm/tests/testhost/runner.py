@@ -28,7 +28,8 @@ def _record_rerun(cmd: list[str], died: L1Died) -> None:
           file=sys.stderr)
     if log := os.environ.get("LKVM_TESTHOST_LOG"):
         with open(log, "a") as f:
-            f.write(json.dumps({"event": "l1-died", "cmd": cmd, "why": str(died)}) + "\n")
+            f.write(json.dumps({"event": "l1-died", "job": job, "cmd": cmd,
+                                "why": str(died)}) + "\n")
 
 
 class Direct:
