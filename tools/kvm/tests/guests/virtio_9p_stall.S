@@ -9,14 +9,12 @@
  * there for the stuck device, until lkvm is stopped.
  * Registers: virtio 0.9.5 legacy PCI layout, MSI-X off. */
 	.include "put_hex.inc"
+	.include "idle.inc"
 	.code16
 	.globl	_start
 	.set	P9_ID, 0x10091af4
-	.set	RNG_ID, 0x10051af4
 	.set	BLK_ID, 0x10011af4
 	.set	P9_RING, 0x4000		/* segment: desc 0x40000, avail 0x40800, used 0x41000 */
-	.set	RNG_RING, 0x2000	/* segment: desc 0x20000, avail 0x21000, used 0x22000 */
-	.set	RNG_BUF, 0x3000		/* segment of the 16 random bytes at 0x30000 */
 	.set	REPLIES, 0x60000	/* 256 bytes for each 9p reply */
 	.set	LOAD, 0x10000		/* where lkvm loads a flat binary */
 	.set	NREQ, 5
@@ -66,24 +64,8 @@ _start:
 	call	notify
 	mov	%si, p9_base
 
-	/* The rng: one 16-byte device-writable buffer. */
-	mov	$RNG_RING, %ax
-	mov	%ax, %es
-	movl	$0x30000, %es:0
-	movl	$0, %es:4
-	movl	$16, %es:8
-	movw	$2, %es:12
-	movw	$0, %es:14
-	movw	$0, %es:0x1004		/* avail.ring[0] = 0 */
-	movw	$1, %es:0x1002		/* avail.idx = 1 */
-	mov	$RNG_ID, %ecx
-	call	find
+	call	rng16			/* the other device */
 	jc	fail
-	mov	$(RNG_RING >> 8), %eax
-	call	setup
-	call	notify
-wait:	cmpw	$1, %es:0x2002		/* used.idx */
-	jne	wait
 	mov	$BLK_ID, %ecx		/* looked for now, so that nothing but */
 	call	find			/* the reset follows the line below */
 	setnc	has_blk
@@ -98,18 +80,7 @@ wait:	cmpw	$1, %es:0x2002		/* used.idx */
 	lea	18(%si), %dx		/* 9p status: reset */
 	xor	%al, %al
 	out	%al, %dx
-	xor	%ax, %ax		/* every interrupt vector: an iret */
-	mov	%ax, %es
-	xor	%di, %di
-	mov	$256, %cx
-2:	movw	$isr, %es:(%di)
-	movw	%cs, %es:2(%di)
-	add	$4, %di
-	loop	2b
-	sti
-3:	hlt
-	jmp	3b
-isr:	iret
+	IDLE_FOREVER
 
 fail:	mov	$'?', %al
 	call	putc
@@ -117,72 +88,6 @@ reset:	mov	$0xfe, %al
 	out	%al, $0x64
 4:	hlt
 	jmp	4b
-
-/* find: the I/O base of the device whose config dword 0 is %ecx, in %si;
- * carry set when no slot has one. */
-find:	xor	%bx, %bx
-5:	mov	%bx, %ax
-	shl	$11, %ax
-	movzwl	%ax, %eax
-	or	$0x80000000, %eax
-	mov	$0xcf8, %dx
-	out	%eax, %dx
-	mov	$0xcfc, %dx
-	in	%dx, %eax
-	cmp	%ecx, %eax
-	je	6f
-	inc	%bx
-	cmp	$32, %bx
-	jne	5b
-	stc
-	ret
-6:	mov	%bx, %ax
-	shl	$11, %ax
-	movzwl	%ax, %eax
-	or	$0x80000010, %eax	/* BAR0 */
-	mov	$0xcf8, %dx
-	out	%eax, %dx
-	mov	$0xcfc, %dx
-	in	%dx, %eax
-	and	$0xfffc, %ax
-	mov	%ax, %si
-	clc
-	ret
-
-/* setup: reset the device at %si, take no features, give queue 0 the
- * ring at page frame %eax and set DRIVER_OK. */
-setup:	mov	%eax, %ecx
-	lea	18(%si), %dx		/* status: reset, then ACKNOWLEDGE|DRIVER */
-	xor	%al, %al
-	out	%al, %dx
-	mov	$3, %al
-	out	%al, %dx
-	lea	4(%si), %dx		/* guest features: none */
-	xor	%eax, %eax
-	out	%eax, %dx
-	lea	14(%si), %dx		/* queue select 0 */
-	out	%ax, %dx
-	lea	8(%si), %dx		/* queue PFN */
-	mov	%ecx, %eax
-	out	%eax, %dx
-	lea	18(%si), %dx		/* DRIVER_OK */
-	mov	$7, %al
-	out	%al, %dx
-	ret
-
-notify:	lea	16(%si), %dx		/* queue 0: the ioeventfd's datamatch */
-	xor	%ax, %ax
-	out	%ax, %dx
-	ret
-
-nibble:	and	$0xf, %al
-	add	$'0', %al
-	cmp	$'9', %al
-	jbe	putc
-	add	$('a' - '0' - 10), %al
-putc:	mov	$0x3f8, %dx
-	out	%al, %dx
-	ret
 
 p9_base:
 	.word	0
@@ -235,3 +140,7 @@ tread:
 	.quad	0			/* offset */
 	.long	64			/* count */
 end:
+
+	.include "virtio_rng.inc"
+	.include "legacy_virtio_pci.inc"
+	.include "putc.inc"
