@@ -9,6 +9,7 @@ and `transport.signal_config()`.
 """
 
 import threading
+from typing import Protocol
 
 from include.uapi import lib
 from kvm import msg
@@ -26,6 +27,14 @@ LEGACY_FEATURE_BITS = 0xFFFFFFFF  # a legacy transport has one 32-bit feature wo
 DEFAULT_QUEUE_SIZE = 256
 
 
+class Signals(Protocol):
+    """What a device asks of its transport: the interrupts."""
+
+    def signal_queue(self, index: int) -> None: ...
+
+    def signal_config(self) -> None: ...
+
+
 class VirtioDevice:
     device_id = 0
     name = "virtio"
@@ -37,7 +46,7 @@ class VirtioDevice:
         self.mem = mem
         self.queues = [Virtqueue(mem, self.queue_size) for _ in range(self.num_queues)]
         self.lock = threading.RLock()
-        self.transport: object = None
+        self.transport: Signals | None = None
         self.modern = True
         self.config = bytearray()
         self.config_generation = 0

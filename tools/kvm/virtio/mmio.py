@@ -3,11 +3,9 @@
 kernel command line as virtio_mmio.device=<size>@<addr>:<irq>, a
 fragment the run command collects from vm.cmdline."""
 
-import threading
-
 from include.uapi import lib
 from virtio.device import VirtioDevice
-from virtio.pci import legacy_layout
+from virtio.transport import IrqLatch, Transport
 
 MAGIC = 0x74726976               # "virt", virtio 1.x §4.2.2
 VENDOR = 0x4D564B4C              # "LKVM", as kvmtool reports
@@ -22,14 +20,13 @@ _ADDR_REGS = {
 }
 
 
-class VirtioMmio:
+class VirtioMmio(Transport):
     def __init__(self, dev: VirtioDevice, ctx: object, base: int, modern: bool) -> None:
-        self.dev, self.vm, self.base, self.modern = dev, ctx.vm, base, modern
+        super().__init__(dev)
+        self.vm, self.base, self.modern = ctx.vm, base, modern
         dev.modern, dev.transport = modern, self
         self.irq = ctx.routing.alloc_line()
-        self.status = 0
-        self.lock = threading.Lock()
-        self.dfselect = self.gfselect = self.qsel = 0
+        self.latch = IrqLatch(lambda level: ctx.vm.irq_line(self.irq, level))
         self.page_size = 4096
         self.align = 4096
         ctx.vm.mmio.register(base, REGION_SIZE, self)
@@ -41,44 +38,28 @@ class VirtioMmio:
 
     # Interrupts: a level line, up while any status bit is.
     def signal_queue(self, index: int) -> None:
-        self._raise(lib.VIRTIO_MMIO_INT_VRING)
+        self.latch.set(lib.VIRTIO_MMIO_INT_VRING)
 
     def signal_config(self) -> None:
-        self.dev.config_generation = (self.dev.config_generation + 1) & 0xFF
-        self._raise(lib.VIRTIO_MMIO_INT_CONFIG)
-
-    def _raise(self, bit: int) -> None:
-        with self.lock:
-            self.status |= bit
-            self.vm.irq_line(self.irq, 1)
-
-    def _ack(self, bits: int) -> None:
-        with self.lock:
-            self.status &= ~bits
-            if not self.status:
-                self.vm.irq_line(self.irq, 0)
-
-    def _queue(self) -> object:
-        qs = self.dev.queues
-        return qs[self.qsel] if self.qsel < len(qs) else None
+        self.config_changed()
+        self.latch.set(lib.VIRTIO_MMIO_INT_CONFIG)
 
     def read(self, offset: int, size: int) -> int:
         if offset >= lib.VIRTIO_MMIO_CONFIG:
             return self.dev.read_config(offset - lib.VIRTIO_MMIO_CONFIG, size)
         if size != 4:
             return 0
-        dev, q = self.dev, self._queue()
+        dev, q = self.dev, self.queue()
         values = {
             lib.VIRTIO_MMIO_MAGIC_VALUE: lambda: MAGIC,
             lib.VIRTIO_MMIO_VERSION: lambda: MODERN_VERSION if self.modern else LEGACY_VERSION,
             lib.VIRTIO_MMIO_DEVICE_ID: lambda: dev.device_id,
             lib.VIRTIO_MMIO_VENDOR_ID: lambda: VENDOR,
-            lib.VIRTIO_MMIO_DEVICE_FEATURES: lambda: dev.offered() >> 32 * self.dfselect
-            & 0xFFFFFFFF if self.dfselect < 2 else 0,
+            lib.VIRTIO_MMIO_DEVICE_FEATURES: self.device_features_word,
             lib.VIRTIO_MMIO_QUEUE_NUM_MAX: lambda: q.max_size if q else 0,
             lib.VIRTIO_MMIO_QUEUE_READY: lambda: int(q.enabled) if q else 0,
             lib.VIRTIO_MMIO_QUEUE_PFN: lambda: q.desc_addr // self.page_size if q else 0,
-            lib.VIRTIO_MMIO_INTERRUPT_STATUS: lambda: self.status,
+            lib.VIRTIO_MMIO_INTERRUPT_STATUS: lambda: self.latch.bits,
             lib.VIRTIO_MMIO_STATUS: lambda: dev.status,
             lib.VIRTIO_MMIO_CONFIG_GENERATION: lambda: dev.config_generation,
         }
@@ -98,27 +79,23 @@ class VirtioMmio:
             self._write(offset, value)
 
     def _write(self, offset: int, value: int) -> None:
-        dev, q = self.dev, self._queue()
+        dev, q = self.dev, self.queue()
         if offset == lib.VIRTIO_MMIO_DEVICE_FEATURES_SEL:
             self.dfselect = value
         elif offset == lib.VIRTIO_MMIO_DRIVER_FEATURES_SEL:
             self.gfselect = value
         elif offset == lib.VIRTIO_MMIO_DRIVER_FEATURES:
-            if self.gfselect < 2:
-                mask = 0xFFFFFFFF << 32 * self.gfselect
-                dev.set_driver_features(dev.driver_features & ~mask | value << 32 * self.gfselect)
-            elif value:
-                dev.set_driver_features(dev.driver_features | 1 << 64)  # fails FEATURES_OK
+            self.write_driver_features_word(value)
         elif offset == lib.VIRTIO_MMIO_QUEUE_SEL:
             self.qsel = value
         elif offset == lib.VIRTIO_MMIO_QUEUE_NOTIFY:
             dev.notify(value)
         elif offset == lib.VIRTIO_MMIO_INTERRUPT_ACK:
-            self._ack(value)
+            self.latch.ack(value)
         elif offset == lib.VIRTIO_MMIO_STATUS:
             dev.set_status(value)
             if value == 0:
-                self._ack(~0)
+                self.latch.ack(~0)
         elif offset == lib.VIRTIO_MMIO_GUEST_PAGE_SIZE:
             self.page_size = value
         elif q is None or q.enabled and offset != lib.VIRTIO_MMIO_QUEUE_READY:
@@ -128,7 +105,7 @@ class VirtioMmio:
         elif offset == lib.VIRTIO_MMIO_QUEUE_ALIGN:
             self.align = value
         elif offset == lib.VIRTIO_MMIO_QUEUE_PFN:
-            self._set_pfn(q, value)
+            self.set_legacy_ring(q, value * self.page_size, self.align)
         elif offset == lib.VIRTIO_MMIO_QUEUE_READY:
             if value and not q.enabled:
                 dev.enable_queue(self.qsel)
@@ -138,15 +115,3 @@ class VirtioMmio:
             attr, shift = _ADDR_REGS[offset]
             keep = ~(0xFFFFFFFF << shift)
             setattr(q, attr, getattr(q, attr) & keep | value << shift)
-
-    def _set_pfn(self, q: object, pfn: int) -> None:
-        if not pfn:
-            q.reset()
-            return
-        if self.align <= 0 or self.align & (self.align - 1):
-            dev = self.dev
-            dev.fail(f"queue alignment {self.align} is not a power of two")
-            return
-        legacy_layout(q, pfn * self.page_size, self.align)
-        self.dev.set_driver_features(self.dev.driver_features)
-        self.dev.enable_queue(self.qsel)

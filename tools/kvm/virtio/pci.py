@@ -7,14 +7,12 @@ Queue notifications are ioeventfds serviced by the device's I/O thread;
 a write that misses them (an odd width) is serviced on the spot.
 """
 
-import threading
-
 from hw.msix import Msix
 from hw.pci import PciDevice
 from include.uapi import ffi, lib
 from kvm.cstruct import to_bytes
 from virtio.device import VirtioDevice
-from virtio.queue import ring_sizes
+from virtio.transport import IrqLatch, Transport
 
 VIRTIO_VENDOR = 0x1AF4            # Red Hat / Qumranet, virtio 1.x §4.1.2
 MODERN_DEVICE_BASE = 0x1040       # device id = 0x1040 + virtio id
@@ -39,18 +37,16 @@ COMMON_FIELDS = {f.offset: (name, ffi.sizeof(f.type))
                  for name, f in ffi.typeof("struct virtio_pci_common_cfg").fields}
 
 
-class VirtioPci(PciDevice):
+class VirtioPci(PciDevice, Transport):
     def __init__(self, dev: VirtioDevice, ctx: object, modern: bool) -> None:
         ids = (MODERN_DEVICE_BASE + dev.device_id, 1) if modern else \
             (LEGACY_DEVICE[dev.device_id], 0)
         super().__init__(VIRTIO_VENDOR, ids[0], CLASS_OTHER, revision=ids[1],
                          subsys_vendor=VIRTIO_VENDOR, subsys_id=dev.device_id)
-        self.dev, self.vm, self.modern = dev, ctx.vm, modern
+        Transport.__init__(self, dev)
+        self.vm, self.modern = ctx.vm, modern
         dev.modern, dev.transport = modern, self
-        self.isr = 0
-        self.isr_lock = threading.Lock()
         self.config_vector = lib.VIRTIO_MSI_NO_VECTOR
-        self.dfselect = self.gfselect = self.qsel = 0
         regs = ModernRegs(self) if modern else LegacyRegs(self)
         self.add_bar(MODERN_BAR_SIZE if modern else LEGACY_BAR_SIZE, not modern, regs)
         self.msix = Msix(self, len(dev.queues) + 1, MSIX_BAR, ctx.routing, ctx.vm.irqfd)
@@ -59,6 +55,7 @@ class VirtioPci(PciDevice):
             self._add_modern_caps()
         ctx.pci.add(self)
         self.set_irq(ctx.routing.alloc_line())
+        self.isr = IrqLatch(lambda level: ctx.vm.irq_line(self.irq_line, level))
         self.iothread = ctx.iothread(dev)
         self.notifiers: list[tuple[int, tuple]] = []
         self._add_notifiers()
@@ -113,26 +110,14 @@ class VirtioPci(PciDevice):
         if self.msix.enabled:
             self.msix.fire(self.dev.queues[index].vector)
         else:
-            self._intx(ISR_QUEUE)
+            self.isr.set(ISR_QUEUE)
 
     def signal_config(self) -> None:
-        self.dev.config_generation = (self.dev.config_generation + 1) & 0xFF
+        self.config_changed()
         if self.msix.enabled:
             self.msix.fire(self.config_vector)
         else:
-            self._intx(lib.VIRTIO_PCI_ISR_CONFIG)
-
-    def _intx(self, bit: int) -> None:
-        with self.isr_lock:
-            self.isr |= bit
-            self.vm.irq_line(self.irq_line, 1)
-
-    def read_isr(self) -> int:
-        """Reading the ISR acknowledges it and lowers INTx."""
-        with self.isr_lock:
-            value, self.isr = self.isr, 0
-            self.vm.irq_line(self.irq_line, 0)
-        return value
+            self.isr.set(lib.VIRTIO_PCI_ISR_CONFIG)
 
     def write_capability(self, offset: int, size: int, value: int) -> None:
         if offset == self.msix.control and size == 2:
@@ -141,14 +126,6 @@ class VirtioPci(PciDevice):
     def vector(self, value: int) -> int:
         """A vector the driver chose, or NO_VECTOR when there is no such."""
         return value if value < self.msix.vectors else lib.VIRTIO_MSI_NO_VECTOR
-
-    def queue(self) -> object:
-        qs = self.dev.queues
-        return qs[self.qsel] if self.qsel < len(qs) else None
-
-
-def _word(value: int, select: int) -> int:
-    return value >> 32 * select & 0xFFFFFFFF if select < 2 else 0
 
 
 class ModernRegs:
@@ -163,7 +140,7 @@ class ModernRegs:
             field = COMMON_FIELDS.get(off)
             return self._common_read(field[0]) if field and field[1] == size else 0
         if region == ISR:
-            return self.pci.read_isr() if off == 0 else 0
+            return self.pci.isr.take() if off == 0 else 0  # reading acknowledges
         if region == DEVICE:
             return self.dev.read_config(off, size)
         return 0
@@ -184,9 +161,9 @@ class ModernRegs:
         pci, dev, q = self.pci, self.dev, self.pci.queue()
         values = {
             "device_feature_select": pci.dfselect,
-            "device_feature": _word(dev.offered(), pci.dfselect),
+            "device_feature": pci.device_features_word(),
             "guest_feature_select": pci.gfselect,
-            "guest_feature": _word(dev.driver_features, pci.gfselect),
+            "guest_feature": pci.driver_features_word(),
             "msix_config": pci.config_vector,
             "num_queues": len(dev.queues),
             "device_status": dev.status,
@@ -213,13 +190,7 @@ class ModernRegs:
         elif name == "guest_feature_select":
             pci.gfselect = value
         elif name == "guest_feature":
-            # A word past the two we have names features we never offered:
-            # remember that with a bit that makes FEATURES_OK fail.
-            if pci.gfselect < 2:
-                mask = 0xFFFFFFFF << 32 * pci.gfselect
-                dev.set_driver_features(dev.driver_features & ~mask | value << 32 * pci.gfselect)
-            elif value:
-                dev.set_driver_features(dev.driver_features | 1 << 64)
+            pci.write_driver_features_word(value)
         elif name == "msix_config":
             pci.config_vector = pci.vector(value)
         elif name == "device_status":
@@ -267,7 +238,7 @@ class LegacyRegs:
             lib.VIRTIO_PCI_QUEUE_NUM: lambda: q.max_size if q else 0,
             lib.VIRTIO_PCI_QUEUE_SEL: lambda: pci.qsel,
             lib.VIRTIO_PCI_STATUS: lambda: dev.status,
-            lib.VIRTIO_PCI_ISR: pci.read_isr,
+            lib.VIRTIO_PCI_ISR: pci.isr.take,  # reading acknowledges
             lib.VIRTIO_MSI_CONFIG_VECTOR: lambda: pci.config_vector,
             lib.VIRTIO_MSI_QUEUE_VECTOR: lambda: q.vector if q else lib.VIRTIO_MSI_NO_VECTOR,
         }
@@ -283,7 +254,8 @@ class LegacyRegs:
             dev.set_driver_features(value)
         elif offset == lib.VIRTIO_PCI_QUEUE_PFN and q is not None:
             with dev.lock:
-                self._set_pfn(q, value)
+                pci.set_legacy_ring(q, value << lib.VIRTIO_PCI_QUEUE_ADDR_SHIFT,
+                                    lib.VIRTIO_PCI_VRING_ALIGN)
         elif offset == lib.VIRTIO_PCI_QUEUE_SEL:
             pci.qsel = value
         elif offset == lib.VIRTIO_PCI_QUEUE_NOTIFY:
@@ -294,21 +266,3 @@ class LegacyRegs:
             pci.config_vector = pci.vector(value)
         elif offset == lib.VIRTIO_MSI_QUEUE_VECTOR and q is not None:
             q.vector = pci.vector(value)
-
-    def _set_pfn(self, q: object, pfn: int) -> None:
-        """A legacy queue is one block: descriptors, then the available
-        ring, then the used ring on the next VIRTIO_PCI_VRING_ALIGN."""
-        vector = q.vector
-        q.reset()
-        q.vector = vector
-        if not pfn:
-            return
-        self.dev.set_driver_features(self.dev.driver_features)  # ring features to the queue
-        legacy_layout(q, pfn << lib.VIRTIO_PCI_QUEUE_ADDR_SHIFT, lib.VIRTIO_PCI_VRING_ALIGN)
-        self.dev.enable_queue(self.pci.qsel)
-
-
-def legacy_layout(q: object, base: int, align: int) -> None:
-    desc, avail, _ = ring_sizes(q.size)
-    q.desc_addr, q.avail_addr = base, base + desc
-    q.used_addr = -(-(base + desc + avail) // align) * align
