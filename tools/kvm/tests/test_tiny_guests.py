@@ -101,3 +101,12 @@ def test_all_vcpus_halted_with_interrupts_off_ends_with_0(kvm_available) -> None
     r = run_lkvm("run", "-c", "2", guest("halt"))
     assert r.returncode == 0, r.stderr
     assert b"KVM session ended normally" in r.stderr
+
+
+def test_legacy_dummy_ports_are_claimed():
+    """kvmtool's no-op ports: silent even with --debug-ioport, and port
+    0x92 reads the A20 gate on."""
+    r = run_lkvm("run", "-c", "1", "-m", "16", "--debug-ioport", guest("dummy_ports"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"02\n"
+    assert b"unhandled" not in r.stderr
