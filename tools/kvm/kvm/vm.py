@@ -16,6 +16,7 @@ from kvm.bus import Bus
 from kvm.config import Config
 from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
+from kvm.exitstats import ExitStats
 from kvm.ioctl import ioctl
 from kvm.kvm import Kvm
 from kvm.memory import GuestMemory
@@ -45,6 +46,10 @@ class Vm:
         arch.init_vm(self)
         arch.create_irqchip(self)
         self.vcpus = [Vcpu(self, i) for i in range(cfg.cpus)]
+        self.exit_stats = ExitStats() if cfg.debug_exits else None
+        if self.exit_stats is not None:
+            for vcpu in self.vcpus:
+                vcpu.exits = self.exit_stats.wrap(vcpu, vcpu.exits)
         self.exit_status = 0
         self.stopping = False
         # What a user sees (`lkvm list`, vmstate): only pause() and resume()

@@ -110,3 +110,17 @@ def test_legacy_dummy_ports_are_claimed():
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"02\n"
     assert b"unhandled" not in r.stderr
+
+
+def test_debug_exits_counts_exits_per_port():
+    """hello writes its 13 bytes to the UART, then resets through the
+    i8042: exactly the exits the table must show, and it ends the same."""
+    r = run_lkvm("run", "-c", "1", "-m", "16", "--debug-exits", guest("hello"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"Hello, lkvm!\n"
+    err = r.stderr.decode()
+    assert "Exits handled by lkvm: 14," in err
+    rows = {tuple(line.split()[:4]) for line in err.splitlines()}
+    assert ("IO", "out", "0x3f8", "13") in rows and ("IO", "out", "0x64", "1") in rows
+    plain = run_lkvm("run", "-c", "1", "-m", "16", guest("hello"))
+    assert "Exits handled" not in plain.stderr.decode()
