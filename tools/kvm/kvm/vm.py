@@ -17,6 +17,7 @@ from kvm.config import Config
 from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
 from kvm.exitstats import ExitStats
+from kvm.haltwatch import HaltWatch
 from kvm.ioctl import ioctl
 from kvm.kvm import Kvm
 from kvm.memory import GuestMemory
@@ -108,18 +109,20 @@ class Vm:
         """Run every vCPU until the guest or a user stops the VM; return the
         exit status."""
         previous = signal.signal(KICK_SIGNAL, lambda *_: None)
+        watch = HaltWatch([vcpu.fd for vcpu in self.vcpus])
         try:
             for vcpu in self.vcpus:
                 vcpu.start()
             # A guest that halted every CPU for good (a Linux poweroff with
             # no ACPI) never exits to us: the in-kernel LAPIC keeps HLT.
             while not self._stopped.wait(HALT_CHECK_SECONDS):
-                if self._halted_for_good():
+                if watch.worth_asking() and self._halted_for_good():
                     self.stop(0)
             for vcpu in self.vcpus:
                 vcpu.kick()
             self._join_vcpus()
         finally:
+            watch.close()
             signal.signal(KICK_SIGNAL, previous)
         return self.exit_status
 
