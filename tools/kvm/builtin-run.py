@@ -4,6 +4,7 @@ follow kvmtool's, so its users' scripts keep working."""
 import os
 import signal
 import stat
+import sys
 
 from include.uapi import lib
 from kvm import arch as arch_loader
@@ -95,6 +96,8 @@ def parser() -> Parser:
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")
     p.add_argument("--debug-mmio", action="store_true")
+    p.add_argument("--debug-exits", action="store_true",
+                   help="count the exits lkvm handles and time them; print them at the end")
     arch_loader.load().add_options(p)
     return p
 
@@ -131,6 +134,7 @@ def configure(argv: list[str], params: str = "") -> Config:
         disks=tuple(root.disks), shares=(*root.shares, *args.p9),
         transport=args.virtio_transport, hugetlbfs=args.hugetlbfs,
         debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
+        debug_exits=args.debug_exits,
         arch=arch.configure(args))
 
 
@@ -147,6 +151,8 @@ def launch(cfg: Config) -> int:
         devices.init()
         msg.note(f"lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}")
         status = vm.run()
+        if vm.exit_stats is not None:
+            vm.exit_stats.report(sys.stderr)
     finally:
         devices.exit()
     if status == 0:

@@ -98,19 +98,27 @@ class Bus:
             return ranges[i].base, ranges[i].dev
         return None
 
+    # read() and write() are every exit's path: find() inlined, one
+    # snapshot load and one range unpacked.
     def read(self, addr: int, size: int) -> int:
-        hit = self.find(addr)
-        if hit is None:
-            self._unhandled("in", addr, size)
-            return (1 << (8 * size)) - 1
-        return hit[1].read(addr - hit[0], size)
+        starts, ranges = self._snapshot
+        i = bisect.bisect_right(starts, addr) - 1
+        if i >= 0:
+            base, end, dev = ranges[i]
+            if addr < end:
+                return dev.read(addr - base, size)
+        self._unhandled("in", addr, size)
+        return (1 << (8 * size)) - 1
 
     def write(self, addr: int, size: int, value: int) -> None:
-        hit = self.find(addr)
-        if hit is None:
-            self._unhandled("out", addr, size)
-            return
-        hit[1].write(addr - hit[0], size, value)
+        starts, ranges = self._snapshot
+        i = bisect.bisect_right(starts, addr) - 1
+        if i >= 0:
+            base, end, dev = ranges[i]
+            if addr < end:
+                dev.write(addr - base, size, value)
+                return
+        self._unhandled("out", addr, size)
 
     def _unhandled(self, direction: str, addr: int, size: int) -> None:
         if self.debug:

@@ -28,6 +28,7 @@ class Config:
     hugetlbfs: str | None = None
     debug_ioport: bool = False
     debug_mmio: bool = False
+    debug_exits: bool = False       # count and time exits, print them at the end
     arch: object = None             # the arch's configure()
 
     @property

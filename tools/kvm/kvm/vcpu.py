@@ -30,6 +30,9 @@ IO, IO_AT = reader("kvm_run__io", ("direction", "size", "port", "count", "data_o
                    ffi.offsetof("struct kvm_run", "io"))
 
 
+OUT = lib.KVM_EXIT_IO_OUT
+
+
 class VcpuStop(Exception):
     """Raised inside a vCPU thread to end its loop."""
 
@@ -115,7 +118,13 @@ class Vcpu:
         direction, size, port, count, off = IO.unpack_from(self.run_map, IO_AT)
         data = self.run_bytes
         pio = self.vm.pio
-        if direction == lib.KVM_EXIT_IO_OUT:
+        if count == 1:  # all but string I/O (rep outs/ins): no loop
+            if direction == OUT:
+                pio.write(port, size, int.from_bytes(data[off:off + size], "little"))
+            else:
+                data[off:off + size] = pio.read(port, size).to_bytes(size, "little")
+            return
+        if direction == OUT:
             for i in range(off, off + size * count, size):
                 pio.write(port, size, int.from_bytes(data[i:i + size], "little"))
         else:

@@ -16,6 +16,8 @@ from kvm.bus import Bus
 from kvm.config import Config
 from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
+from kvm.exitstats import ExitStats
+from kvm.haltwatch import HaltWatch
 from kvm.ioctl import ioctl
 from kvm.kvm import Kvm
 from kvm.memory import GuestMemory
@@ -45,6 +47,10 @@ class Vm:
         arch.init_vm(self)
         arch.create_irqchip(self)
         self.vcpus = [Vcpu(self, i) for i in range(cfg.cpus)]
+        self.exit_stats = ExitStats() if cfg.debug_exits else None
+        if self.exit_stats is not None:
+            for vcpu in self.vcpus:
+                vcpu.exits = self.exit_stats.wrap(vcpu, vcpu.exits)
         self.exit_status = 0
         self.stopping = False
         # What a user sees (`lkvm list`, vmstate): only pause() and resume()
@@ -103,18 +109,20 @@ class Vm:
         """Run every vCPU until the guest or a user stops the VM; return the
         exit status."""
         previous = signal.signal(KICK_SIGNAL, lambda *_: None)
+        watch = HaltWatch([vcpu.fd for vcpu in self.vcpus])
         try:
             for vcpu in self.vcpus:
                 vcpu.start()
             # A guest that halted every CPU for good (a Linux poweroff with
             # no ACPI) never exits to us: the in-kernel LAPIC keeps HLT.
             while not self._stopped.wait(HALT_CHECK_SECONDS):
-                if self._halted_for_good():
+                if watch.worth_asking() and self._halted_for_good():
                     self.stop(0)
             for vcpu in self.vcpus:
                 vcpu.kick()
             self._join_vcpus()
         finally:
+            watch.close()
             signal.signal(KICK_SIGNAL, previous)
         return self.exit_status
 

@@ -31,6 +31,12 @@ def test_dsdt_has_soft_off_and_the_pci_host_bridge(tmp_path):
         assert f"0x{lo:04X},             // Range Minimum\n" \
                f"                    0x{hi:04X},             // Range Maximum" in dsl
     assert f"0x{GAP_START:08X},         // Range Minimum" in dsl
+    # Bus 0 and no other: without a bus-number resource Linux warns "No busn
+    # resource found for root bus" and gives the bridge buses 00-ff.
+    assert "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode,\n" \
+           "                    0x0000,             // Granularity\n" \
+           "                    0x0000,             // Range Minimum\n" \
+           "                    0x0000,             // Range Maximum" in dsl
     assert f"0x{VIRTIO_MMIO_START - 1:08X},         // Range Maximum" in dsl
     assert "InvalidRanges" not in dsl
 

@@ -86,7 +86,7 @@ def test_boot_reports_and_powers_off(boots, name) -> None:
     assert marks["cpus"] == str(cpus), out
     assert marks["memmap_end"] == hex(RAM_MIB * 2**20 - 1), out
     acpi = "noacpi" not in name
-    expected = ("noapic " + ("" if acpi else "noacpi ") + "pci=conf1 reboot=k panic=1 "
+    expected = ("noapic " + ("" if acpi else "noacpi ") + "pci=conf1,noearly reboot=k panic=1 "
                 "i8042.direct=1 i8042.dumbkbd=1 i8042.nopnp=1 earlyprintk=serial "
                 "i8042.noaux=1 console=ttyS0 root=/dev/vda rw quiet")
     assert marks["cmdline"] == expected

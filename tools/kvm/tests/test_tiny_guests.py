@@ -101,3 +101,26 @@ def test_all_vcpus_halted_with_interrupts_off_ends_with_0(kvm_available) -> None
     r = run_lkvm("run", "-c", "2", guest("halt"))
     assert r.returncode == 0, r.stderr
     assert b"KVM session ended normally" in r.stderr
+
+
+def test_legacy_dummy_ports_are_claimed():
+    """kvmtool's no-op ports: silent even with --debug-ioport, and port
+    0x92 reads the A20 gate on."""
+    r = run_lkvm("run", "-c", "1", "-m", "16", "--debug-ioport", guest("dummy_ports"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"02\n"
+    assert b"unhandled" not in r.stderr
+
+
+def test_debug_exits_counts_exits_per_port():
+    """hello writes its 13 bytes to the UART, then resets through the
+    i8042: exactly the exits the table must show, and it ends the same."""
+    r = run_lkvm("run", "-c", "1", "-m", "16", "--debug-exits", guest("hello"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"Hello, lkvm!\n"
+    err = r.stderr.decode()
+    assert "Exits handled by lkvm: 14," in err
+    rows = {tuple(line.split()[:4]) for line in err.splitlines()}
+    assert ("IO", "out", "0x3f8", "13") in rows and ("IO", "out", "0x64", "1") in rows
+    plain = run_lkvm("run", "-c", "1", "-m", "16", guest("hello"))
+    assert "Exits handled" not in plain.stderr.decode()

@@ -20,7 +20,7 @@ from kvm.cmd import TOP
 from kvm.config import Config
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
-from x86 import acpi, bios, cpu, irqchip, mptable, probe
+from x86 import acpi, bios, cpu, ioport, irqchip, mptable, probe
 from x86.bzimage import BzImage
 from x86.cmdline import kernel_cmdline
 from x86.e820 import e820_map
@@ -159,6 +159,7 @@ class X86(Arch):
         vm.pio.register(I8042_PORT, 5, I8042(reset, lambda level: vm.irq_line(1, level)))
         vm.pio.register(RTC_PORT, 2, Rtc())
         vm.pio.register(acpi.PM_BASE, acpi.PM_LEN, AcpiPm(acpi.S5_SLP_TYP, lambda: vm.stop(0)))
+        ioport.register(vm.pio)
         return uarts[0]
 
     def load_kernel(self, vm: "Vm", cfg: Config, params: str) -> Boot:
