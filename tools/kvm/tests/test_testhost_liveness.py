@@ -2,13 +2,15 @@
 does then, without booting anything (test_testhost.py freezes a real L1)."""
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
 
 from tests.testhost import liveness, runner
 from tests.testhost.liveness import Liveness
-from tests.testhost.session import L1Died, Result
+from tests.testhost.session import L1Died, Result, Session
 
 SOFT_LOCKUP = (b"[  412.337005] watchdog: BUG: soft lockup - CPU#1 stuck for 26s! "
                b"[lkvm-ioevent:1234]\n")
@@ -32,6 +34,27 @@ def test_alive_until_the_heartbeat_stops(tmp_path: Path, clock: list[float]) -> 
     live.beat()
     clock[0] += 41
     assert live.why_dead() == "no heartbeat from L1 for 40 s"
+
+
+def test_beats_queued_between_jobs_keep_l1_alive(tmp_path: Path, clock: list[float]) -> None:
+    """Nobody reads L1's beats between two jobs (the shared L1 idles while
+    other tests run): the next job reads those queued before judging."""
+    session = Session.__new__(Session)  # the control channel alone, no qemu
+    ours, theirs = socket.socketpair()
+    never, unused = os.pipe()  # stands for qemu's pidfd, which stays quiet
+    session._conn, session._buf, session._pidfd, session._proc = ours, b"", never, None
+    session._console = tmp_path / "console.log"
+    session._liveness = Liveness(session._console, lost_after=40)
+    try:
+        session._liveness.beat()
+        clock[0] += 300  # five minutes of other tests
+        theirs.sendall(b"HB\n" * 150 + b"DONE 1 0\n")
+        assert session._readline(clock[0] + 60, "job 1") == "DONE 1 0"
+    finally:
+        for fd in (never, unused):
+            os.close(fd)
+        ours.close()
+        theirs.close()
 
 
 @pytest.mark.parametrize("report", [SOFT_LOCKUP, RCU_STALL])

@@ -151,14 +151,15 @@ class Session:
 
     def _wait(self, sock: socket.socket, deadline: float, what: str) -> None:
         """Block until `sock` is readable; fail if time runs out first, or at
-        once when L1 dies (see liveness.py)."""
+        once when L1 dies (see liveness.py).
+
+        L1 is judged only when nothing is left to read: between two jobs
+        nobody reads its beats, and those queued on the socket are what
+        says it lived on meanwhile."""
         while True:
-            if why := self._liveness.why_dead():
-                raise L1Died(f"{why} while waiting for {what}\n{self.console()}")
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise L1Error(f"timed out waiting for {what}\n{self.console()}")
-            ready = select.select([sock, self._pidfd], [], [], min(remaining, TICK))[0]
+            ready = select.select([sock, self._pidfd], [], [],
+                                  min(max(remaining, 0), TICK))[0]
             if self._pidfd in ready:
                 status = self._proc.wait() if self._proc else None
                 raise L1Died(
@@ -167,6 +168,10 @@ class Session:
                 )
             if ready:
                 return
+            if why := self._liveness.why_dead():
+                raise L1Died(f"{why} while waiting for {what}\n{self.console()}")
+            if remaining <= 0:
+                raise L1Error(f"timed out waiting for {what}\n{self.console()}")
 
     def _readline(self, deadline: float, what: str) -> str:
         """The next line from L1's control port; heartbeats are taken here."""
