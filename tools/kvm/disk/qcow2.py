@@ -19,10 +19,11 @@ uncounted.  Counts of clusters a rewrite replaces are dropped only after
 the new entry is in place, for the same reason.
 
 New clusters always come from the end of the file; freed ones are not
-reused.  What is not done: discard, internal snapshots (an image with
-them opens read-only only), growing the refcount table (a write that
-would need it fails with an I/O error), external data files, extended
-L2 entries, encryption, compression types other than zlib.  The image
+reused.  A full refcount table is replaced by a larger one at the end
+of the file, which the header then points to.  What is not done:
+discard, internal snapshots (an image with them opens read-only only),
+external data files, extended L2 entries, encryption, compression types
+other than zlib.  The image
 is metadata we did not write: every offset in it is checked before use,
 and a bad one fails that request with an I/O error, or the open with
 one line.
@@ -48,6 +49,8 @@ HEADER_V3 = struct.Struct(">QQQII")             # what version 3 adds
 V3_LENGTH = HEADER.size + HEADER_V3.size
 EXTENSION = struct.Struct(">II")
 U64 = struct.Struct(">Q")
+REFTABLE_FIELDS = struct.Struct(">QI")          # refcount_table_offset, _clusters
+REFTABLE_FIELDS_AT = 48
 
 CLUSTER_BITS = range(9, 22)                     # as QEMU: 512 B to 2 MiB
 MAX_L1_BYTES = 32 << 20
@@ -460,12 +463,59 @@ class Qcow2:
         """Where `cluster`'s refcount is in the file (0: no block yet)."""
         index = cluster >> self.refblock_bits
         if index >= len(self.reftable):
-            raise self._eio("the refcount table is full (growing it is not supported)")
+            self._grow_reftable(index)
         block = self.reftable[index] & ~0x1FF
         if not block:
             return 0
         self._host(block, "a refcount block")
         return block + (cluster & ((1 << self.refblock_bits) - 1)) * self.refcount.size
+
+    def _grow_reftable(self, index: int) -> None:
+        """A refcount table with room for `index`, at the end of the file:
+        its clusters, and new refcount blocks for them where their range
+        has none, counted; the whole written; then the header switched to
+        it in one write; then the old table's clusters freed."""
+        cs, per_block = self.cluster_size, 1 << self.refblock_bits
+        entries = max(2 * len(self.reftable), index + 1)
+        clusters = -(-entries * 8 // cs)
+        if clusters * cs > MAX_REFTABLE_BYTES:
+            raise self._eio("the refcount table would grow larger than we accept")
+        table = array("Q", self.reftable)
+        table.extend([0] * (clusters * cs // 8 - len(table)))
+        start = end = self.next_free
+        end += clusters
+        blocks: dict[int, bytearray] = {}   # range -> its new block's contents
+        cluster = start
+        while cluster < end:                # new blocks land at the end and need counts too
+            r = cluster >> self.refblock_bits
+            if r >= len(table):
+                raise self._eio("the refcount table cannot cover itself")
+            if not table[r] & ~0x1FF and r not in blocks:
+                blocks[r] = bytearray(cs)
+                table[r] = end << self.cluster_bits
+                end += 1
+            cluster += 1
+        for cluster in range(start, end):
+            r = cluster >> self.refblock_bits
+            at = (cluster & (per_block - 1)) * self.refcount.size
+            if r in blocks:
+                self.refcount.pack_into(blocks[r], at, 1)
+            else:
+                self._pwrite(self.refcount.pack(1), (table[r] & ~0x1FF) + at)
+        for r, block in blocks.items():
+            self._pwrite(block, table[r])
+        swapped = array("Q", table)
+        swapped.byteswap()
+        self._pwrite(swapped.tobytes(), start << self.cluster_bits)
+        os.fdatasync(self.fd)
+        old = range(self.reftable_offset >> self.cluster_bits,
+                    (self.reftable_offset >> self.cluster_bits) + len(self.reftable) * 8 // cs)
+        self._pwrite(REFTABLE_FIELDS.pack(start << self.cluster_bits, clusters),
+                     REFTABLE_FIELDS_AT)
+        os.fdatasync(self.fd)
+        self.reftable, self.reftable_offset, self.next_free = table, start << self.cluster_bits, end
+        for cluster in old:
+            self._unref(cluster << self.cluster_bits)
 
     def _get_refcount(self, at: int) -> int:
         raw = os.pread(self.fd, self.refcount.size, at)

@@ -339,19 +339,28 @@ def test_hostile_tables_fail_the_request_not_lkvm(tmp_path, name):
     dev.close()
 
 
-def test_full_refcount_table_is_an_io_error_and_a_leak_at_most(tmp_path):
+@pytest.mark.parametrize("compat", ["0.10", "1.1"])
+def test_refcount_table_grows(tmp_path, compat):
     """512-byte clusters: one refcount table cluster covers 8 MiB of
-    file, and growing the table is not done."""
-    img = tmp_path / "disk.qcow2"
-    create(img, 16 * MIB, cluster=512)
+    file, so writing 20 MiB must move the table, twice."""
+    img, raw = tmp_path / "disk.qcow2", tmp_path / "disk.raw"
+    size = 20 * MIB
+    create(img, size, compat, cluster=512)
+    with open(img, "rb") as f:
+        f.seek(48)
+        before = struct.unpack(">QI", f.read(12))
     disk = open_disk(str(img))
-    chunk = b"\xee" * 65536
-    with pytest.raises(OSError):
-        for off in range(0, 16 * MIB, len(chunk)):
-            disk.writev([memoryview(chunk)], off)
+    data = random.Random(2).randbytes(size)
+    for off in range(0, size, 256 << 10):
+        disk.writev([memoryview(data[off:off + (256 << 10)])], off)
     disk.close()
-    r = qemu_img("check", str(img), ok=(0, 3))
-    assert "ERROR" not in r.stdout + r.stderr
+    raw.write_bytes(data)
+    with open(img, "rb") as f:
+        f.seek(48)
+        offset, clusters = struct.unpack(">QI", f.read(12))
+    assert offset != before[0] and clusters >= 4 * before[1]
+    same(img, raw)
+    check(img)
 
 
 # -- kill -9 --------------------------------------------------------------------
@@ -372,17 +381,19 @@ for slot in slots:
 SLOT = 16 << 10
 
 
-@pytest.mark.parametrize("cluster,writes", [(512, 5), (512, 60), (4096, 1), (4096, 40),
-                                            (65536, 25)])
-def test_kill_9_mid_workload_leaves_no_corruption(tmp_path, cluster, writes):
+@pytest.mark.parametrize("cluster,writes,size,slot", [
+    (512, 5, 4 * MIB, SLOT), (512, 60, 4 * MIB, SLOT), (4096, 1, 4 * MIB, SLOT),
+    (4096, 40, 4 * MIB, SLOT), (65536, 25, 4 * MIB, SLOT),
+    (512, 300, 32 * MIB, 64 << 10),     # past 8 MiB of file: the refcount table has moved
+])
+def test_kill_9_mid_workload_leaves_no_corruption(tmp_path, cluster, writes, size, slot):
     """A child writes a slot of the disk at a time, saying so after each,
     and is killed with SIGKILL after `writes` of them, wherever it is
     then.  Leaked clusters are allowed (documented in disk/qcow2.py),
     errors are not, and every write it finished reads back."""
     img = tmp_path / "disk.qcow2"
-    size = 4 * MIB
     create(img, size, cluster=cluster)
-    code = WRITER.format(kvmdir=KVMDIR, img=str(img), seed=writes, size=size, slot=SLOT)
+    code = WRITER.format(kvmdir=KVMDIR, img=str(img), seed=writes, size=size, slot=slot)
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     try:
         done = [child.stdout.readline() for _ in range(writes)]
@@ -397,5 +408,5 @@ def test_kill_9_mid_workload_leaves_no_corruption(tmp_path, cluster, writes):
     check(img)
     data = raw_of(tmp_path, img)
     assert len(done) >= writes
-    for slot, n in (map(int, line.split()) for line in done):
-        assert data[slot * SLOT:slot * SLOT + n] == bytes([slot % 251 + 1]) * n
+    for index, n in (map(int, line.split()) for line in done):
+        assert data[index * slot:index * slot + n] == bytes([index % 251 + 1]) * n
