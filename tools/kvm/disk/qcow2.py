@@ -251,6 +251,8 @@ class Qcow2:
             name = raw[h.backing_offset:end].decode()
         except UnicodeDecodeError:
             self._fail("its backing file name is not UTF-8")
+        if not name or "\0" in name:
+            self._fail("its backing file name is empty or holds a NUL")
         path = os.path.join(os.path.dirname(os.path.abspath(self.path)), name)
         if os.path.realpath(path) in chain:
             self._fail(f"its backing file {name} is already in its backing chain")
