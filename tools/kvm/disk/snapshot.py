@@ -13,6 +13,7 @@ import os
 import tempfile
 
 from disk.raw import IOV_MAX
+from kvm.errors import LkvmError
 from virtio.iov import advance, split, total
 
 GRAIN = 64 << 10
@@ -26,8 +27,13 @@ class Snapshot:
         self.base = base
         self.path = base.path
         self.size = base.size
-        self.overlay = tempfile.TemporaryFile(prefix="lkvm-snapshot-")
-        os.ftruncate(self.overlay.fileno(), self.size)
+        try:
+            self.overlay = tempfile.TemporaryFile(prefix="lkvm-snapshot-")
+            os.ftruncate(self.overlay.fileno(), self.size)
+        except OSError as e:
+            base.close()
+            raise LkvmError(f"disk image {self.path}: no room for its snapshot in "
+                            f"{tempfile.gettempdir()}: {e.strerror}") from None
         self.held = bytearray(-(-self.size // GRAIN) // 8 + 1)
 
     def _has(self, grain: int) -> bool:

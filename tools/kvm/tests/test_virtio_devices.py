@@ -4,12 +4,14 @@ guest drives them."""
 import fcntl
 import os
 import struct
+import tempfile
 
 import pytest
 
 from disk.core import open_disk
 from disk.raw import RawDisk
 from include.uapi import lib
+from kvm.errors import LkvmError
 from virtio.blk import OUTHDR, RANGE, Blk
 from virtio.console import RX, TX, Console
 from virtio.mock import Driver, mock_memory
@@ -128,6 +130,13 @@ def test_blk_snapshot_writes_go_to_an_overlay(image, sector, length):
     assert request(q, lib.VIRTIO_BLK_T_FLUSH)[0] == 0
     assert image.read_bytes() == before
     dev.close()
+
+
+def test_blk_snapshot_without_a_temporary_dir_is_one_line(image, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    with pytest.raises(LkvmError, match=r"^disk image .*: no room for its snapshot in .*gone: "):
+        open_disk(str(image), snapshot=True)
+    open_disk(str(image)).close()       # and the image was closed, its lock with it
 
 
 def test_blk_snapshot_keeps_no_copy_in_memory(image, tmp_path):
