@@ -7,16 +7,17 @@ or to zlib-compressed data.  Reference counts say which host clusters
 are in use; `qemu-img check` compares them with the tables.
 
 Crash safety is by ordered updates, as the format allows without lazy
-refcounts: a new cluster's refcount is written first, then the data
-(copy-on-write filled), then the table entry that points to it, with an
-fdatasync between the steps so that no reordering by the host's page
-cache or disk can leave a table entry pointing at a cluster whose
-refcount or contents are not there yet.  A crash between the steps
-(kill -9, power loss) can leave a cluster counted but unreferenced:
-qemu-img check reports that as a leaked cluster (exit status 3), which
-`qemu-img check -r leaks` reclaims; it never leaves a referenced cluster
-uncounted.  Counts of clusters a rewrite replaces are dropped only after
-the new entry is in place, for the same reason.
+refcounts: a new cluster's refcount and its data (copy-on-write filled)
+are written first, then the table entry that points to it, with an
+fdatasync before the entry (one per request that allocates) so that no
+reordering by the host's page cache or disk can leave a table entry
+pointing at a cluster whose refcount or contents are not there yet.  A
+crash between the steps (kill -9, power loss) can leave a cluster
+counted but unreferenced: qemu-img check reports that as a leaked
+cluster (exit status 3), which `qemu-img check -r leaks` reclaims; it
+never leaves a referenced cluster uncounted.  Counts of clusters a
+rewrite replaces are dropped only after the new entry is in place, for
+the same reason.
 
 New clusters always come from the end of the file; freed ones are not
 reused.  A full refcount table is replaced by a larger one at the end
@@ -423,7 +424,6 @@ class Qcow2:
             if not self.l1[index] & OFFSET_MASK and index not in tables:
                 tables[index] = self._alloc()
         hosts = [self._alloc() for _ in fresh]
-        os.fdatasync(self.fd)
         for table in tables.values():
             self._pwrite(self.zeros, table)
         for (cluster, start, part, entry), host in zip(fresh, hosts, strict=True):
@@ -437,7 +437,7 @@ class Qcow2:
                 data[start:start + len(v)] = v
                 start += len(v)
             self._pwrite(data, host)
-        os.fdatasync(self.fd)
+        os.fdatasync(self.fd)       # counts, tables and data before what points to them
         for index, table in tables.items():
             self.l1[index] = table | COPIED
             self._pwrite(U64.pack(table | COPIED), self.l1_offset + index * 8)
