@@ -175,6 +175,26 @@ def test_backing_chain(tmp_path, monkeypatch):
     assert mid.read_bytes() == before_mid
 
 
+def test_l2_cache_is_bounded(tmp_path):
+    """64 KiB clusters: an L2 table maps 512 MiB, the cache holds 16 of
+    them; writes in 40 tables must evict and read back through it."""
+    img = tmp_path / "disk.qcow2"
+    size = 20 << 30
+    create(img, size)
+    disk = open_disk(str(img))
+    assert disk.l2_cache_tables == 16
+    spots = [(i * (512 * MIB) + i * 4096, bytes([i + 1]) * 4096) for i in range(40)]
+    for off, data in spots:
+        disk.writev([memoryview(data)], off)
+        assert len(disk.l2_cache) <= 16
+    for off, data in reversed(spots):
+        buf = bytearray(4096)
+        disk.readv([memoryview(buf)], off)
+        assert buf == data
+    disk.close()
+    check(img)
+
+
 def blk_request(q, kind, sector=0, out=b"", in_len=0):
     q.add([OUTHDR.pack(kind, 0, sector), *([out] if out else [])],
           [in_len, 1] if in_len else [1])
