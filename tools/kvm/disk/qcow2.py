@@ -36,7 +36,9 @@ import struct
 import zlib
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 from disk import core
 from disk.raw import IOV_MAX, RawDisk, lock, open_image
@@ -105,7 +107,7 @@ class Header:
     compression_type: int = 0
 
 
-def parse_header(raw: bytes, fail) -> Header:
+def parse_header(raw: bytes, fail: Callable[[str], NoReturn]) -> Header:
     if len(raw) < HEADER.size:
         fail("its header is cut short")
     magic, version, *fields = HEADER.unpack_from(raw)
@@ -132,7 +134,7 @@ class Qcow2:
     def __init__(self, path: str, readonly: bool = False, chain: tuple[str, ...] = ()) -> None:
         self.path = path
         self.readonly = readonly
-        self.backing: object | None = None
+        self.backing: core.Disk | None = None
         self.warned = False
         self.fd = open_image(path, readonly, False)
         try:
@@ -142,7 +144,7 @@ class Qcow2:
             self.close()
             raise
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str) -> NoReturn:
         raise LkvmError(f"disk image {self.path}: {why}")
 
     # -- opening: every field checked before anything trusts it ------------
@@ -244,7 +246,7 @@ class Qcow2:
             os.fdatasync(self.fd)
 
     def _open_backing(self, raw: bytes, h: Header, fmt: str | None,
-                      chain: tuple[str, ...]) -> object:
+                      chain: tuple[str, ...]) -> core.Disk:
         end = h.backing_offset + h.backing_size
         if h.backing_size > MAX_BACKING_NAME or end > len(raw):
             self._fail("its backing file name is out of range")
@@ -327,7 +329,7 @@ class Qcow2:
             part, views = split(views, n)
             self._read(part, cluster, start, self._entry(cluster))
 
-    def _clusters(self, offset: int, length: int):
+    def _clusters(self, offset: int, length: int) -> Iterator[tuple[int, int, int]]:
         """(cluster, offset in it, bytes) for each cluster [offset, +length) touches."""
         end = offset + length
         while offset < end:
@@ -415,7 +417,7 @@ class Qcow2:
         if fresh:
             self._write_fresh(fresh)
 
-    def _write_fresh(self, fresh: list) -> None:
+    def _write_fresh(self, fresh: list[tuple[int, int, list[memoryview], int]]) -> None:
         """Clusters with no writable host cluster yet: in the order that
         keeps every state on the way consistent (see the top)."""
         tables = {}

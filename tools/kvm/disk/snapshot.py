@@ -11,6 +11,7 @@ copies that grain from the image.  QEMU's `snapshot=on` is the same idea.
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
 
 from disk.raw import IOV_MAX
 from kvm.errors import LkvmError
@@ -39,7 +40,7 @@ class Snapshot:
     def _has(self, grain: int) -> bool:
         return bool(self.held[grain >> 3] >> (grain & 7) & 1)
 
-    def _runs(self, offset: int, length: int):
+    def _runs(self, offset: int, length: int) -> Iterator[tuple[int, int, bool]]:
         """(offset, length, in the overlay) for the grain-aligned runs of
         [offset, offset + length) that come from one place."""
         end = offset + length
