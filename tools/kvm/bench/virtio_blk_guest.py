@@ -4,8 +4,10 @@ kernel (the one `make guest-kernel` builds), same rootfs, same guest init.
 
     virtio_blk_guest.py [-m MIB] [-k KIB]
 
-Each VMM boots a rootfs made as `lkvm setup` makes it, with a raw image
-as its one disk, /dev/vda.  In the guest, the host's dd (through the
+Each VMM boots a rootfs made as `lkvm setup` makes it, with one disk,
+/dev/vda: a raw image, then a qcow2 one (version 3, 64 KiB clusters, made
+empty by qemu-img, so the writes time cluster allocation and its
+refcount updates in each VMM).  In the guest, the host's dd (through the
 rootfs's links into /host) writes then reads MIB MiB with 1 MiB blocks,
 then KIB KiB with 4 KiB blocks, O_DIRECT so the guest's page cache is
 out of the way and every block is a request to the device; the writes
@@ -20,17 +22,19 @@ QEMU gets cache=writeback, its default, the same thing (buffered,
 flushes become fdatasync).  QEMU's cache=none against lkvm's buffered
 I/O would set one VMM's disk against the other's page cache.  So this
 measures what each VMM adds on the way to the host page cache, not the
-host's disk: each VMM gets a freshly made image (preallocated, so the
+host's disk: each VMM gets a freshly made image (a raw one preallocated, so the
 writes don't time the host file system's block allocation) with
 nothing of it cached, and reads back what its own writes just left in
-the host page cache.  Inside L1 the image is in RAM in any case (L1's
-root is a tmpfs overlay).
+the host page cache.  lkvm probes the qcow2 image's format; QEMU is told
+it (format=qcow2, its own default L2 cache size).  Inside L1 the image is
+in RAM in any case (L1's root is a tmpfs overlay).
 """
 
 import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -71,15 +75,16 @@ def guest_command(mib: int, kib: int) -> list[str]:
     return ["sh", "-c", "\n".join(lines)]
 
 
-def lkvm(kernel: str, image: str, mib: int, kib: int) -> list[str]:
+def lkvm(kernel: str, image: str, fmt: str, mib: int, kib: int) -> list[str]:
+    # No format to give: lkvm tells it by the image's magic.
     # -d default: a disk alone would be booted as the root, as in kvmtool.
     return [LKVM, "sandbox", "-k", kernel, "-m", RAM_MIB, "-c", "1", "-p", "quiet",
             "-d", rootfs.DEFAULT, "-d", image, "--", *guest_command(mib, kib)]
 
 
-def qemu(kernel: str, image: str, mib: int, kib: int) -> list[str]:
+def qemu(kernel: str, image: str, fmt: str, mib: int, kib: int) -> list[str]:
     return qemu_on_rootfs(kernel, guest_command(mib, kib), extra=[
-        "-drive", f"file={image},format=raw,if=none,id=d0,cache=writeback",
+        "-drive", f"file={image},format={fmt},if=none,id=d0,cache=writeback",
         "-device", "virtio-blk-pci,drive=d0"])
 
 
@@ -108,41 +113,65 @@ def measure(name: str, cmd: list[str]) -> tuple[bool, dict[str, float] | None]:
     return True, got
 
 
+def raw_image(path: str, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+
+
+def qcow2_image(path: str, size: int) -> None:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+                    "compat=1.1,cluster_size=65536", path, str(size)], check=True, timeout=60)
+
+
+# The image formats, in the order measured, and how each is made empty.
+FORMATS = {"raw": raw_image, "qcow2": qcow2_image}
+VMMS = {"lkvm": lkvm, "qemu": qemu}
+
+
+def formats() -> dict:
+    """The formats this host can make: qcow2 needs qemu-img."""
+    return {fmt: make for fmt, make in FORMATS.items()
+            if fmt == "raw" or shutil.which("qemu-img")}
+
+
 def inner(kernel: str, mib: int, kib: int) -> dict[str, dict[str, float]]:
     results = {}
     # A rootfs of its own, and one lkvm's -d default finds.
     with tempfile.TemporaryDirectory(prefix="lkvm-bench-") as home:
         os.environ["HOME"] = home
         rootfs.prepare(rootfs.DEFAULT)
-        for name, make in (("lkvm", lkvm), ("qemu", qemu)):
-            # A boot that never gets going (seen in the nested test host) is
-            # tried again rather than lose the comparison; a measurement
-            # that started and failed would only fail again.
-            for _ in range(ATTEMPTS):
-                with tempfile.TemporaryDirectory() as tmp:
-                    image = os.path.join(tmp, "disk.img")
-                    fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                    try:
-                        os.posix_fallocate(fd, 0, max(mib << 20, kib << 10))
-                    finally:
-                        os.close(fd)
-                    started, got = measure(name, make(kernel, image, mib, kib))
-                if got is not None:
-                    results[name] = got
-                if started:
-                    break
+        for fmt, make_image in formats().items():
+            for vmm, command in VMMS.items():
+                # A boot that never gets going (seen in the nested test host)
+                # is tried again rather than lose the comparison; a
+                # measurement that started and failed would only fail again.
+                for _ in range(ATTEMPTS):
+                    with tempfile.TemporaryDirectory() as tmp:
+                        image = os.path.join(tmp, f"disk.{fmt}")
+                        make_image(image, max(mib << 20, kib << 10))
+                        started, got = measure(f"{vmm} {fmt}",
+                                               command(kernel, image, fmt, mib, kib))
+                    if got is not None:
+                        results[f"{vmm} {fmt}"] = got
+                    if started:
+                        break
     return results
 
 
 def report(results: dict[str, dict[str, float]], mib: int, kib: int) -> None:
     print(f"virtio-blk in a Linux guest (dd, O_DIRECT: {mib} MiB in 1 MiB blocks, "
           f"{kib} KiB in 4 KiB blocks), MB/s:")
-    print("           " + "".join(f"{name:>10s}" for name, _ in TESTS))
-    for vmm, got in results.items():
-        print(f"  {vmm:9s}" + "".join(f"{got[name]:10.1f}" for name, _ in TESTS))
-    if len(results) == 2:
-        lk, qe = results["lkvm"], results["qemu"]
-        print("  lkvm/qemu" + "".join(f"{lk[name] / qe[name]:10.2f}" for name, _ in TESTS))
+    print("                 " + "".join(f"{name:>10s}" for name, _ in TESTS))
+    for row, got in results.items():
+        print(f"  {row:15s}" + "".join(f"{got[name]:10.1f}" for name, _ in TESTS))
+    for fmt in FORMATS:
+        lk, qe = results.get(f"lkvm {fmt}"), results.get(f"qemu {fmt}")
+        if lk and qe:
+            print(f"  {'lkvm/qemu ' + fmt:15s}" +
+                  "".join(f"{lk[name] / qe[name]:10.2f}" for name, _ in TESTS))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         __file__, ["-m", str(args.mib), "-k", str(args.kib), "--inner", str(kernel)],
         timeout=2 * ATTEMPTS * TIMEOUT + 60)
     report(results, args.mib, args.kib)
-    return 0 if len(results) == 2 else 1
+    return 0 if len(results) == len(formats()) * len(VMMS) else 1
 
 
 if __name__ == "__main__":

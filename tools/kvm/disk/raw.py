@@ -1,9 +1,9 @@
 """Raw disk images and block devices, moved to and from guest memory
 without copies (preadv/pwritev on views of guest RAM).
 
-`,ro` opens the image read-only and maps it privately, as kvmtool does:
-the guest may write, but its writes land in copy-on-write pages in our
-memory and never reach the file.  `,direct` opens it O_DIRECT.
+`,ro` opens the image O_RDONLY and the device refuses the guest's
+writes (disk/core.py's `,snapshot` is the writable throw-away view).
+`,direct` opens it O_DIRECT.
 """
 
 import ctypes
@@ -71,6 +71,7 @@ class RawDisk:
     def __init__(self, path: str, readonly: bool = False, direct: bool = False) -> None:
         self.path = path
         self.direct = direct
+        self.readonly = readonly
         self.fd = open_image(path, readonly, direct)
         try:
             lock(self.fd, path, readonly)
@@ -80,8 +81,6 @@ class RawDisk:
         except BaseException:
             os.close(self.fd)
             raise
-        self.cow = mmap.mmap(self.fd, self.size, flags=mmap.MAP_PRIVATE,
-                             prot=mmap.PROT_READ | mmap.PROT_WRITE) if readonly else None
         self.can_discard = not readonly and self._probe(PUNCH)
         self.can_zero = not readonly and self._probe(ZERO)
 
@@ -95,20 +94,12 @@ class RawDisk:
         return True
 
     def readv(self, views: list[memoryview], offset: int) -> None:
-        if self.cow is not None:
-            for v in views:
-                v[:] = self.cow[offset:offset + len(v)]
-                offset += len(v)
-        else:
-            self._io(os.preadv, views, offset)
+        self._io(os.preadv, views, offset)
 
     def writev(self, views: list[memoryview], offset: int) -> None:
-        if self.cow is not None:
-            for v in views:
-                self.cow[offset:offset + len(v)] = v
-                offset += len(v)
-        else:
-            self._io(os.pwritev, views, offset)
+        if self.readonly:
+            raise OSError(errno.EROFS, "read-only disk")
+        self._io(os.pwritev, views, offset)
 
     def _io(self, op: object, views: list[memoryview], offset: int) -> None:
         views = [v for v in views if len(v)]
@@ -152,8 +143,7 @@ class RawDisk:
             done += n
 
     def flush(self) -> None:
-        if self.cow is None:
-            os.fsync(self.fd)
+        os.fsync(self.fd)
 
     def discard(self, offset: int, length: int) -> None:
         fallocate(self.fd, PUNCH, offset, length)
@@ -163,6 +153,4 @@ class RawDisk:
         fallocate(self.fd, PUNCH if punch else ZERO, offset, length)
 
     def close(self) -> None:
-        if self.cow is not None:
-            self.cow.close()
         os.close(self.fd)

@@ -1,13 +1,17 @@
 """virtio-blk, -console and -rng driven through the mock driver as a
 guest drives them."""
 
+import fcntl
 import os
 import struct
+import tempfile
 
 import pytest
 
+from disk.core import open_disk
 from disk.raw import RawDisk
 from include.uapi import lib
+from kvm.errors import LkvmError
 from virtio.blk import OUTHDR, RANGE, Blk
 from virtio.console import RX, TX, Console
 from virtio.mock import Driver, mock_memory
@@ -87,14 +91,65 @@ def test_blk_discard_and_write_zeroes(image):
     dev.close()
 
 
-def test_blk_read_only_writes_stay_in_memory(image):
+def test_blk_read_only_is_offered_and_refuses_writes(image):
     before = image.read_bytes()
+    image.chmod(0o444)                  # O_RDONLY is all ,ro needs
     dev, q = blk_for(image, readonly=True)
-    assert request(q, lib.VIRTIO_BLK_T_OUT, 0, out=b"\xaa" * 512)[0] == 0
-    assert request(q, lib.VIRTIO_BLK_T_IN, 0, in_len=512)[1] == b"\xaa" * 512
+    assert dev.features >> lib.VIRTIO_BLK_F_RO & 1
+    assert fcntl.fcntl(dev.disk.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    assert not dev.features & (1 << lib.VIRTIO_BLK_F_DISCARD | 1 << lib.VIRTIO_BLK_F_WRITE_ZEROES)
+    assert request(q, lib.VIRTIO_BLK_T_OUT, 0, out=b"\xaa" * 512)[0] == lib.VIRTIO_BLK_S_IOERR
+    assert request(q, lib.VIRTIO_BLK_T_IN, 0, in_len=512)[1] == before[:512]
+    assert request(q, lib.VIRTIO_BLK_T_FLUSH)[0] == lib.VIRTIO_BLK_S_OK
+    assert image.read_bytes() == before and not dev.broken
+    dev.close()
+
+
+def test_blk_writable_disk_is_not_offered_read_only(image):
+    dev, _ = blk_for(image)
+    assert not dev.features >> lib.VIRTIO_BLK_F_RO & 1
+    dev.close()
+
+
+@pytest.mark.parametrize("length", [512, 4096, 70 << 10, 200 << 10])
+@pytest.mark.parametrize("sector", [0, 1, 127, 8192 - 400])
+def test_blk_snapshot_writes_go_to_an_overlay(image, sector, length):
+    before = image.read_bytes()
+    image.chmod(0o444)
+    dev = Blk(mock_memory(), open_disk(str(image), snapshot=True), "lkvm-test")
+    (q,) = Driver(dev).start()
+    assert not dev.features >> lib.VIRTIO_BLK_F_RO & 1
+    payload = os.urandom(length)
+    assert request(q, lib.VIRTIO_BLK_T_OUT, sector, out=payload)[0] == 0
+    want = bytearray(before)
+    want[sector * 512:sector * 512 + length] = payload
+    first = max(0, sector * 512 - (100 << 10))  # the grains around the write too
+    n = min(400 << 10, len(before) - first)
+    status, data, _ = request(q, lib.VIRTIO_BLK_T_IN, first // 512, in_len=n)
+    assert status == 0 and data == want[first:first + n]
     assert request(q, lib.VIRTIO_BLK_T_FLUSH)[0] == 0
     assert image.read_bytes() == before
     dev.close()
+
+
+def test_blk_snapshot_without_a_temporary_dir_is_one_line(image, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    with pytest.raises(LkvmError, match=r"^disk image .*: no room for its snapshot in .*gone: "):
+        open_disk(str(image), snapshot=True)
+    open_disk(str(image)).close()       # and the image was closed, its lock with it
+
+
+def test_blk_snapshot_keeps_no_copy_in_memory(image, tmp_path):
+    """The overlay is an unlinked file on disk, sparse: what the guest
+    writes costs neither lkvm's memory nor a name in the file system."""
+    disk = open_disk(str(image), snapshot=True)
+    fd = disk.overlay.fileno()
+    assert os.fstat(fd).st_nlink == 0
+    disk.writev([memoryview(b"\x55" * (1 << 20))], 2 * MIB)
+    assert os.pread(fd, 16, 2 * MIB) == b"\x55" * 16
+    assert os.fstat(fd).st_blocks * 512 < 2 * MIB
+    assert len(disk.held) <= 4 * MIB // (64 << 10) // 8 + 1
+    disk.close()
 
 
 def test_blk_direct_io_with_unaligned_buffers(image):

@@ -14,12 +14,15 @@ cases per device, 100,000 with --slow.
 """
 
 import os
+import shutil
 import struct
+import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from disk.core import open_disk
 from disk.raw import RawDisk
 from include.uapi import lib
 from kvm.ipc import BALLOON, STAT, U32, IpcError
@@ -162,11 +165,23 @@ def disk_path(tmp_path):
     return str(path)
 
 
+def qcow2_beside(path: str) -> str:
+    """An empty qcow2 image as large as the raw one, made by qemu-img."""
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img (Debian's qemu-utils) is not installed")
+    image = path + ".qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096",
+                    image, str(os.path.getsize(path))], check=True, timeout=60)
+    return image
+
+
 DEVICES = {
     "rng": lambda mem, path: Rng(mem),
     "console": lambda mem, path: Console(mem, lambda data: None),
     "blk": lambda mem, path: Blk(mem, RawDisk(path), "fuzz"),
     "blk-ro": lambda mem, path: Blk(mem, RawDisk(path, readonly=True), "fuzz"),
+    "blk-snapshot": lambda mem, path: Blk(mem, open_disk(path, snapshot=True), "fuzz"),
+    "blk-qcow2": lambda mem, path: Blk(mem, open_disk(qcow2_beside(path)), "fuzz"),
     "balloon": lambda mem, path: Balloon(mem),
 }
 

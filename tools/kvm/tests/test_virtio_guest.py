@@ -34,7 +34,9 @@ def test_guest_finds_no_rng_without_rng():
 @pytest.mark.parametrize("spec,message", [
     ("/nonexistent.img", b"Fatal: --disk /nonexistent.img: no such file or directory, nor a "
                          b"rootfs in"),
-    ("/dev/null,bogus", b"Fatal: --disk /dev/null,bogus: expected file[,ro][,direct]"),
+    ("/dev/null,bogus", b"Fatal: --disk /dev/null,bogus: expected file[,ro|,snapshot][,direct]"),
+    ("/dev/null,ro,snapshot",
+     b"Fatal: disk image /dev/null: ro and snapshot exclude each other"),
     ("/dev/null", b"Fatal: disk image /dev/null is not a regular file or block device"),
 ])
 def test_bad_disks_are_one_line_errors(spec, message):
@@ -53,3 +55,14 @@ def test_every_transport_starts_and_stops(tmp_path, transport):
                  guest("hello"))
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"Hello, lkvm!\n"
+
+
+@pytest.mark.parametrize("flag", ["ro", "snapshot"])
+def test_read_only_and_snapshot_disks_of_a_file_we_cannot_write(tmp_path, flag):
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(1 << 20))
+    img.chmod(0o444)
+    r = run_lkvm("run", "-c", "1", "-m", "16", "-d", f"{img},{flag}", guest("hello"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"Hello, lkvm!\n"
+    assert img.read_bytes() == bytes(1 << 20)

@@ -30,6 +30,8 @@ class Blk(VirtioDevice):
         self.disk = disk
         self.serial = serial.encode()[:lib.VIRTIO_BLK_ID_BYTES]
         self.features = 1 << lib.VIRTIO_BLK_F_SEG_MAX | 1 << lib.VIRTIO_BLK_F_FLUSH
+        if disk.readonly:
+            self.features |= 1 << lib.VIRTIO_BLK_F_RO
         if disk.can_discard:
             self.features |= 1 << lib.VIRTIO_BLK_F_DISCARD
         if disk.can_discard or disk.can_zero:
@@ -91,7 +93,8 @@ class Blk(VirtioDevice):
         return lib.VIRTIO_BLK_S_OK, n
 
     def _write(self, sector: int, data_out: list, data_in: list) -> tuple[int, int]:
-        if not self._in_disk(sector, total(data_out)):
+        # A driver that ignores VIRTIO_BLK_F_RO still gets no write through.
+        if self.disk.readonly or not self._in_disk(sector, total(data_out)):
             return lib.VIRTIO_BLK_S_IOERR, 0
         self.disk.writev(data_out, sector * SECTOR)
         return lib.VIRTIO_BLK_S_OK, 0

@@ -78,3 +78,17 @@ def advance(views: list[memoryview], n: int) -> list[memoryview]:
     if n:
         views = [views[0][n:], *views[1:]]
     return views
+
+
+def split(views: list[memoryview], n: int) -> tuple[list[memoryview], list[memoryview]]:
+    """The views of the first `n` bytes and the views after them."""
+    head: list[memoryview] = []
+    rest = list(views)
+    while rest and n > 0:
+        v = rest.pop(0)
+        if len(v) > n:
+            rest.insert(0, v[n:])
+            v = v[:n]
+        head.append(v)
+        n -= len(v)
+    return head, rest

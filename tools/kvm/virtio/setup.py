@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from disk.raw import RawDisk
+from disk.core import Disk, open_disk
 from hw.pci import PciBus
 from kvm import msg
 from kvm.config import Config
@@ -33,7 +33,7 @@ TRANSPORTS = {
     "mmio": lambda dev, ctx: VirtioMmio(dev, ctx, ctx.next_mmio_base(), modern=True),
     "mmio-legacy": lambda dev, ctx: VirtioMmio(dev, ctx, ctx.next_mmio_base(), modern=False),
 }
-DISK_FLAGS = {"ro": "readonly", "direct": "direct"}
+DISK_FLAGS = {"ro": "readonly", "snapshot": "snapshot", "direct": "direct"}
 
 
 @dataclass
@@ -81,12 +81,12 @@ class Context:
         self.devices.clear()
 
 
-def parse_disk(spec: str) -> RawDisk:
+def parse_disk(spec: str) -> Disk:
     path, *flags = spec.split(",")
     unknown = [f for f in flags if f not in DISK_FLAGS]
     if not path or unknown:
-        raise LkvmError(f"--disk {spec}: expected file[,ro][,direct]")
-    return RawDisk(path, **{DISK_FLAGS[f]: True for f in flags})
+        raise LkvmError(f"--disk {spec}: expected file[,ro|,snapshot][,direct]")
+    return open_disk(path, **{DISK_FLAGS[f]: True for f in flags})
 
 
 def console(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
