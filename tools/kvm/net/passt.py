@@ -20,15 +20,9 @@ import subprocess
 import tempfile
 
 from kvm.errors import LkvmError
+from net.defaults import GUEST_IP, HOST_IP, HOST_MAC, PREFIX_LEN
 from net.mac import parse_mac
 from net.stream import StreamBackend
-
-# kvmtool's user-mode defaults.
-GUEST_IP = "192.168.33.15"
-HOST_IP = "192.168.33.1"
-PREFIX_LEN = 24
-GUEST_MAC = "02:15:15:15:15:15"
-HOST_MAC = "02:01:01:01:01:01"
 
 EXIT_WAIT = 2   # seconds passt gets to end on SIGTERM before SIGKILL
 LAST_WORDS = 4096  # bytes of passt's stderr read for its last line when it exits

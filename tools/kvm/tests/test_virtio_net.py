@@ -18,8 +18,9 @@ from kvm.errors import LkvmError
 from kvm.iothread import IoThread
 from net import stream
 from net.backend import MAX_FRAME, LinkDown
+from net.defaults import GUEST_IP, GUEST_MAC, HOST_IP, HOST_MAC
 from net.mac import parse_mac
-from net.passt import GUEST_IP, GUEST_MAC, HOST_IP, HOST_MAC, Passt
+from net.passt import Passt
 from virtio.mock import F_NEXT, F_WRITE, Driver, mock_memory
 from virtio.net import HDR, HDR_MRG, PENDING_FRAMES, RX, TX, Net
 
