@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from include.uapi import lib
 from kvm.config import Config, Nic
 from kvm.errors import KVMTOOL_DIE, LkvmError
 from net.options import parse_networks
@@ -144,6 +145,10 @@ def test_each_nic_is_a_virtio_net_on_its_transport(made):
         assert [bytes(d.config[:6]).hex(":") for d in devs] == ["02:15:15:15:15:15",
                                                                 "02:00:00:00:00:07"]
         assert all(d.config[STATUS_OFFSET] == 1 for d in devs)     # link up
+        # What a guest reads at the MMIO device's config space.
+        mmio = devs[1].transport
+        assert bytes(vm.mmio.read(mmio.base + lib.VIRTIO_MMIO_CONFIG + i, 1)
+                     for i in range(6)) == bytes.fromhex("020000000007")
         assert [b.nic for b in made] == list(nics)
         # The back end's fd is served by the device's own I/O thread.
         assert all(ctx.threads[d].handlers[b.fileno()][0] == d.receive
@@ -169,3 +174,19 @@ def test_the_default_nic_is_kvmtools():
         "mode": "user", "guest_ip": "192.168.33.15", "host_ip": "192.168.33.1",
         "guest_mac": "02:15:15:15:15:15", "host_mac": "02:01:01:01:01:01", "script": None,
         "downscript": None, "tapif": None, "vhost": False, "trans": None, "fd": None}
+
+
+# A tiny guest's own view: it scans PCI for legacy virtio-nets and
+# prints the MAC in each one's config space.
+@pytest.mark.usefixtures("kvm_available")
+@pytest.mark.parametrize("options,seen", [
+    (["-n", "mode=user", "-n", "mode=user,guest_mac=02:AA:bb:cc:dd:ee",
+      "-n", "mode=user,trans=mmio"], b"021515151515\n02aabbccddee\n"),
+    ([], b"?"),                     # a flat binary gets no default NIC
+    (["-n", "mode=none"], b"?"),
+])
+def test_the_guest_finds_each_nic_with_its_mac(options, seen):
+    r = run_lkvm("run", "-c", "1", "-m", "16", "--virtio-transport", "pci-legacy", *options,
+                 guest("virtio_net_mac"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == seen
