@@ -21,6 +21,7 @@ from net.mac import parse_mac
 MODES = ("user", "tap", "none")
 TRANSPORTS = ("pci", "mmio", "pci-legacy", "mmio-legacy")
 TAP_ONLY = ("script", "downscript", "tapif", "vhost", "fd")
+IFNAMSIZ = 16       # linux/if.h
 
 
 class BadSetting(ValueError):
@@ -62,6 +63,16 @@ def flag(value: str) -> bool:
     return value == "1"
 
 
+def ifname(value: str) -> str:
+    """What the kernel's dev_valid_name() takes: at most IFNAMSIZ - 1
+    bytes, no '/', ':' or space, not . or .. (so no macvtap path, which
+    kvmtool took here)."""
+    if not 0 < len(value.encode()) < IFNAMSIZ or value in (".", "..") or \
+            any(c in value for c in "/: ") or not value.isprintable():
+        raise BadSetting(f"{value} is not an interface name")
+    return value
+
+
 def path(value: str) -> str:
     if not value:
         raise BadSetting("an empty path")
@@ -71,7 +82,7 @@ def path(value: str) -> str:
 # Each setting's reader; its value lands in the Nic field of its name.
 SETTINGS: dict[str, Callable[[str], object]] = {
     "mode": one_of(MODES), "guest_ip": ip, "host_ip": ip, "guest_mac": mac, "host_mac": mac,
-    "script": path, "downscript": path, "tapif": path, "vhost": flag,
+    "script": path, "downscript": path, "tapif": ifname, "vhost": flag,
     "trans": one_of(TRANSPORTS), "fd": number,
 }
 

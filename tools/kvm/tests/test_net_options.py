@@ -60,6 +60,8 @@ def test_mode_none_makes_no_nic():
     ("mode=tap,fd=-1", "fd: -1 is not a number"),
     ("mode=tap,trans=virtio", "trans: virtio is not one of"),
     ("mode=user,tapif=tap0", "tapif= is for mode=tap"),
+    ("mode=tap,tapif=" + "t" * 16, "tapif: t+ is not an interface name"),
+    ("mode=tap,tapif=/dev/tap7", "tapif: /dev/tap7 is not an interface name"),
     ("mode=tap,tapif=tap0,fd=3", "either as fd= or as tapif="),
 ])
 def test_bad_settings_are_refused(spec, message):

@@ -23,6 +23,7 @@ from net.backend import Backend
 from net.defaults import PREFIX_LEN
 from net.mac import parse_mac
 from net.passt import Passt
+from net.tap import Tap
 from virtio.balloon import Balloon
 from virtio.blk import Blk
 from virtio.console import Console
@@ -131,15 +132,13 @@ def user_mode(nic: Nic) -> Backend:
     return Passt(nic.guest_ip, nic.host_ip, PREFIX_LEN, nic.host_mac)
 
 
-BACKENDS: dict[str, Callable[[Nic], Backend]] = {"user": user_mode}
+BACKENDS: dict[str, Callable[[Nic], Backend]] = {"user": user_mode, "tap": Tap}
 
 
 def net(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> Iterator[VirtioDevice]:
     """One virtio-net per NIC, each handed over as soon as it exists, so
     that a later one failing still ends the back ends started before it."""
     for nic in cfg.nics:
-        if nic.mode not in BACKENDS:
-            raise LkvmError(f"--network mode={nic.mode} is not supported yet")
         backend = BACKENDS[nic.mode](nic)
         dev = Net(ctx.vm.mem, backend, parse_mac(nic.guest_mac))
         # Frames arriving are the device's work too, on its own thread.
