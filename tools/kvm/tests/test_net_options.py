@@ -4,9 +4,12 @@ status, and the NICs made through virtio-setup's makers."""
 
 import dataclasses
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -16,6 +19,7 @@ from kvm.errors import KVMTOOL_DIE, LkvmError
 from net.options import parse_networks
 from tests.fakevm import FakeRouting, FakeVm
 from tests.helpers import KVMDIR, TINY_TIMEOUT, guest, run_lkvm
+from tests.test_ipc_guests import read_until, running
 from virtio import setup
 from virtio.mmio import VirtioMmio
 from virtio.net import STATUS_OFFSET, Net
@@ -171,6 +175,31 @@ def test_a_nic_failing_ends_the_back_ends_made_before_it(made):
     assert len(made) == 1 and made[0].ours.fileno() == -1
 
 
+@pytest.mark.skipif(shutil.which("passt") is None, reason="needs Debian's passt")
+def test_passt_dying_mid_run_takes_the_link_down_once_and_lkvm_goes_on(monkeypatch, capsys):
+    """Wired as lkvm run wires it: the device's I/O thread sees passt's
+    socket close, the link goes down with a config interrupt, and the
+    thread keeps serving the device."""
+    monkeypatch.setattr(setup, "IrqRouting", lambda vm: FakeRouting())
+    vm = FakeVm()
+    ctx = setup.attach(vm, Config(name="t", cpus=1, ram_mib=64, nics=(Nic(),)), print)
+    (dev,) = ctx.devices
+    config_irq = threading.Event()
+    dev.transport.signal_config = config_irq.set
+    ctx.init()
+    try:
+        os.kill(dev.backend.proc.pid, signal.SIGKILL)
+        assert config_irq.wait(5)
+        assert not dev.read_config(STATUS_OFFSET, 2) & lib.VIRTIO_NET_S_LINK_UP
+        assert ctx.threads[dev].thread.is_alive()
+    finally:
+        ctx.exit()
+        vm.close()
+    err = capsys.readouterr().err
+    assert err.count("the guest's link is down") == 1, err
+    assert "passt killed by signal 9" in err
+
+
 def test_the_default_nic_is_kvmtools():
     assert dataclasses.asdict(Nic()) == {
         "mode": "user", "guest_ip": "192.168.33.15", "host_ip": "192.168.33.1",
@@ -192,3 +221,23 @@ def test_the_guest_finds_each_nic_with_its_mac(options, seen):
                  guest("virtio_net_mac"))
     assert r.returncode == 0, r.stderr
     assert r.stdout == seen
+
+
+def children(pid: int) -> list[int]:
+    tasks = f"/proc/{pid}/task"
+    return [int(c) for t in os.listdir(tasks)
+            for c in open(f"{tasks}/{t}/children").read().split()]
+
+
+@pytest.mark.usefixtures("kvm_available", "lkvm_home")
+@pytest.mark.skipif(shutil.which("passt") is None, reason="needs Debian's passt")
+def test_lkvm_outlives_passt_and_says_so_once():
+    with running("netdown", opts=("-n", "mode=user")) as p:
+        (passt,) = children(p.pid)
+        os.kill(passt, signal.SIGKILL)
+        read_until(p.stderr, b"the guest's link is down\n")
+        assert p.poll() is None
+        r = run_lkvm("stop", "-n", "netdown")
+        assert r.returncode == 0, r.stderr
+        assert p.wait(TINY_TIMEOUT) == 0
+        assert b"link is down" not in p.stderr.read()
