@@ -141,7 +141,8 @@ def configure(argv: list[str], params: str = "") -> Config:
         transport=args.virtio_transport,
         # kvmtool's one user-mode NIC unless -n says otherwise; only for
         # Linux: a flat binary has no driver for it, so no passt either.
-        nics=nics if args.network else (Nic(),) * linux, hugetlbfs=args.hugetlbfs,
+        nics=nics if args.network else ((Nic(),) if linux else ()),
+        hugetlbfs=args.hugetlbfs,
         debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
         arch=arch.configure(args))
 
