@@ -11,7 +11,7 @@ from kvm import arch as arch_loader
 from kvm import fdlimit, guestroot, msg
 from kvm.arch import Arch
 from kvm.cmd import Parser, size_mib
-from kvm.config import Config
+from kvm.config import Config, Nic
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError
 from kvm.ipc import IpcServer
@@ -19,6 +19,7 @@ from kvm.kvm import Kvm
 from kvm.memory import check_hugetlbfs
 from kvm.term import Terminal
 from kvm.vm import Vm
+from net.options import parse_networks
 from virtio import setup as virtio_setup
 from virtio.setup import TRANSPORTS
 
@@ -93,6 +94,12 @@ def parser() -> Parser:
                    help="share DIR with the guest as 9p mount TAG, read-only with ,ro "
                         "(repeatable)")
     p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci")
+    p.add_argument("-n", "--network", action="append", default=[],
+                   metavar="mode=user|tap|none[,KEY=VALUE...]",
+                   help="a virtio-net NIC (repeatable); by default a Linux guest gets one "
+                        "in user mode")
+    p.add_argument("--no-dhcp", action="store_true",
+                   help="no ip=dhcp on a rootfs guest's kernel command line")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")
     p.add_argument("--debug-mmio", action="store_true")
@@ -121,9 +128,11 @@ def configure(argv: list[str], params: str = "") -> Config:
         raise LkvmError(f"--mem {ram}: more than the host's {host_ram_mib()} MiB of RAM")
     if args.hugetlbfs is not None:
         check_hugetlbfs(args.hugetlbfs)
+    nics = parse_networks(args.network)     # bad input first, before any file is read
     kernel = args.image or args.kernel or find_kernel(arch)
     image = read_file(kernel, "kernel", ram << 20)
-    root = guestroot.choose(args.disk, bool(args.initrd), arch.boots_linux(image))
+    linux = arch.boots_linux(image)
+    root = guestroot.choose(args.disk, bool(args.initrd), linux, dhcp=not args.no_dhcp)
     return Config(
         name=args.name or root.name or f"guest-{os.getpid()}", cpus=cpus, ram_mib=ram,
         kernel=kernel, image=image,
@@ -132,7 +141,11 @@ def configure(argv: list[str], params: str = "") -> Config:
         console=args.console, rng=args.rng, balloon=args.balloon,
         # The devices follow the root: its disks, then its shares before --9p's.
         disks=tuple(root.disks), shares=(*root.shares, *args.p9),
-        transport=args.virtio_transport, hugetlbfs=args.hugetlbfs,
+        transport=args.virtio_transport,
+        # kvmtool's one user-mode NIC unless -n says otherwise; only for
+        # Linux: a flat binary has no driver for it, so no passt either.
+        nics=nics if args.network else ((Nic(),) if linux else ()),
+        hugetlbfs=args.hugetlbfs,
         debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
         debug_exits=args.debug_exits,
         arch=arch.configure(args))

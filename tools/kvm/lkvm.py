@@ -38,7 +38,7 @@ def main() -> None:
         status = 0
     except LkvmError as e:
         msg.fatal(str(e))
-        status = 1
+        status = e.status
     except KeyboardInterrupt:
         status = 130
     try:

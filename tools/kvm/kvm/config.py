@@ -5,6 +5,24 @@ kvmtool's struct kvm_config.  The arch's part is its own object."""
 from dataclasses import dataclass, field
 
 from kvm.guestroot import Root, Share
+from net.defaults import GUEST_IP, GUEST_MAC, HOST_IP, HOST_MAC
+
+
+@dataclass(frozen=True)
+class Nic:
+    """One virtio-net device and its back end: a -n/--network option, or
+    kvmtool's default user-mode NIC."""
+    mode: str = "user"              # user (passt) or tap
+    guest_ip: str = GUEST_IP
+    host_ip: str = HOST_IP
+    guest_mac: str = GUEST_MAC
+    host_mac: str = HOST_MAC
+    script: str | None = None       # run with the tap's name once it is made
+    downscript: str | None = None   # run with the tap's name at exit
+    tapif: str | None = None        # an existing tap to attach to
+    vhost: bool = False
+    trans: str | None = None        # this NIC's transport over --virtio-transport
+    fd: int | None = None           # an open tap fd lkvm was handed
 
 
 @dataclass(frozen=True)
@@ -24,6 +42,7 @@ class Config:
     disks: tuple[str, ...] = ()     # -d FILE[,ro][,direct] specs, the root's first
     shares: tuple[Share, ...] = ()  # 9p shares, the root's first
     transport: str = "pci"          # virtio-setup's TRANSPORTS
+    nics: tuple[Nic, ...] = ()
     # The host side.
     hugetlbfs: str | None = None
     debug_ioport: bool = False

@@ -16,9 +16,18 @@ def one_line(text: str) -> str:
                    for c in text)
 
 
+# kvmtool's die() exits with this; lkvm's own errors exit with 1.
+KVMTOOL_DIE = 128
+
+
 class LkvmError(Exception):
     """A problem with the user's input or the host, told in one line: the
-    message often quotes the user's input, so it is made one line here."""
+    message often quotes the user's input, so it is made one line here.
+    `status` is lkvm's exit status for it."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
     def __str__(self) -> str:
         return one_line(super().__str__())

@@ -22,9 +22,10 @@ from kvm.home import lkvm_dir
 ROOT_TAG = "/dev/root"
 HOST_TAG = "hostfs"         # what the guest init mounts on /host
 P9_ROOT = "rw rootflags=trans=virtio,version=9p2000.L,cache=loose rootfstype=9p"
-# No ip=dhcp as kvmtool adds: lkvm has no network device yet, and the
-# kernel would wait for one.
 GUEST_INIT = "init=/virt/init"
+# What kvmtool adds after a rootfs's init unless --no-dhcp: the kernel
+# configures the first NIC itself, so the guest init need not.
+DHCP = "ip=dhcp"
 
 
 @dataclass(frozen=True)
@@ -59,29 +60,29 @@ def parse_share(spec: str) -> Share:
     return Share(os.path.realpath(path), tag, **{SHARE_FLAGS[f]: True for f in flags})
 
 
-def boot_rootfs(name: str, root: Root) -> None:
+def boot_rootfs(name: str, root: Root, dhcp: bool) -> None:
     """Boot ~/.lkvm/NAME: its init, the host's / read-only beside it."""
     path = rootfs.prepare(name)
     root.shares += [Share(path, ROOT_TAG), Share("/", HOST_TAG, readonly=True)]
-    root.cmdline = f"{P9_ROOT} {GUEST_INIT}"
+    root.cmdline = " ".join([P9_ROOT, GUEST_INIT, *[DHCP] * dhcp])
     root.rootfs = path
 
 
-def named_rootfs(name: str, root: Root) -> None:
-    boot_rootfs(name, root)
+def named_rootfs(name: str, root: Root, dhcp: bool) -> None:
+    boot_rootfs(name, root, dhcp)
     root.name = name            # kvmtool names the guest after its rootfs
 
 
-def directory(path: str, root: Root) -> None:
+def directory(path: str, root: Root, dhcp: bool) -> None:
     root.shares.append(Share(os.path.realpath(path), ROOT_TAG))
     root.cmdline = P9_ROOT
 
 
-def disk(spec: str, root: Root) -> None:
+def disk(spec: str, root: Root, dhcp: bool) -> None:
     root.disks.append(spec)
 
 
-def reader(spec: str) -> Callable[[str, Root], None]:
+def reader(spec: str) -> Callable[[str, Root, bool], None]:
     """How a -d argument is read: a directory, a rootfs name or a disk."""
     if os.path.isdir(spec):
         return directory
@@ -96,16 +97,17 @@ def reader(spec: str) -> Callable[[str, Root], None]:
     return disk
 
 
-def choose(disk_specs: list[str], initrd: bool, linux: bool) -> Root:
+def choose(disk_specs: list[str], initrd: bool, linux: bool, dhcp: bool = True) -> Root:
     """The root the -d options, an initrd and the kernel's kind ask for.
     Only a Linux kernel gets the default rootfs: anything else takes no
-    command line, so it would only be handed the host's / unasked."""
+    command line, so it would only be handed the host's / unasked.  A
+    rootfs boots with ip=dhcp, as in kvmtool, unless not `dhcp`."""
     root = Root()
     for spec in disk_specs:
         read = reader(spec)
         if read is not disk and root.cmdline is not None:
             raise LkvmError(f"--disk {spec}: only one directory or rootfs can be the root")
-        read(spec, root)
+        read(spec, root, dhcp)
     if root.cmdline is None and not root.disks and not initrd and linux:
-        boot_rootfs(rootfs.DEFAULT, root)
+        boot_rootfs(rootfs.DEFAULT, root, dhcp)
     return root

@@ -20,21 +20,35 @@ import subprocess
 import tempfile
 
 from kvm.errors import LkvmError
+from net.defaults import GUEST_IP, HOST_IP, HOST_MAC, PREFIX_LEN
 from net.mac import parse_mac
 from net.stream import StreamBackend
-
-# kvmtool's user-mode defaults.
-GUEST_IP = "192.168.33.15"
-HOST_IP = "192.168.33.1"
-PREFIX_LEN = 24
-GUEST_MAC = "02:15:15:15:15:15"
-HOST_MAC = "02:01:01:01:01:01"
 
 EXIT_WAIT = 2   # seconds passt gets to end on SIGTERM before SIGKILL
 LAST_WORDS = 4096  # bytes of passt's stderr read for its last line when it exits
 
 
-def passt_argv(fd: int, guest_ip: str, host_ip: str, prefix_len: int, host_mac: str) -> list[str]:
+ROUTES = "/proc/net/route"     # this network namespace's IPv4 routes
+
+
+def has_default_route() -> bool:
+    """Whether an IPv4 default route exists: a row of /proc/net/route whose
+    destination and mask are both 0."""
+    try:
+        with open(ROUTES) as f:
+            rows = [line.split() for line in f.read().splitlines()[1:]]
+    except OSError:
+        return True     # no way to tell: let passt decide
+    return any(len(r) > 7 and r[1] == r[7] == "00000000" for r in rows)
+
+
+def passt_argv(fd: int, guest_ip: str, host_ip: str, prefix_len: int, host_mac: str,
+               offline: bool) -> list[str]:
+    # passt takes its defaults from the interface of the default route and
+    # will not start without one ("External interface not usable").  lkvm
+    # sets every default itself, so on a host with no such route (one off
+    # the network, the nested test host) lo will do: the guest still
+    # reaches the host's loopback through host_ip.
     return ["passt",
             "-f",                       # foreground: lkvm supervises it
             "-q",                       # errors only
@@ -43,7 +57,8 @@ def passt_argv(fd: int, guest_ip: str, host_ip: str, prefix_len: int, host_mac: 
             "-F", str(fd),
             "-a", guest_ip, "-n", str(prefix_len), "-g", host_ip,
             "-M", host_mac,             # the gateway's MAC, as the guest sees it
-            "-D", host_ip, "--dns-forward", host_ip]
+            "-D", host_ip, "--dns-forward", host_ip,
+            *(["-i", "lo"] if offline else [])]
 
 
 class Passt(StreamBackend):
@@ -65,7 +80,8 @@ class Passt(StreamBackend):
         self.stderr = tempfile.TemporaryFile()
         try:
             self.proc = subprocess.Popen(
-                passt_argv(theirs.fileno(), guest_ip, host_ip, prefix_len, host_mac),
+                passt_argv(theirs.fileno(), guest_ip, host_ip, prefix_len, host_mac,
+                           offline=not has_default_route()),
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=self.stderr,
                 start_new_session=True)  # the terminal's ^C is lkvm's to handle

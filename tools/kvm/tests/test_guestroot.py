@@ -20,8 +20,8 @@ from virtio.p9.wire import Msg
 from x86.cmdline import kernel_cmdline
 
 O_RDONLY, O_WRONLY, O_RDWR, O_CREAT = 0, 1, 2, 0o100
-ROOTFS_FRAGMENT = ("rw rootflags=trans=virtio,version=9p2000.L,cache=loose rootfstype=9p "
-                   "init=/virt/init")
+P9_FRAGMENT = "rw rootflags=trans=virtio,version=9p2000.L,cache=loose rootfstype=9p"
+ROOTFS_FRAGMENT = f"{P9_FRAGMENT} init=/virt/init ip=dhcp"
 
 
 @pytest.fixture
@@ -40,6 +40,12 @@ def test_nothing_given_boots_the_default_rootfs(home):
     assert root.cmdline == ROOTFS_FRAGMENT
     assert root.rootfs == default and root.name is None and root.disks == []
     assert os.path.isfile(os.path.join(default, "virt", "init"))
+
+
+def test_no_dhcp_leaves_ip_dhcp_out(home):
+    # kvmtool's --no-dhcp: the rootfs boots without the kernel's DHCP.
+    root = guestroot.choose([], initrd=False, linux=True, dhcp=False)
+    assert root.cmdline == ROOTFS_FRAGMENT.removesuffix(" ip=dhcp")
 
 
 @pytest.mark.parametrize("disks,initrd,linux", [
@@ -63,7 +69,7 @@ def test_a_directory_is_the_root_with_its_own_init(home, tmp_path):
     (tmp_path / "tree").mkdir()
     root = guestroot.choose(["tree"], initrd=False, linux=True)
     assert root.shares == [guestroot.Share(str(tmp_path / "tree"), "/dev/root")]
-    assert root.cmdline == ROOTFS_FRAGMENT.removesuffix(" init=/virt/init")
+    assert root.cmdline == P9_FRAGMENT
     assert root.rootfs is None
 
 

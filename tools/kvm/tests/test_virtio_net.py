@@ -5,9 +5,12 @@ frames built here by hand."""
 
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -18,8 +21,10 @@ from kvm.errors import LkvmError
 from kvm.iothread import IoThread
 from net import stream
 from net.backend import MAX_FRAME, LinkDown
+from net.defaults import GUEST_IP, GUEST_MAC, HOST_IP, HOST_MAC
 from net.mac import parse_mac
-from net.passt import GUEST_IP, GUEST_MAC, HOST_IP, HOST_MAC, Passt
+from net.passt import Passt
+from tests.helpers import KVMDIR
 from virtio.mock import F_NEXT, F_WRITE, Driver, mock_memory
 from virtio.net import HDR, HDR_MRG, PENDING_FRAMES, RX, TX, Net
 
@@ -495,3 +500,20 @@ def test_missing_passt_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(LkvmError, match="install Debian's passt package"):
         Passt()
+
+
+@needs_passt
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare for a network namespace")
+def test_user_mode_works_on_a_host_without_a_default_route():
+    """passt will not start without a default route unless told which
+    interface to take; a host off the network (the nested test host is
+    one) has none.  The ARP, DHCP and TCP tests above, in a network
+    namespace that has only lo."""
+    tests = "passt_answers_arp or passt_leases or hosts_loopback_through_the_gateway"
+    r = subprocess.run(
+        ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" -m pytest -q '
+         '-p no:cacheprovider -m "not e2e" "$1" -k "$2"', sys.executable, __file__, tests],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+        cwd=os.path.dirname(KVMDIR))
+    assert r.returncode == 0 and "3 passed" in r.stdout, r.stdout + r.stderr

@@ -1,29 +1,35 @@
 """Which virtio devices a VM gets and on which transport: one table of
 device makers, run in order (hvc0 first, then the rng, then the disks in
 the order given, so /dev/vda is the first -d, then 9p shares and the
-balloon), and one table of transports.
+balloon, then the NICs), and one table of transports.
 
 Every device gets an I/O thread of its own for its queue notifications:
 a backend that blocks (a 9p open waiting on a lease, a read nobody
 answers) stalls its own device and no other, and a stop abandons it."""
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from disk.core import Disk, open_disk
 from hw.pci import PciBus
 from kvm import msg
-from kvm.config import Config
+from kvm.config import Config, Nic
 from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
 from kvm.iothread import IoThread, stop_all
 from kvm.irq import IrqRouting
+from net.backend import Backend
+from net.defaults import PREFIX_LEN
+from net.mac import parse_mac
+from net.passt import Passt
+from net.tap import Tap
 from virtio.balloon import Balloon
 from virtio.blk import Blk
 from virtio.console import Console
 from virtio.device import VirtioDevice
 from virtio.mmio import REGION_SIZE, VirtioMmio
+from virtio.net import Net
 from virtio.pci import VirtioPci
 from virtio.rng import Rng
 
@@ -48,6 +54,8 @@ class Context:
     mmio_next: int
     devices: list[VirtioDevice] = field(default_factory=list)
     threads: dict[VirtioDevice, IoThread] = field(default_factory=dict)
+    # Devices on a transport of their own (-n trans=), not --virtio-transport's.
+    transports: dict[VirtioDevice, str] = field(default_factory=dict)
     console: Console | None = None
     balloon: Balloon | None = None
     name = "virtio"
@@ -120,7 +128,27 @@ def balloon(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[Vir
     return [ctx.balloon]
 
 
-DEVICES = (console, rng, blk, p9, balloon)
+def user_mode(nic: Nic) -> Backend:
+    return Passt(nic.guest_ip, nic.host_ip, PREFIX_LEN, nic.host_mac)
+
+
+BACKENDS: dict[str, Callable[[Nic], Backend]] = {"user": user_mode, "tap": Tap}
+
+
+def net(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> Iterator[VirtioDevice]:
+    """One virtio-net per NIC, each handed over as soon as it exists, so
+    that a later one failing still ends the back ends started before it."""
+    for nic in cfg.nics:
+        backend = BACKENDS[nic.mode](nic)
+        dev = Net(ctx.vm.mem, backend, parse_mac(nic.guest_mac))
+        # Frames arriving are the device's work too, on its own thread.
+        ctx.iothread(dev).add(backend.fileno(), dev.receive, counter=False)
+        if nic.trans:
+            ctx.transports[dev] = nic.trans
+        yield dev
+
+
+DEVICES = (console, rng, blk, p9, balloon, net)
 
 
 def attach(vm: object, cfg: Config, console_out: Callable[[bytes], None]) -> Context:
@@ -128,12 +156,11 @@ def attach(vm: object, cfg: Config, console_out: Callable[[bytes], None]) -> Con
     registry's init starts their threads, its exit ends them."""
     ctx = Context(vm, IrqRouting(vm), lambda why: vm.stop(1, why),
                   PciBus(vm, *vm.arch.PCI_MMIO), vm.arch.VIRTIO_MMIO_START)
-    transport = TRANSPORTS[cfg.transport]
     try:
         for make in DEVICES:
             for dev in make(ctx, cfg, console_out):
                 ctx.devices.append(dev)
-                transport(dev, ctx)
+                TRANSPORTS[ctx.transports.get(dev, cfg.transport)](dev, ctx)
     except BaseException:
         ctx.exit()  # the registry never saw the ones made so far
         raise
