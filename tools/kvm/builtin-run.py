@@ -87,7 +87,7 @@ def parser() -> Parser:
     p.add_argument("--balloon", action="store_true",
                    help="a virtio-balloon device, for lkvm balloon and lkvm stat")
     p.add_argument("-d", "--disk", action="append", default=[],
-                   metavar="FILE[,ro][,direct]|DIR|ROOTFS",
+                   metavar="FILE[,ro|,snapshot][,direct]|DIR|ROOTFS",
                    help="a virtio-blk disk, or a directory or ~/.lkvm rootfs as the 9p root")
     p.add_argument("--9p", dest="p9", action="append", default=[], metavar="DIR[,TAG[,ro]]",
                    type=guestroot.parse_share,

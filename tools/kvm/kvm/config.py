@@ -39,7 +39,7 @@ class Config:
     console: str = "serial"         # serial or virtio
     rng: bool = False
     balloon: bool = False
-    disks: tuple[str, ...] = ()     # -d FILE[,ro][,direct] specs, the root's first
+    disks: tuple[str, ...] = ()     # -d FILE[,ro|,snapshot][,direct] specs, the root's first
     shares: tuple[Share, ...] = ()  # 9p shares, the root's first
     transport: str = "pci"          # virtio-setup's TRANSPORTS
     nics: tuple[Nic, ...] = ()

@@ -1,6 +1,7 @@
 """What a Linux guest mounts as /, by kvmtool's rules for -d:
 
-    -d FILE[,ro][,direct]   a virtio-blk disk; the first is root=/dev/vda
+    -d FILE[,ro|,snapshot][,direct]
+                            a virtio-blk disk; the first is root=/dev/vda
     -d DIR                  DIR over 9p, booted with the kernel's own init
     -d NAME                 the rootfs ~/.lkvm/NAME over 9p (when NAME is
                             no path here), with the host's / beside it
