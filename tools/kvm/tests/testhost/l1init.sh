@@ -57,8 +57,14 @@ mount -t tmpfs -o mode=1777 tmpfs dev/shm
 mount -t tmpfs -o mode=0755 tmpfs run
 mkdir run/testhost
 mount -t 9p -o "$p9" results run/testhost || fail "cannot mount the results share"
+ip link set lo up  # the host's loopback, which passt's guests reach
 cd /
 echo "testhost-l1: root ready"
+
+# A job runs in the new root as its /: in a mount namespace of its own,
+# where the root is moved onto / as switch_root does.  Under a chroot the
+# kernel refuses the job user namespaces, which passt sandboxes itself in.
+inroot='cd /newroot && mount --move . / && exec chroot . "$@"'
 
 # The control channel: the host sends "RUN <job>", "CONSOLE <job>" or "QUIT";
 # each job is <job>.sh in the results share and is answered with
@@ -77,12 +83,13 @@ while read -r verb job <&3; do
 	case $verb in
 	RUN)
 		r=/run/testhost/$job
-		chroot /newroot /bin/sh "$r.sh" </dev/null >"/newroot$r.out" 2>"/newroot$r.err"
+		unshare -m sh -c "$inroot" job /bin/sh "$r.sh" </dev/null >"/newroot$r.out" \
+			2>"/newroot$r.err"
 		echo "DONE $job $?" >&3
 		;;
 	CONSOLE)
 		r=/run/testhost/$job
-		setsid -c chroot /newroot /bin/sh "$r.sh" <>"$con" >&0 2>&0
+		setsid -c unshare -m sh -c "$inroot" job /bin/sh "$r.sh" <>"$con" >&0 2>&0
 		echo "DONE $job $?" >&3
 		;;
 	QUIT)
