@@ -36,6 +36,16 @@ def test_alive_until_the_heartbeat_stops(tmp_path: Path, clock: list[float]) -> 
     assert live.why_dead() == "no heartbeat from L1 for 40 s"
 
 
+def test_a_lost_heartbeat_reports_what_the_last_beat_said(
+    tmp_path: Path, clock: list[float]
+) -> None:
+    live = Liveness(tmp_path / "console.log", lost_after=40)
+    live.beat("MemAvailable=81234k tmpfs=3012k")
+    clock[0] += 41
+    assert live.why_dead() == ("no heartbeat from L1 for 40 s "
+                               "(its last beat: MemAvailable=81234k tmpfs=3012k)")
+
+
 def test_beats_queued_between_jobs_keep_l1_alive(tmp_path: Path, clock: list[float]) -> None:
     """Nobody reads L1's beats between two jobs (the shared L1 idles while
     other tests run): the next job reads those queued before judging."""

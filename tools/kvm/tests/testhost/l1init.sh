@@ -70,14 +70,22 @@ inroot='cd /newroot && mount --move . / && exec chroot . "$@"'
 # each job is <job>.sh in the results share and is answered with
 # "DONE <job> <status>". RUN keeps the job's output in the share; CONSOLE
 # gives the job L1's console as its terminal, for a person at the keyboard.
-# L1 also sends "HB" every 2 s, which the host reads as "still alive".
+# L1 also sends "HB <memory available> <tmpfs used>" every 2 s, which the
+# host reads as "still alive" and reports when the beats stop.
 con=$(cat /sys/class/tty/console/active)
 con=/dev/${con##* }
 ctl=$testhost_ctl
 stty -F "$ctl" raw -echo || fail "no control port"
 exec 3<>"$ctl"
 echo READY >&3
-while :; do echo HB >&3; sleep 2; done &
+beat() {
+	while read -r key kb _; do
+		[ "$key" = MemAvailable: ] && break
+	done </proc/meminfo
+	set -- $(df -k /rw | tail -n 1)
+	echo "HB MemAvailable=${kb}k tmpfs=${3}k" >&3
+}
+while :; do beat; sleep 2; done &
 beat=$!
 while read -r verb job <&3; do
 	case $verb in

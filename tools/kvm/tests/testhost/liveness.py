@@ -1,6 +1,8 @@
 """Is L1 still alive? Its heartbeat and its console say.
 
-L1's init writes "HB" on the control port every 2 s, whatever its jobs do.
+L1's init writes "HB" on the control port every 2 s, whatever its jobs do,
+with what L1 has left of its memory (its tmpfs root and the page cache
+share it with the guests), which a death's report then gives.
 A host that stops beating, or whose kernel reports a CPU stuck (the soft
 lockups and RCU stalls seen on every hung session, which never recovered),
 is dead: the caller fails at once with the console's last lines instead of
@@ -22,14 +24,17 @@ class Liveness:
         self._seen = 0  # bytes of the console already searched
         self._lost_after = lost_after
         self._beat: float | None = None  # no heartbeat before L1's init starts it
+        self._state = ""  # what the last beat said of L1
 
-    def beat(self) -> None:
+    def beat(self, state: str = "") -> None:
         self._beat = time.monotonic()
+        self._state = state
 
     def why_dead(self) -> str | None:
         """Why L1 counts as dead, or None while it looks alive."""
         if self._beat is not None and time.monotonic() - self._beat > self._lost_after:
-            return f"no heartbeat from L1 for {self._lost_after:.0f} s"
+            last = f" (its last beat: {self._state})" if self._state else ""
+            return f"no heartbeat from L1 for {self._lost_after:.0f} s{last}"
         try:
             with open(self._console, "rb") as f:
                 f.seek(self._seen)

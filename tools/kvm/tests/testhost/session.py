@@ -188,9 +188,10 @@ class Session:
                 self._buf += chunk
             line, _, self._buf = self._buf.partition(b"\n")
             text = line.decode(errors="replace").strip()
-            if text != "HB":
+            verb, _, state = text.partition(" ")
+            if verb != "HB":
                 return text
-            self._liveness.beat()
+            self._liveness.beat(state)
 
     @property
     def closed(self) -> bool:
