@@ -88,6 +88,11 @@ class Arch(ABC):
     def create_irqchip(self, vm: "Vm") -> None:
         """The in-kernel interrupt controllers and timers."""
 
+    def irq_line_id(self, line: int) -> int:
+        """KVM_IRQ_LINE's irq field for one of the arch's lines (arm64
+        encodes the interrupt's type in it)."""
+        return line
+
     @abstractmethod
     def irqchip_routes(self) -> list[tuple[int, int, int]]:
         """The controllers' GSI routes, (gsi, irqchip, pin), which the
@@ -112,6 +117,11 @@ class Arch(ABC):
     @abstractmethod
     def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:
         """A vCPU's reset state for entering the boot."""
+
+    @abstractmethod
+    def vcpus_ready(self, vm: "Vm") -> None:
+        """Every vCPU is set up and none has run: what needs them all
+        (arm64's vGIC initialises here)."""
 
     def exit_handlers(self, vcpu: "Vcpu") -> Mapping[int, Callable[[], None]]:
         """Handlers for the exit reasons the core's table lacks (powerpc's

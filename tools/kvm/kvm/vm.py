@@ -62,7 +62,8 @@ class Vm:
     # Interrupts.
     def irq_line(self, irq: int, level: int) -> None:
         ioctl(self.fd, lib.KVM_IRQ_LINE,
-              ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level}))
+              ffi.new("struct kvm_irq_level *", {"irq": self.arch.irq_line_id(irq),
+                                                 "level": level}))
 
     def irq_trigger(self, irq: int) -> None:
         """An edge on a line: what an ISA device's pulse looks like."""

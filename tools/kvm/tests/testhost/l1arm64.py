@@ -40,9 +40,9 @@ MODULES = {
     "overlay": "",
 }
 
-# L1's userspace: python3 with the cffi backend lkvm's bindings load, and
-# busybox for /bin/sh and the usual tools.
-ROOT_PACKAGES = ("python3", "python3-cffi-backend", "busybox-static")
+# L1's userspace: python3 with the cffi backend lkvm's bindings load, libfdt
+# for the device trees lkvm writes, and busybox for /bin/sh and the usual tools.
+ROOT_PACKAGES = ("python3", "python3-cffi-backend", "python3-libfdt", "busybox-static")
 
 # What cross-compiling the bindings takes: the uapi headers of the same
 # kernel release as the host's (the cross toolchain's own are older), and
