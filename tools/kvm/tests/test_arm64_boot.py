@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.helpers import GUESTS, KVMDIR
+from tests.testhost import arm64_guest_kernel, make_initrd
 
 pytestmark = pytest.mark.e2e
 
@@ -32,3 +33,32 @@ def test_tiny_arm64_guest(arm64host) -> None:
     print(f"arm64 tiny guest: lkvm run to PSCI SYSTEM_OFF in {seconds:.2f} s")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Hello from arm64, a device tree in x0" in r.stdout, r.stdout + r.stderr
+
+
+# What the Linux guest's init prints: the marker, and what lkvm told it.
+LINUX_SCRIPT = r"""
+echo "MARK booted"
+echo "MARK cpus=$(grep -c ^processor /proc/cpuinfo)"
+echo "MARK cmdline=$(cat /proc/cmdline)"
+echo "MARK model=$(cat /proc/device-tree/model)"
+poweroff -f
+"""
+LINUX_TIMEOUT = 300  # about 11 s quiet for a minimal VMM in an idle host
+
+
+def test_debian_arm64_kernel_two_cpus(arm64host) -> None:
+    """Debian's arm64 kernel (the Image the host itself boots) with two
+    vCPUs, the second brought up through PSCI, to a marker from init,
+    then powered off through PSCI SYSTEM_OFF."""
+    initrd = make_initrd(LINUX_SCRIPT, modules=False, arch="arm64")
+    r, seconds = lkvm_run(arm64host, "-k", str(arm64_guest_kernel()), "-i", str(initrd),
+                          "-m", "256", "-c", "2", "-p", "quiet", timeout=LINUX_TIMEOUT)
+    print(f"arm64 Debian kernel, 2 vCPUs: lkvm run to poweroff in {seconds:.1f} s")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    marks = dict(line.split("=", 1) for line in r.stdout.splitlines()
+                 if line.startswith("MARK ") and "=" in line)
+    assert "MARK booted" in r.stdout, out
+    assert marks["MARK cpus"].strip() == "2", out
+    assert "console=ttyS0" in marks["MARK cmdline"], out
+    assert marks["MARK model"].strip("\0\r\n ") == "lkvm", out
