@@ -52,6 +52,10 @@ I8042_PORT, RTC_PORT = 0x60, 0x70
 LOADERS = [BzImage, Vmlinux, FlatBinary]
 BOOT_MODES = ("auto", "realmode", "64", "pvh")
 
+# Other arches' kernels, which the flat binary loader would take and run
+# as garbage: (offset, signature, what it is).
+FOREIGN = ((0x38, b"ARM\x64", "an arm64 Image"),)
+
 IOAPIC_PINS = 24
 PIC_PINS = 8
 
@@ -214,6 +218,9 @@ class X86(Arch):
 
 
 def image_loader(image: bytes) -> type:
+    for offset, signature, what in FOREIGN:
+        if image[offset:offset + len(signature)] == signature:
+            raise LkvmError(f"the kernel is {what}; this x86 lkvm boots x86 kernels")
     return next(loader for loader in LOADERS if loader.probe(image))
 
 
