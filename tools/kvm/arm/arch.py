@@ -18,6 +18,7 @@ from arm.gic import GICS, NR_SPIS, GicV3
 from arm.headers import UAPI_HEADERS
 from arm.image import Image
 from arm.layout import (
+    PCI_ECAM,
     PCI_MMIO_END,
     PCI_MMIO_START,
     RAM_START,
@@ -55,6 +56,7 @@ class Arm64(Arch):
     MAX_CPUS = GicV3.MAX_CPUS
     LEGACY_IRQS = tuple(range(RTC_SPI + 1, NR_SPIS))
     PCI_MMIO = (PCI_MMIO_START, PCI_MMIO_END)
+    PCI_ECAM = PCI_ECAM
     VIRTIO_MMIO_START = VIRTIO_MMIO_START
 
     config: ArmConfig
@@ -125,7 +127,8 @@ class Arm64(Arch):
         blob = dtb.build(dtb.Machine(
             ram=tuple((r.gpa, r.size) for r in vm.mem.regions), cpus=len(vm.vcpus),
             gic=self.gic, cmdline=boot.cmdline, uart_irq=UART_SPI, rtc_irq=RTC_SPI,
-            initrd=boot.initrd))
+            initrd=boot.initrd, virtio_mmio=tuple(vm.virtio_mmio),
+            pci_slots=tuple(vm.pci.intx_slots()) if vm.pci else ()))
         if self.config.dump_dtb:
             try:
                 with open(self.config.dump_dtb, "wb") as f:

@@ -48,6 +48,9 @@ class Arch(ABC):
     LEGACY_IRQS: ClassVar[tuple[int, ...]]
     # The guest physical window for PCI BARs: [start, end).
     PCI_MMIO: ClassVar[tuple[int, int]]
+    # Where PCI configuration space is: None for the ports 0xCF8/0xCFC,
+    # else the guest physical address of bus 0's ECAM window.
+    PCI_ECAM: ClassVar[int | None]
     # Where virtio-mmio devices go, one region after another.
     VIRTIO_MMIO_START: ClassVar[int]
 
@@ -112,7 +115,8 @@ class Arch(ABC):
     @abstractmethod
     def setup_firmware(self, vm: "Vm", boot: Boot) -> None:
         """Describe the platform to the loaded kernel, once every device
-        exists (ACPI on x86, a device tree on arm64 and powerpc)."""
+        exists (ACPI on x86, a device tree on arm64 and powerpc), with
+        the virtio-mmio devices and PCI slots the VM lists."""
 
     @abstractmethod
     def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:

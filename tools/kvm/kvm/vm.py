@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from include.uapi import ffi, lib
 from kvm import msg
@@ -20,6 +21,9 @@ from kvm.ioctl import ioctl
 from kvm.kvm import Kvm
 from kvm.memory import GuestMemory
 from kvm.vcpu import KICK_SIGNAL, Vcpu, VcpuStop
+
+if TYPE_CHECKING:
+    from hw.pci import PciBus
 
 HALT_CHECK_SECONDS = 0.5
 
@@ -56,8 +60,10 @@ class Vm:
         self._pause_lock = threading.Condition()
         self._control = threading.Lock()  # one pauser at a time: the user or the halt check
         self._parked = 0
-        # Kernel command line fragments devices need (virtio_mmio.device=...).
-        self.cmdline: list[str] = []
+        # What the arch describes to the guest: the virtio-mmio devices as
+        # (base, size, line), and the PCI bus (virtio's setup makes it).
+        self.virtio_mmio: list[tuple[int, int, int]] = []
+        self.pci: PciBus | None = None
 
     # Interrupts.
     def irq_line(self, irq: int, level: int) -> None:

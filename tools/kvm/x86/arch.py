@@ -80,6 +80,7 @@ class X86(Arch):
     LEGACY_IRQS = (5, 6, 7, 9, 10, 11)
     # Where devices go in the 32-bit gap: PCI BARs first, virtio-mmio after.
     PCI_MMIO = (GAP_START, VIRTIO_MMIO_START)
+    PCI_ECAM = None  # Linux takes pci=conf1
     VIRTIO_MMIO_START = VIRTIO_MMIO_START
 
     config: X86Config
@@ -171,6 +172,9 @@ class X86(Arch):
         chose (none: the first disk), and where setup_firmware puts the
         ACPI tables."""
         loader = image_loader(cfg.image)
+        # No device tree: each virtio-mmio device is a command line fragment.
+        params = " ".join([*(f"virtio_mmio.device={size:#x}@{base:#x}:{line}"
+                             for base, size, line in vm.virtio_mmio), params]).strip()
         if loader is FlatBinary:
             return loader(vm, cfg.image, cfg.initrd, params)
         mode, with_acpi = self.config.boot_mode, self.config.acpi
