@@ -18,6 +18,7 @@ IRQ_TYPE_EDGE_RISING, IRQ_TYPE_LEVEL_HIGH = 1, 4
 PHANDLE_GIC, PHANDLE_APB_CLOCK = 1, 2
 
 Value = str | int | list[int] | list[str] | bytes
+FINISH_ROOM = 16  # more than the end tag fdt_finish() writes
 
 
 def encode(value: Value) -> bytes:
@@ -61,7 +62,12 @@ class DeviceTree:
         self._sw.property(name, encode(value))
 
     def finish(self, limit: int) -> bytes:
-        blob = bytes(self._sw.as_fdt().as_bytearray())
+        # fdt_finish() appends the end tag; the writer grows its buffer for
+        # each property and node, but Debian 12's pylibfdt (1.6.1) not for
+        # that, and fails with FDT_ERR_NOSPACE when the buffer is full.
+        self._sw.resize(self._sw.totalsize() + FINISH_ROOM)
+        fdt = self._sw.as_fdt()
+        blob = bytes(fdt.as_bytearray()[:fdt.totalsize()])  # not the buffer's slack
         if len(blob) > limit:
             raise LkvmError(f"the device tree ({len(blob)} bytes) does not fit in the "
                             f"{limit >> 10} KiB lkvm keeps for it (a very long -p?)")
