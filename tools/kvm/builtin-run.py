@@ -173,7 +173,6 @@ def build(cfg: Config, devices: Registry) -> Vm:
     arch.setup_firmware(vm, boot)
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)
-    arch.vcpus_ready(vm)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _: vm.stop(128 + signum))

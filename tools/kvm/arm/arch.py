@@ -137,12 +137,13 @@ class Arm64(Arch):
                 raise LkvmError(f"--dump-dtb {self.config.dump_dtb}: {e.strerror}") from None
         vm.mem.write(boot.dtb, blob)
 
-    def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:
-        regs.init(vcpu, self.target)
-        boot.setup_vcpu(vcpu)
-
-    def vcpus_ready(self, vm: "Vm") -> None:
+    def vcpus_created(self, vm: "Vm") -> None:
+        for vcpu in vm.vcpus:
+            regs.init(vcpu, self.target)
         self.gic.init()
+
+    def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:
+        boot.setup_vcpu(vcpu)
 
     def dump_vcpu(self, vcpu: "Vcpu") -> str:
         return regs.dump(vcpu)

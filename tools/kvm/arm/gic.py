@@ -3,7 +3,7 @@
 
 The vGIC takes its number of interrupts before KVM_DEV_ARM_VGIC_CTRL_INIT
 (without it KVM sizes it for no SPIs at all), and CTRL_INIT once every
-vCPU exists, before the first runs."""
+vCPU exists, before any irqfd (KVM refuses those with EAGAIN until then)."""
 
 from typing import TYPE_CHECKING, ClassVar
 

@@ -97,6 +97,12 @@ class Arch(ABC):
         return line
 
     @abstractmethod
+    def vcpus_created(self, vm: "Vm") -> None:
+        """Every vCPU exists and no device yet: what needs them all (arm64
+        initialises its vCPUs, then its vGIC, which KVM wants before any
+        irqfd)."""
+
+    @abstractmethod
     def irqchip_routes(self) -> list[tuple[int, int, int]]:
         """The controllers' GSI routes, (gsi, irqchip, pin), which the
         core keeps beside its MSI routes in KVM_SET_GSI_ROUTING."""
@@ -121,11 +127,6 @@ class Arch(ABC):
     @abstractmethod
     def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:
         """A vCPU's reset state for entering the boot."""
-
-    @abstractmethod
-    def vcpus_ready(self, vm: "Vm") -> None:
-        """Every vCPU is set up and none has run: what needs them all
-        (arm64's vGIC initialises here)."""
 
     def exit_handlers(self, vcpu: "Vcpu") -> Mapping[int, Callable[[], None]]:
         """Handlers for the exit reasons the core's table lacks (powerpc's

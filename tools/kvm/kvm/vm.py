@@ -49,6 +49,7 @@ class Vm:
         arch.init_vm(self)
         arch.create_irqchip(self)
         self.vcpus = [Vcpu(self, i) for i in range(cfg.cpus)]
+        arch.vcpus_created(self)
         self.exit_status = 0
         self.stopping = False
         # What a user sees (`lkvm list`, vmstate): only pause() and resume()

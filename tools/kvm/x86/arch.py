@@ -208,7 +208,7 @@ class X86(Arch):
         cpu.wire_lapic(vcpu)
         boot.setup_vcpu(vcpu)
 
-    def vcpus_ready(self, vm: "Vm") -> None:
+    def vcpus_created(self, vm: "Vm") -> None:
         """Nothing: x86's irqchip took its vCPUs as KVM made them."""
 
     def dump_vcpu(self, vcpu: "Vcpu") -> str:
