@@ -27,6 +27,7 @@ from arm.layout import (
     UART_BASE,
     VIRTIO_MMIO_START,
 )
+from hw.panic_watch import PanicWatch
 from hw.pl031 import Pl031
 from hw.serial8250 import Serial8250
 from include.uapi import lib
@@ -92,6 +93,7 @@ class Arm64(Arch):
         super().__init__(config)
         self.gic = GICS[config.irqchip]()
         self.target: object = None  # KVM_ARM_PREFERRED_TARGET
+        self.console: PanicWatch | None = None
 
     def memory_layout(self, ram_size: int) -> list[tuple[int, int]]:
         return [(RAM_START, ram_size)]
@@ -114,7 +116,8 @@ class Arm64(Arch):
     def add_platform_devices(self, vm: "Vm", console_out: Callable[[bytes], None]
                              ) -> Serial8250:
         # A level line: an edge lost while the guest masks it would stall output.
-        uart = Serial8250(lambda level: vm.irq_line(UART_SPI, level), console_out)
+        self.console = PanicWatch(console_out)
+        uart = Serial8250(lambda level: vm.irq_line(UART_SPI, level), self.console)
         vm.mmio.register(UART_BASE, UART_REGS, uart)
         vm.mmio.register(RTC_BASE, RTC_SIZE, Pl031())
         return uart
@@ -144,6 +147,14 @@ class Arm64(Arch):
 
     def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:
         boot.setup_vcpu(vcpu)
+
+    def system_event(self, vm: "Vm", kind: int) -> None:
+        """PSCI SYSTEM_OFF or SYSTEM_RESET: both end lkvm, as on x86; a
+        panic (panic=1) resets, and its banner went by on the console."""
+        if self.console is not None and self.console.panicked:
+            vm.stop(1, "the guest kernel panicked")
+        else:
+            vm.stop(0)
 
     def dump_vcpu(self, vcpu: "Vcpu") -> str:
         return regs.dump(vcpu)

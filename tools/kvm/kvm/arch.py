@@ -128,6 +128,11 @@ class Arch(ABC):
     def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:
         """A vCPU's reset state for entering the boot."""
 
+    def system_event(self, vm: "Vm", kind: int) -> None:
+        """The guest powered off or reset the machine (KVM_EXIT_SYSTEM_EVENT
+        of type `kind`: PSCI on arm64): either ends the VM."""
+        vm.stop(0)
+
     def exit_handlers(self, vcpu: "Vcpu") -> Mapping[int, Callable[[], None]]:
         """Handlers for the exit reasons the core's table lacks (powerpc's
         KVM_EXIT_PAPR_HCALL); the core's own win."""
