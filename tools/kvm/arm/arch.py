@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 UART_REGS = 8
 # SPIs: the UART's and the RTC's, then the lines the core hands out.
 UART_SPI, RTC_SPI = 0, 1
+# Transports whose registers are I/O ports (legacy virtio-pci's BAR 0).
+NO_IO_PORTS = ("pci-legacy",)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,9 @@ class Arm64(Arch):
 
     @classmethod
     def configure(cls, args: argparse.Namespace) -> ArmConfig:
+        if args.virtio_transport in NO_IO_PORTS:
+            raise LkvmError(f"--virtio-transport {args.virtio_transport} needs I/O ports, "
+                            "which arm64 guests have not: use pci or mmio")
         gic = GICS[args.irqchip]
         if args.cpus is not None and args.cpus > gic.MAX_CPUS:
             raise LkvmError(f"--cpus {args.cpus}: a {gic.NAME} takes at most "

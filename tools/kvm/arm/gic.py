@@ -5,6 +5,7 @@ The vGIC takes its number of interrupts before KVM_DEV_ARM_VGIC_CTRL_INIT
 (without it KVM sizes it for no SPIs at all), and CTRL_INIT once every
 vCPU exists, before any irqfd (KVM refuses those with EAGAIN until then)."""
 
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
 from arm.fdt import PHANDLE_GIC, DeviceTree, u64_cells
@@ -31,7 +32,7 @@ NR_IRQS = 128
 NR_SPIS = NR_IRQS - PRIVATE_IRQS
 
 
-class Gic:
+class Gic(ABC):
     NAME: ClassVar[str]
     DEVICE_TYPE: ClassVar[str]     # KVM_DEV_TYPE_*
     COMPATIBLE: ClassVar[str]
@@ -40,9 +41,9 @@ class Gic:
     def __init__(self) -> None:
         self.fd = -1
 
+    @abstractmethod
     def regions(self, cpus: int) -> list[tuple[str, int, int]]:
         """(KVM_VGIC_* address type, base, size), in the DT's reg order."""
-        raise NotImplementedError
 
     def create(self, vm: "Vm") -> None:
         dev = ffi.new("struct kvm_create_device *", {"type": getattr(lib, self.DEVICE_TYPE)})

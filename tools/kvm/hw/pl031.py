@@ -7,6 +7,7 @@ Register offsets are the chip's (ARM DDI 0224), not kernel ABI."""
 
 import threading
 import time
+from collections.abc import Callable
 
 DR, MR, LR, CR, IMSC, RIS, MIS, ICR = range(0, 0x20, 4)
 CR_START = 1
@@ -18,7 +19,7 @@ U32 = 0xFFFFFFFF
 
 
 class Pl031:
-    def __init__(self, now=time.time) -> None:
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
         self.now = now
         self.lock = threading.Lock()
         self.offset = 0     # what the guest loaded, less the host's time then

@@ -2,6 +2,7 @@
 libfdt, read back by dtc node by node), the Image header and the images
 refused, where the Image, initrd and DT go, and the memory map."""
 
+import argparse
 import re
 import struct
 import subprocess
@@ -241,3 +242,26 @@ def test_dt_of_every_size_with_debians_libfdt():
 def test_dt_blob_is_its_totalsize():
     blob = dtb.build(machine())
     assert len(blob) == struct.unpack_from(">I", blob, 4)[0]
+
+
+def options(*argv: str):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--virtio-transport", default="pci")
+    parser.add_argument("-c", "--cpus", type=int)
+    Arm64.add_options(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--virtio-transport", "pci-legacy"], "needs I/O ports, which arm64 guests have not"),
+    (["--irqchip", "gicv2", "-c", "9"], "--cpus 9: a GICv2 takes at most 8 vCPUs"),
+])
+def test_options_arm64_cannot_take(argv, message):
+    with pytest.raises(LkvmError, match=re.escape(message)):
+        Arm64.configure(options(*argv))
+
+
+def test_options():
+    config = Arm64.configure(options("--irqchip", "gicv2", "--dump-dtb", "/tmp/x.dtb", "-c", "8"))
+    assert (config.irqchip, config.dump_dtb) == ("gicv2", "/tmp/x.dtb")
+    assert Arm64.configure(options()).irqchip == "gicv3"
