@@ -4,6 +4,7 @@ which checks the device tree in x0, writes to the UART and powers off with
 PSCI; timed with the host's clock, as the guest's own disagrees there."""
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -62,3 +63,55 @@ def test_debian_arm64_kernel_two_cpus(arm64host) -> None:
     assert marks["MARK cpus"].strip() == "2", out
     assert "console=ttyS0" in marks["MARK cmdline"], out
     assert marks["MARK model"].strip("\0\r\n ") == "lkvm", out
+
+
+BLK_SCRIPT = r"""
+echo "MARK booted"
+printf lkvm-arm64-blk > /dev/vda && sync
+echo "MARK read=$(head -c 14 /dev/vda)"
+echo "MARK pci=$(ls /sys/bus/pci/devices | wc -l)"
+{end}
+"""
+# How each boot ends, and the status lkvm then ends with: PSCI SYSTEM_OFF,
+# or a panic, which resets the machine (panic=1) after its banner.
+ENDS = {"mmio": ("poweroff -f", "0"), "pci": ("echo c > /proc/sysrq-trigger", "1")}
+# Run in the host: a disk on its tmpfs, the guest writes it, then what the
+# host's file holds and the device tree lkvm wrote, in hex.
+BLK_HOST = """
+dd if=/dev/zero of="$HOME/disk" bs=1M count=4 2>/dev/null || exit 1
+python3 {lkvm} run -k {kernel} -i {initrd} -m 256 -c 2 -p quiet -d "$HOME/disk" \
+    --virtio-transport {transport} --dump-dtb "$HOME/dtb" </dev/null
+echo "HOST rc=$?"
+echo "HOST disk=$(head -c 14 "$HOME/disk")"
+echo "HOST dtb=$(od -An -v -tx1 "$HOME/dtb" | tr -d ' \\n')"
+"""
+
+
+@pytest.mark.parametrize("transport", ["mmio", "pci"])
+def test_arm64_virtio_blk(arm64host, transport) -> None:
+    """virtio-blk written and read back by the guest on either transport:
+    the device found through the device tree (a virtio-mmio node, or the
+    ECAM host bridge and its interrupt-map); then a power-off, or a panic
+    that lkvm reports with status 1."""
+    end, status = ENDS[transport]
+    initrd = make_initrd(BLK_SCRIPT.format(end=end), arch="arm64")
+    script = BLK_HOST.format(lkvm=LKVM, kernel=arm64_guest_kernel(), initrd=initrd,
+                             transport=transport)
+    start = time.monotonic()
+    r = arm64host.run(["sh", "-c", script], timeout=LINUX_TIMEOUT, cwd=KVMDIR)
+    print(f"arm64 virtio-blk over {transport}: {time.monotonic() - start:.1f} s")
+    out = r.stdout + r.stderr
+    marks = dict(line.split("=", 1) for line in r.stdout.splitlines()
+                 if line.startswith(("MARK ", "HOST ")) and "=" in line)
+    assert marks.get("HOST rc") == status, out
+    assert marks.get("MARK read") == "lkvm-arm64-blk", out
+    assert marks.get("HOST disk") == "lkvm-arm64-blk", out
+    dts = subprocess.run(["dtc", "-q", "-I", "dtb", "-O", "dts"],
+                         input=bytes.fromhex(marks["HOST dtb"]), capture_output=True,
+                         check=True, timeout=30).stdout.decode()
+    if transport == "mmio":
+        assert "virtio_mmio@a000000 {" in dts, dts
+    else:
+        assert "interrupt-map = <0x800 " in dts, dts   # slot 1's INTA#
+        assert int(marks["MARK pci"]) == 2, out        # the host bridge and the disk
+        assert "the guest kernel panicked" in r.stderr, out
