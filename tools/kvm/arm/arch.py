@@ -167,10 +167,5 @@ class Arm64(Arch):
     def inject_nmi(self, vcpu: "Vcpu") -> None:
         raise LkvmError("arm64 guests have no NMI")
 
-    def guest_halted(self, vm: "Vm") -> bool:
-        # PSCI SYSTEM_OFF ends the guest with an exit; a CPU in WFI is
-        # only waiting for an interrupt.
-        return False
-
 
 ARCH = Arm64

@@ -116,7 +116,8 @@ class Vm:
                 vcpu.start()
             # A guest that halted every CPU for good (a Linux poweroff with
             # no ACPI) never exits to us: the in-kernel LAPIC keeps HLT.
-            while not self._stopped.wait(HALT_CHECK_SECONDS):
+            check = HALT_CHECK_SECONDS if self.arch.HALT_CHECK else None
+            while not self._stopped.wait(check):
                 if self._halted_for_good():
                     self.stop(0)
             for vcpu in self.vcpus:

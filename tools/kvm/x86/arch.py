@@ -81,6 +81,7 @@ class X86(Arch):
     # Where devices go in the 32-bit gap: PCI BARs first, virtio-mmio after.
     PCI_MMIO = (GAP_START, VIRTIO_MMIO_START)
     PCI_ECAM = None  # Linux takes pci=conf1
+    HALT_CHECK = True
     VIRTIO_MMIO_START = VIRTIO_MMIO_START
 
     config: X86Config
