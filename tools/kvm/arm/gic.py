@@ -50,8 +50,9 @@ class Gic(ABC):
         try:
             ioctl(vm.fd, lib.KVM_CREATE_DEVICE, dev)
         except OSError as e:
-            raise LkvmError(f"this host's KVM has no in-kernel {self.NAME}: {e.strerror} "
-                            "(try --irqchip gicv2 or gicv3)") from None
+            others = " or ".join(f"--irqchip {n}" for n, g in GICS.items() if g is not type(self))
+            raise LkvmError(f"this host's KVM has no in-kernel {self.NAME} ({e.strerror}); "
+                            f"try {others}") from None
         self.fd = dev.fd
         for kind, base, _ in self.regions(1):  # the redistributors' size follows the vCPUs
             self._set(lib.KVM_DEV_ARM_VGIC_GRP_ADDR, getattr(lib, kind),

@@ -265,3 +265,13 @@ def test_options():
     config = Arm64.configure(options("--irqchip", "gicv2", "--dump-dtb", "/tmp/x.dtb", "-c", "8"))
     assert (config.irqchip, config.dump_dtb) == ("gicv2", "/tmp/x.dtb")
     assert Arm64.configure(options()).irqchip == "gicv3"
+
+
+@pytest.mark.parametrize("gic, hint", [(GicV2, "; try --irqchip gicv3"),
+                                       (GicV3, "; try --irqchip gicv2")])
+def test_a_gic_kvm_lacks(gic, hint):
+    """The arm64 test host's KVM has no GICv2 (ENODEV): the line named
+    the very option that failed as the way out."""
+    with pytest.raises(LkvmError, match=re.escape(f"no in-kernel {gic.NAME} (") + ".*"
+                       + re.escape(hint) + "$"):
+        gic().create(SimpleNamespace(fd=-1))  # every ioctl fails
