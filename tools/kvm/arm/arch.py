@@ -14,7 +14,7 @@ from arm import dtb
 from arm import vcpu as regs
 from arm.boot import ArmBoot
 from arm.cmdline import kernel_cmdline
-from arm.gic import GICS, NR_SPIS, GicV3
+from arm.gic import GICS, NR_SPIS, PRIVATE_IRQS, GicV3
 from arm.headers import UAPI_HEADERS
 from arm.image import Image
 from arm.layout import (
@@ -112,10 +112,11 @@ class Arm64(Arch):
         self.gic.create(vm)
 
     def irq_line_id(self, line: int) -> int:
-        return lib.KVM_ARM_IRQ_TYPE_SPI << lib.KVM_ARM_IRQ_TYPE_SHIFT | (line + 32)
+        """An SPI, by its interrupt ID: past the SGIs and PPIs."""
+        return lib.KVM_ARM_IRQ_TYPE_SPI << lib.KVM_ARM_IRQ_TYPE_SHIFT | (line + PRIVATE_IRQS)
 
     def irqchip_routes(self) -> list[tuple[int, int, int]]:
-        """KVM's default routes: GSI n is SPI n."""
+        """KVM's default routes: GSI n is SPI n, of the one vGIC (chip 0)."""
         return [(spi, 0, spi) for spi in range(NR_SPIS)]
 
     def add_platform_devices(self, vm: "Vm", console_out: Callable[[bytes], None]
