@@ -115,3 +115,35 @@ def test_arm64_virtio_blk(arm64host, transport) -> None:
         assert "interrupt-map = <0x800 " in dts, dts   # slot 1's INTA#
         assert int(marks["MARK pci"]) == 2, out        # the host bridge and the disk
         assert "the guest kernel panicked" in r.stderr, out
+
+
+P9_SCRIPT = r"""
+mkdir -p /mnt
+mount -t 9p -o trans=virtio,version=9p2000.L lkvm9p /mnt || echo "MARK mount failed"
+echo "MARK 9p=$(cat /mnt/from-host)"
+echo from-guest > /mnt/from-guest
+poweroff -f
+"""
+P9_HOST = """
+mkdir -p "$HOME/share" && echo from-host > "$HOME/share/from-host" || exit 1
+python3 {lkvm} run -k {kernel} -i {initrd} -m 256 -c 1 -p quiet --9p "$HOME/share,lkvm9p" \
+    </dev/null
+echo "HOST rc=$?"
+echo "HOST file=$(cat "$HOME/share/from-guest")"
+"""
+
+
+def test_arm64_9p_share(arm64host) -> None:
+    """A directory of the host shared over virtio-9p (on virtio-pci), read
+    and written by the arm64 guest."""
+    initrd = make_initrd(P9_SCRIPT, arch="arm64", extra_modules=("9p", "9pnet_virtio"))
+    script = P9_HOST.format(lkvm=LKVM, kernel=arm64_guest_kernel(), initrd=initrd)
+    start = time.monotonic()
+    r = arm64host.run(["sh", "-c", script], timeout=LINUX_TIMEOUT, cwd=KVMDIR)
+    print(f"arm64 9p share: {time.monotonic() - start:.1f} s")
+    out = r.stdout + r.stderr
+    marks = dict(line.split("=", 1) for line in r.stdout.splitlines()
+                 if line.startswith(("MARK ", "HOST ")) and "=" in line)
+    assert marks.get("HOST rc") == "0", out
+    assert marks.get("MARK 9p") == "from-host", out
+    assert marks.get("HOST file") == "from-guest", out

@@ -58,11 +58,12 @@ def kvmconfig_kernel() -> Path | None:
 
 
 def make_initrd(script: str, extra_files: dict[str, bytes | str] | None = None,
-                modules: bool = True, arch: str = "amd64") -> Path:
-    """An initramfs whose init loads the cloud kernel's virtio modules
-    (unless `modules` is false: a kernel with them built in), runs `script`
-    with busybox sh, prints "testhost-l2: exit <status>" and reboots; its
-    busybox is `arch`'s (arm64 takes no modules).
+                modules: bool = True, arch: str = "amd64",
+                extra_modules: tuple[str, ...] = ()) -> Path:
+    """An initramfs whose init loads the kernel's virtio modules and
+    `extra_modules` (unless `modules` is false: a kernel with them built
+    in), runs `script` with busybox sh, prints "testhost-l2: exit <status>"
+    and reboots; its busybox and modules are `arch`'s.
 
     `extra_files` maps paths in the guest (relative to /) to contents. The
     result is cached under a digest of everything that goes in.
@@ -72,7 +73,8 @@ def make_initrd(script: str, extra_files: dict[str, bytes | str] | None = None,
         k.lstrip("/"): v.encode() if isinstance(v, str) else v
         for k, v in (extra_files or {}).items()
     }
-    mods = kmod.load_order(kernel_dir / "lib" / "modules", MODULES) if modules else []
+    wanted = [*MODULES, *extra_modules]
+    mods = kmod.load_order(kernel_dir / "lib" / "modules", wanted) if modules else []
     listing = "".join(f"{kmod.file_name(p)}\n" for p in mods)
     init = INIT.read_bytes()
     parts = [init, script, listing, kernel_dir.name, busybox_dir.name]
