@@ -30,7 +30,8 @@ BUILD     := .build
 # Debian packages the build and the tests use.
 DEB_PKGS  := gcc make binutils libc6-dev linux-libc-dev python3-venv python3-dev \
              qemu-system-x86 qemu-utils busybox-static cpio lz4 zstd acpica-tools \
-             qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross passt
+             qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross passt \
+             binutils-aarch64-linux-gnu device-tree-compiler python3-libfdt
 # ... and what building the guest kernel from Debian's source takes.
 KERNEL_PKGS := linux-source-6.1 flex bison bc libelf-dev libssl-dev xz-utils
 
@@ -47,12 +48,13 @@ endif
 
 UAPI_SO   := $(KVMDIR)/include/_uapi.so.stamp
 GUESTS    := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/*.S))
+A64GUESTS := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/arm64/*.S))
 INIT      := $(KVMDIR)/guest/init
 BIOS      := $(KVMDIR)/x86/bios/bios.bin
 PYC       := $(BUILD)/pyc.stamp
 
 .PHONY: all deps check check-e2e test lint run bench clean help kvmconfig guest-kernel
-all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(BIOS) $(INIT) $(PYC)
+all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(A64GUESTS) $(BIOS) $(INIT) $(PYC)
 
 deps: $(BUILD)/deps.stamp
 $(BUILD)/deps.stamp: scripts/install-deps.sh Makefile
@@ -89,6 +91,15 @@ $(GUESTDIR)/%.bin: $(GUESTDIR)/%.S $(wildcard $(GUESTDIR)/*.inc) $(BUILD)/deps.s
 
 $(BIOS): $(BIOS:.bin=.S) $(BUILD)/deps.stamp
 	$(flat_binary)
+
+# The arm64 test guests: Images linked at 0 (their header carries the
+# rest), run in the arm64 test host.  arm64's ld writes no raw binary.
+$(GUESTDIR)/arm64/%.bin: $(GUESTDIR)/arm64/%.S $(BUILD)/deps.stamp
+	$(say) AS $@
+	$(Q)aarch64-linux-gnu-as -o $(@:.bin=.o) $<
+	$(Q)aarch64-linux-gnu-ld -Ttext=0 -o $(@:.bin=.elf) $(@:.bin=.o)
+	$(Q)aarch64-linux-gnu-objcopy -O binary $(@:.bin=.elf) $@
+	$(Q)rm -f $(@:.bin=.o) $(@:.bin=.elf)
 
 # The guest init runs on the host's files, so it must not need the host's
 # libraries before /host is mounted: static.
@@ -149,7 +160,7 @@ bench: all $(BUILD)/bench/pio_loop
 
 clean:
 	$(say) CLEAN .
-	$(Q)rm -rf $(BUILD) $(GUESTS) $(BIOS) $(INIT) $(KVMDIR)/include/_uapi.* .pytest_cache .ruff_cache
+	$(Q)rm -rf $(BUILD) $(GUESTS) $(A64GUESTS) $(BIOS) $(INIT) $(KVMDIR)/include/_uapi.* .pytest_cache .ruff_cache
 	$(Q)find . -name __pycache__ -prune -exec rm -rf {} +
 
 help:

@@ -188,7 +188,7 @@ def build(cfg: Config, devices: Registry) -> Vm:
     serial = arch.add_platform_devices(vm, term.write)
     virtio = virtio_setup.attach(vm, cfg, term.write)
     devices.add(Level.VIRTIO, virtio)
-    boot = arch.load_kernel(vm, cfg, " ".join([*vm.cmdline, cfg.params]).strip())
+    boot = arch.load_kernel(vm, cfg, cfg.params)
     arch.setup_firmware(vm, boot)
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)

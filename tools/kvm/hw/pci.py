@@ -1,10 +1,11 @@
-"""A PCI bus: configuration mechanism #1 at 0xCF8/0xCFC, a host bridge at
-00:00.0, BARs placed by lkvm (the guest may size and move them), and the
-MSI-X capability with its table and pending bits.
+"""A PCI bus: configuration through mechanism #1 at 0xCF8/0xCFC (x86) or
+through ECAM, a window of guest physical memory (the arch says which), a
+host bridge at 00:00.0, BARs placed by lkvm (the guest may size and move
+them), and the MSI-X capability with its table and pending bits.
 
 Linux booted with `pci=conf1` finds devices through the ports, keeps the
 BAR addresses given here and takes the legacy IRQ from
-PCI_INTERRUPT_LINE.
+PCI_INTERRUPT_LINE; on a device tree it finds the ECAM host bridge there.
 """
 
 import threading
@@ -18,6 +19,11 @@ CONFIG_ADDRESS, CONFIG_DATA = 0xCF8, 0xCFC
 CONFIG_PORT_SIZE = 4
 CONFIG_ENABLE = 1 << 31           # PCI Local Bus 3.0 §3.2.2.3.2: the enable bit
 MAX_SLOTS = 32
+# ECAM (PCI Express Base 4.0 §7.2.2): 4 KiB of configuration space per
+# function, the device number at bit 15; lkvm has bus 0 only, 1 MiB.
+ECAM_SLOT_SHIFT, ECAM_FN_SHIFT = 15, 12
+ECAM_FN_SIZE = 1 << ECAM_FN_SHIFT
+ECAM_BUS_SIZE = MAX_SLOTS << ECAM_SLOT_SHIFT
 IO_BAR_START = 0x6200             # where kvmtool's I/O BARs begin
 
 # Not in any uapi header: PCI Code and ID Assignment Specification.
@@ -123,15 +129,20 @@ class HostBridge(PciDevice):
 class PciBus:
     """Bus 0 with up to 32 single-function devices."""
 
-    def __init__(self, vm: object, mmio_start: int, mmio_end: int) -> None:
+    def __init__(self, vm: object, mmio_start: int, mmio_end: int,
+                 ecam: int | None = None) -> None:
+        """Configuration through the ports, or through ECAM at `ecam`."""
         self.vm = vm
         self.address = 0
         self.slots: list[PciDevice | None] = [None] * MAX_SLOTS
         self.next_mmio, self.mmio_end = mmio_start, mmio_end
         self.next_io = IO_BAR_START
         self._moving = threading.Lock()
-        vm.pio.register(CONFIG_ADDRESS, CONFIG_PORT_SIZE, _AddressPort(self))
-        vm.pio.register(CONFIG_DATA, CONFIG_PORT_SIZE, _DataPort(self))
+        if ecam is None:
+            vm.pio.register(CONFIG_ADDRESS, CONFIG_PORT_SIZE, _AddressPort(self))
+            vm.pio.register(CONFIG_DATA, CONFIG_PORT_SIZE, _DataPort(self))
+        else:
+            vm.mmio.register(ecam, ECAM_BUS_SIZE, _Ecam(self))
         self.add(HostBridge())
 
     def add(self, dev: PciDevice) -> int:
@@ -178,6 +189,12 @@ class PciBus:
             for hook in dev.on_bar_moved:
                 hook(index, old, addr)
 
+    def intx_slots(self) -> list[tuple[int, int]]:
+        """(slot, line) of each device that raises INTA#, for the arch's
+        description of the host bridge."""
+        return [(slot, dev.irq_line) for slot, dev in enumerate(self.slots)
+                if dev is not None and dev.config[lib.PCI_INTERRUPT_PIN]]
+
     def _target(self) -> tuple[PciDevice, int] | None:
         a = self.address
         bus, slot, fn = a >> 16 & 0xFF, a >> 11 & 0x1F, a >> 8 & 0x7
@@ -212,3 +229,32 @@ class _DataPort:
         hit = self.bus._target()
         if hit is not None and offset + size <= 4:
             hit[0].write_config(hit[1] + offset, size, value)
+
+
+class _Ecam:
+    """Bus 0's configuration space as memory: an access names its slot,
+    function and register in its offset.  Absent functions read as all
+    ones (no device); the extended space past the first 256 bytes reads
+    as zero, an empty capability list."""
+
+    def __init__(self, bus: PciBus) -> None:
+        self.bus = bus
+
+    def _target(self, offset: int, size: int) -> tuple[PciDevice, int] | None:
+        dev = self.bus.slots[offset >> ECAM_SLOT_SHIFT]
+        reg = offset % ECAM_FN_SIZE
+        if dev is None or offset >> ECAM_FN_SHIFT & 7 or reg % size:
+            return None
+        return dev, reg
+
+    def read(self, offset: int, size: int) -> int:
+        hit = self._target(offset, size)
+        if hit is None:
+            return (1 << 8 * size) - 1
+        dev, reg = hit
+        return dev.read_config(reg, size) if reg < lib.PCI_CFG_SPACE_SIZE else 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        hit = self._target(offset, size)
+        if hit is not None and hit[1] < lib.PCI_CFG_SPACE_SIZE:
+            hit[0].write_config(hit[1], size, value)

@@ -16,6 +16,7 @@ cross-compiled for it with CC against that architecture's uapi headers
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import os
 import platform
@@ -51,13 +52,31 @@ HEADERS = (
     "linux/elf.h",
 )
 
-# ... and those of one architecture (named as uname -m names it): x86's
-# boot protocol and control registers.  asm/kvm_para.h comes last on all,
-# as it always did, so an x86 build stays the same byte for byte.
-ARCH_HEADERS = {
-    "x86_64": ("asm/bootparam.h", "asm/e820.h", "asm/processor-flags.h", "asm/kvm_para.h"),
-    "aarch64": ("asm/kvm_para.h",),
-}
+# ... and those of one architecture, which its directory lists in
+# <arch>/headers.py (named here as uname -m names the machine).
+KVMDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def arch_dirs() -> dict[str, str]:
+    """The machines that have an arch directory, and its path."""
+    sys.path.insert(0, KVMDIR)
+    try:
+        from kvm.arch import ARCHES
+    finally:
+        sys.path.remove(KVMDIR)
+    dirs = {m: os.path.join(KVMDIR, d) for m, d in ARCHES.items()}
+    return {m: d for m, d in dirs.items() if os.path.isfile(os.path.join(d, "headers.py"))}
+
+
+def arch_headers(machine: str) -> tuple[str, ...]:
+    """The arch directory's UAPI_HEADERS, read by path: the arch modules
+    themselves need the bindings this builds."""
+    path = os.path.join(arch_dirs()[machine], "headers.py")
+    spec = importlib.util.spec_from_file_location(f"_lkvm_headers_{machine}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.UAPI_HEADERS
+
 
 # ioctl(2) with fixed argument types: the variadic libc call cannot be
 # reached from cffi at full speed, and an int argument would lose the top
@@ -136,7 +155,7 @@ class Target:
         return self.arch == platform.machine()
 
     def source_text(self) -> str:
-        return "".join(f"#include <{h}>\n" for h in HEADERS + ARCH_HEADERS[self.arch])
+        return "".join(f"#include <{h}>\n" for h in HEADERS + arch_headers(self.arch))
 
     def run_cc(self, args: list[str], text: str) -> str:
         return subprocess.run([self.cc, *args, "-x", "c", "-"], input=text,
@@ -349,7 +368,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("outdir")
     ap.add_argument("-I", dest="incdirs", action="append", default=[])
-    ap.add_argument("--arch", default=platform.machine(), choices=sorted(ARCH_HEADERS),
+    ap.add_argument("--arch", default=platform.machine(), choices=sorted(arch_dirs()),
                     help="the architecture to build for (default: this machine's)")
     ap.add_argument("--cc", default="gcc", help="its C compiler")
     ap.add_argument("--python-include", dest="python_includes", action="append",

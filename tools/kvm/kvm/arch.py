@@ -48,8 +48,16 @@ class Arch(ABC):
     LEGACY_IRQS: ClassVar[tuple[int, ...]]
     # The guest physical window for PCI BARs: [start, end).
     PCI_MMIO: ClassVar[tuple[int, int]]
+    # Where PCI configuration space is: None for the ports 0xCF8/0xCFC,
+    # else the guest physical address of bus 0's ECAM window.
+    PCI_ECAM: ClassVar[int | None]
     # Where virtio-mmio devices go, one region after another.
     VIRTIO_MMIO_START: ClassVar[int]
+    # Whether a guest can stop every CPU for good without an exit (x86's
+    # HLT with interrupts off, held by the in-kernel LAPIC): the core then
+    # parks the vCPUs twice a second to ask guest_halted().  arm64 guests
+    # power off through PSCI, an exit, and need no such kicks.
+    HALT_CHECK: ClassVar[bool] = False
 
     # Before a VM exists.
     @classmethod
@@ -88,6 +96,17 @@ class Arch(ABC):
     def create_irqchip(self, vm: "Vm") -> None:
         """The in-kernel interrupt controllers and timers."""
 
+    def irq_line_id(self, line: int) -> int:
+        """KVM_IRQ_LINE's irq field for one of the arch's lines (arm64
+        encodes the interrupt's type in it)."""
+        return line
+
+    @abstractmethod
+    def vcpus_created(self, vm: "Vm") -> None:
+        """Every vCPU exists and no device yet: what needs them all (arm64
+        initialises its vCPUs, then its vGIC, which KVM wants before any
+        irqfd)."""
+
     @abstractmethod
     def irqchip_routes(self) -> list[tuple[int, int, int]]:
         """The controllers' GSI routes, (gsi, irqchip, pin), which the
@@ -107,11 +126,17 @@ class Arch(ABC):
     @abstractmethod
     def setup_firmware(self, vm: "Vm", boot: Boot) -> None:
         """Describe the platform to the loaded kernel, once every device
-        exists (ACPI on x86, a device tree on arm64 and powerpc)."""
+        exists (ACPI on x86, a device tree on arm64 and powerpc), with
+        the virtio-mmio devices and PCI slots the VM lists."""
 
     @abstractmethod
     def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:
         """A vCPU's reset state for entering the boot."""
+
+    def system_event(self, vm: "Vm", kind: int) -> None:
+        """The guest powered off or reset the machine (KVM_EXIT_SYSTEM_EVENT
+        of type `kind`: PSCI on arm64): either ends the VM."""
+        vm.stop(0)
 
     def exit_handlers(self, vcpu: "Vcpu") -> Mapping[int, Callable[[], None]]:
         """Handlers for the exit reasons the core's table lacks (powerpc's
@@ -127,10 +152,10 @@ class Arch(ABC):
     def inject_nmi(self, vcpu: "Vcpu") -> None:
         """An NMI, or what the arch has like one, with the vCPU parked."""
 
-    @abstractmethod
     def guest_halted(self, vm: "Vm") -> bool:
         """Whether the guest stopped every CPU for good (asked with the
-        vCPUs parked): the VM then ends."""
+        vCPUs parked, where HALT_CHECK): the VM then ends."""
+        return False
 
 
 def load() -> type[Arch]:

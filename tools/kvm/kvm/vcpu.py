@@ -150,7 +150,7 @@ class Vcpu:
         self.vm.vcpu_checkpoint(self)
 
     def _exit_system_event(self) -> None:
-        self.vm.stop(0)
+        self.vm.arch.system_event(self.vm, self.run.system_event.type)
         raise VcpuStop
 
     def _exit_fatal(self) -> None:

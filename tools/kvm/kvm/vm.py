@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from include.uapi import ffi, lib
 from kvm import msg
@@ -22,6 +23,9 @@ from kvm.ioctl import ioctl
 from kvm.kvm import Kvm
 from kvm.memory import GuestMemory
 from kvm.vcpu import KICK_SIGNAL, Vcpu, VcpuStop
+
+if TYPE_CHECKING:
+    from hw.pci import PciBus
 
 HALT_CHECK_SECONDS = 0.5
 
@@ -47,6 +51,7 @@ class Vm:
         arch.init_vm(self)
         arch.create_irqchip(self)
         self.vcpus = [Vcpu(self, i) for i in range(cfg.cpus)]
+        arch.vcpus_created(self)
         self.exit_stats = ExitStats() if cfg.debug_exits else None
         if self.exit_stats is not None:
             for vcpu in self.vcpus:
@@ -62,13 +67,16 @@ class Vm:
         self._pause_lock = threading.Condition()
         self._control = threading.Lock()  # one pauser at a time: the user or the halt check
         self._parked = 0
-        # Kernel command line fragments devices need (virtio_mmio.device=...).
-        self.cmdline: list[str] = []
+        # What the arch describes to the guest: the virtio-mmio devices as
+        # (base, size, line), and the PCI bus (virtio's setup makes it).
+        self.virtio_mmio: list[tuple[int, int, int]] = []
+        self.pci: PciBus | None = None
 
     # Interrupts.
     def irq_line(self, irq: int, level: int) -> None:
         ioctl(self.fd, lib.KVM_IRQ_LINE,
-              ffi.new("struct kvm_irq_level *", {"irq": irq, "level": level}))
+              ffi.new("struct kvm_irq_level *", {"irq": self.arch.irq_line_id(irq),
+                                                 "level": level}))
 
     def irq_trigger(self, irq: int) -> None:
         """An edge on a line: what an ISA device's pulse looks like."""
@@ -109,13 +117,15 @@ class Vm:
         """Run every vCPU until the guest or a user stops the VM; return the
         exit status."""
         previous = signal.signal(KICK_SIGNAL, lambda *_: None)
-        watch = HaltWatch([vcpu.fd for vcpu in self.vcpus])
+        # Only an arch whose guests can halt for good unseen has it checked.
+        check = HALT_CHECK_SECONDS if self.arch.HALT_CHECK else None
+        watch = HaltWatch([vcpu.fd for vcpu in self.vcpus] if check else [])
         try:
             for vcpu in self.vcpus:
                 vcpu.start()
             # A guest that halted every CPU for good (a Linux poweroff with
             # no ACPI) never exits to us: the in-kernel LAPIC keeps HLT.
-            while not self._stopped.wait(HALT_CHECK_SECONDS):
+            while not self._stopped.wait(check):
                 if watch.worth_asking() and self._halted_for_good():
                     self.stop(0)
             for vcpu in self.vcpus:

@@ -3,6 +3,7 @@ first directory above the tests package there), so tests import lkvm's
 packages by their names."""
 
 import os
+import platform
 import shutil
 import tempfile
 
@@ -11,7 +12,8 @@ import pytest
 from tests.helpers import FUZZ_COUNTS
 from tests.p9share import Share
 from tests.testhost.fixture import l2host
-from tests.testhost.runner import RERUNS
+from tests.testhost.hosts import HOSTS, HostConfig
+from tests.testhost.runner import L1, RERUNS, Direct
 
 __all__ = ["l2host"]
 
@@ -30,6 +32,23 @@ def lkvm_home(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("HOME", home)
     yield home
     shutil.rmtree(home)
+
+
+@pytest.fixture(scope="session")
+def arm64host():
+    """This machine where it is an arm64 one with KVM, else the arm64 L1,
+    one boot for every test that runs there (each boot is seconds of TCG)."""
+    if platform.machine() == "aarch64" and os.access("/dev/kvm", os.R_OK | os.W_OK):
+        yield Direct()
+        return
+    spec = HOSTS["arm64"]
+    if shutil.which(spec.qemu) is None:
+        pytest.skip(f"no {spec.qemu} for the arm64 test host: install {spec.package}")
+    host = L1(HostConfig(arch="arm64"))
+    try:
+        yield host
+    finally:
+        host.close()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -36,7 +36,7 @@ class FakeVm:
         self.lines: dict[int, int] = {}
         self.irqfds: dict[int, int] = {}      # eventfd -> gsi
         self.ioeventfds: dict[int, tuple] = {}
-        self.cmdline: list[str] = []
+        self.virtio_mmio: list[tuple[int, int, int]] = []
         self.fds: list[int] = []
 
     def _eventfd(self) -> int:

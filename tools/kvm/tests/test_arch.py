@@ -5,6 +5,7 @@ the core has no handler for goes to the arch before it is fatal."""
 import ast
 import glob
 import os
+import threading
 
 import pytest
 
@@ -17,7 +18,7 @@ from kvm.config import Config
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
 from kvm.kvm import Kvm
-from kvm.vm import Vm
+from kvm.vm import HALT_CHECK_SECONDS, Vm
 from tests.helpers import KVMDIR, guest
 from x86.arch import X86
 
@@ -38,8 +39,14 @@ def test_x86_implements_the_whole_contract():
     for name in Arch.__annotations__:
         assert hasattr(X86, name), f"X86 lacks {name}"
     assert arch_loader.load() is X86  # this suite runs on x86 hosts
-    # Until the binding build reads the arch's list, the two must agree.
-    assert X86.UAPI_HEADERS == uapi_build.ARCH_HEADERS["x86_64"]
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_the_binding_build_reads_the_arch_directory_list(machine):
+    """One list per arch, in its directory: the build has no copy."""
+    module = __import__(f"{arch_loader.ARCHES[machine]}.headers", fromlist=["UAPI_HEADERS"])
+    assert uapi_build.arch_headers(machine) == module.UAPI_HEADERS
+    assert not hasattr(uapi_build, "ARCH_HEADERS")
 
 
 @pytest.mark.parametrize("path", generic_files(), ids=lambda p: os.path.relpath(p, KVMDIR))
@@ -124,5 +131,39 @@ def test_an_exit_the_core_lacks_goes_to_the_arch(kvm):
         assert vm.run() == 7
         # One exit per instruction, from the flat binary's load address on.
         assert len(arch.steps) == 3 and arch.steps[0] > 0x10000
+    finally:
+        vm.close()
+
+
+class NoHaltCheck(X86):
+    """An arch whose guests end only through exits (arm64's PSCI): the
+    core must not kick its vCPUs to ask."""
+
+    HALT_CHECK = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = threading.Event()
+
+    def guest_halted(self, vm) -> bool:
+        self.asked.set()
+        return False
+
+
+def test_no_halt_check_no_kicks(kvm):
+    """Twice a second the core parked every vCPU (an exit each) to ask
+    the arch, even one whose guests never halt for good without an exit."""
+    idle = Config(name="t", cpus=1, ram_mib=16, image=open(guest("idle"), "rb").read())
+    arch = NoHaltCheck()
+    vm = Vm(kvm, arch, idle)
+    try:
+        arch.setup_vcpu(vm.vcpus[0], arch.load_kernel(vm, idle, ""))
+        # Three of the old checks' periods, or until the arch is asked.
+        stopper = threading.Thread(
+            target=lambda: (arch.asked.wait(3 * HALT_CHECK_SECONDS), vm.stop(0)))
+        stopper.start()
+        assert vm.run() == 0  # signals: the main thread's
+        stopper.join()
+        assert not arch.asked.is_set()
     finally:
         vm.close()

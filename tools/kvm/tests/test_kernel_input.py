@@ -45,6 +45,15 @@ def test_elf_for_another_machine(tmp_path) -> None:
     assert "not an x86-64 kernel" in _fatal(tmp_path, bytes(ehdr))
 
 
+def test_arm64_image_on_x86(tmp_path) -> None:
+    """Without its own check the flat binary loader took it, and the
+    guest ran an arm64 kernel as x86 code."""
+    image = bytearray(0x1000)
+    struct.pack_into("<QQ", image, 8, 0, len(image))  # text_offset, image_size
+    image[0x38:0x3C] = b"ARM\x64"
+    assert "the kernel is an arm64 Image" in _fatal(tmp_path, bytes(image), "-m", "16")
+
+
 def test_x86_64_elf_without_pvh_note(tmp_path) -> None:
     with open("/bin/true", "rb") as f:
         assert "no PVH entry note" in _fatal(tmp_path, f.read())

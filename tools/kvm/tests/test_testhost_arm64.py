@@ -1,16 +1,11 @@
 """The arm64 test host: Debian's arm64 kernel at EL2 under QEMU's TCG, whose
 /dev/kvm lkvm's arm64 bindings drive. One boot, a few seconds of TCG."""
 
-import os
-import platform
-import shutil
 import time
 
 import pytest
 
 from tests.helpers import KVMDIR
-from tests.testhost.hosts import HOSTS, HostConfig
-from tests.testhost.runner import L1, Direct
 
 pytestmark = pytest.mark.e2e
 
@@ -32,22 +27,6 @@ names = [n for n in dir(lib) if n.startswith("KVM_ARM_TARGET_")]
 target = [n for n in names if getattr(lib, n) == init.target] or [init.target]
 print("KVM_ARM_PREFERRED_TARGET", *target)
 """
-
-
-@pytest.fixture
-def arm64host():
-    """This machine where it is an arm64 one with KVM, else the arm64 L1."""
-    if platform.machine() == "aarch64" and os.access("/dev/kvm", os.R_OK | os.W_OK):
-        yield Direct()
-        return
-    spec = HOSTS["arm64"]
-    if shutil.which(spec.qemu) is None:
-        pytest.skip(f"no {spec.qemu} for the arm64 test host: install {spec.package}")
-    host = L1(HostConfig(arch="arm64"))
-    try:
-        yield host
-    finally:
-        host.close()
 
 
 def test_arm64_bindings_drive_arm64_kvm(arm64host) -> None:

@@ -170,12 +170,12 @@ def test_legacy_intx_and_isr(vm):
 
 
 @pytest.mark.parametrize("modern", [True, False])
-def test_mmio_registers_and_cmdline(vm, modern):
+def test_mmio_registers_and_description(vm, modern):
     ctx = context(vm)
     rng = Rng(vm.mem)
     VirtioMmio(rng, ctx, X86.VIRTIO_MMIO_START, modern)
     base = X86.VIRTIO_MMIO_START
-    assert vm.cmdline == [f"virtio_mmio.device=0x200@{base:#x}:{X86.LEGACY_IRQS[0]}"]
+    assert vm.virtio_mmio == [(base, 0x200, X86.LEGACY_IRQS[0])]
     assert vm.mmio.read(base + lib.VIRTIO_MMIO_MAGIC_VALUE, 4) == MAGIC
     assert vm.mmio.read(base + lib.VIRTIO_MMIO_VERSION, 4) == (2 if modern else 1)
     assert vm.mmio.read(base + lib.VIRTIO_MMIO_DEVICE_ID, 4) == lib.VIRTIO_ID_RNG

@@ -1,7 +1,7 @@
 """virtio over MMIO (virtio 1.x §4.2), version 2 (modern) and version 1
-(legacy).  x86 has no device tree, so each device is announced on the
-kernel command line as virtio_mmio.device=<size>@<addr>:<irq>, a
-fragment the run command collects from vm.cmdline."""
+(legacy).  Each device is listed in vm.virtio_mmio for the arch to
+describe to the guest: on the kernel command line on x86, which has no
+device tree, as DT nodes on arm64."""
 
 from include.uapi import lib
 from virtio.device import VirtioDevice
@@ -30,7 +30,7 @@ class VirtioMmio(Transport):
         self.page_size = 4096
         self.align = 4096
         ctx.vm.mmio.register(base, REGION_SIZE, self)
-        ctx.vm.cmdline.append(f"virtio_mmio.device={REGION_SIZE:#x}@{base:#x}:{self.irq}")
+        ctx.vm.virtio_mmio.append((base, REGION_SIZE, self.irq))
         iothread = ctx.iothread(dev)
         for q in range(len(dev.queues)):
             efd = ctx.vm.ioeventfd(base + lib.VIRTIO_MMIO_QUEUE_NOTIFY, 4, False, q)

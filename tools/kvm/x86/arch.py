@@ -52,6 +52,10 @@ I8042_PORT, RTC_PORT = 0x60, 0x70
 LOADERS = [BzImage, Vmlinux, FlatBinary]
 BOOT_MODES = ("auto", "realmode", "64", "pvh")
 
+# Other arches' kernels, which the flat binary loader would take and run
+# as garbage: (offset, signature, what it is).
+FOREIGN = ((0x38, b"ARM\x64", "an arm64 Image"),)
+
 IOAPIC_PINS = 24
 PIC_PINS = 8
 
@@ -76,6 +80,8 @@ class X86(Arch):
     LEGACY_IRQS = (5, 6, 7, 9, 10, 11)
     # Where devices go in the 32-bit gap: PCI BARs first, virtio-mmio after.
     PCI_MMIO = (GAP_START, VIRTIO_MMIO_START)
+    PCI_ECAM = None  # Linux takes pci=conf1
+    HALT_CHECK = True
     VIRTIO_MMIO_START = VIRTIO_MMIO_START
 
     config: X86Config
@@ -168,6 +174,9 @@ class X86(Arch):
         chose (none: the first disk), and where setup_firmware puts the
         ACPI tables."""
         loader = image_loader(cfg.image)
+        # No device tree: each virtio-mmio device is a command line fragment.
+        params = " ".join([*(f"virtio_mmio.device={size:#x}@{base:#x}:{line}"
+                             for base, size, line in vm.virtio_mmio), params]).strip()
         if loader is FlatBinary:
             return loader(vm, cfg.image, cfg.initrd, params)
         mode, with_acpi = self.config.boot_mode, self.config.acpi
@@ -201,6 +210,9 @@ class X86(Arch):
         cpu.wire_lapic(vcpu)
         boot.setup_vcpu(vcpu)
 
+    def vcpus_created(self, vm: "Vm") -> None:
+        """Nothing: x86's irqchip took its vCPUs as KVM made them."""
+
     def dump_vcpu(self, vcpu: "Vcpu") -> str:
         return cpu.dump(vcpu) + "\n" + irqchip.dump(vcpu)
 
@@ -212,6 +224,9 @@ class X86(Arch):
 
 
 def image_loader(image: bytes) -> type:
+    for offset, signature, what in FOREIGN:
+        if image[offset:offset + len(signature)] == signature:
+            raise LkvmError(f"the kernel is {what}; this x86 lkvm boots x86 kernels")
     return next(loader for loader in LOADERS if loader.probe(image))
 
 

@@ -10,7 +10,7 @@ machine; hosts.py has what differs between them.
 from . import l1
 from .cache import TestHostError
 from .hosts import HostConfig
-from .l2 import guest_kernel, guest_vmlinux, kvmconfig_kernel, make_initrd
+from .l2 import arm64_guest_kernel, guest_kernel, guest_vmlinux, kvmconfig_kernel, make_initrd
 from .probe import needed
 from .session import L1Died, L1Error, Result, Session, run
 
@@ -23,6 +23,6 @@ def prepare() -> None:
 
 __all__ = [
     "HostConfig", "L1Died", "L1Error", "Result", "Session", "TestHostError",
-    "guest_kernel", "guest_vmlinux", "kvmconfig_kernel", "make_initrd", "needed", "prepare",
-    "run",
+    "arm64_guest_kernel", "guest_kernel", "guest_vmlinux", "kvmconfig_kernel", "make_initrd",
+    "needed", "prepare", "run",
 ]  # fmt: skip

@@ -7,7 +7,8 @@ made from arm64 packages (Python and what it needs to run, busybox for the
 shell and tools), shared read-only over 9p. lkvm's checkout is shared beside
 it at its own path, with the bindings cross-compiled for arm64 laid over it
 (their file name carries the architecture, so they sit beside the x86 ones
-the checkout has).
+the checkout has), and so is the test host's cache, where the L2 guests'
+kernel and initramfs are.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ MODULES = {
     "overlay": "",
 }
 
-# L1's userspace: python3 with the cffi backend lkvm's bindings load, and
-# busybox for /bin/sh and the usual tools.
-ROOT_PACKAGES = ("python3", "python3-cffi-backend", "busybox-static")
+# L1's userspace: python3 with the cffi backend lkvm's bindings load, libfdt
+# for the device trees lkvm writes, and busybox for /bin/sh and the usual tools.
+ROOT_PACKAGES = ("python3", "python3-cffi-backend", "python3-libfdt", "busybox-static")
 
 # What cross-compiling the bindings takes: the uapi headers of the same
 # kernel release as the host's (the cross toolchain's own are older), and
@@ -119,6 +120,6 @@ def prepare(config: HostConfig) -> L1Assets:
         return L1Assets(
             image,
             initrd(kernel_dir, busybox_dir, MODULES),
-            {"hostfs": _root(), "lkvm": CHECKOUT, "uapi": _uapi()},
-            (f"testhost_lkvm={CHECKOUT}",),
+            {"hostfs": _root(), "lkvm": CHECKOUT, "uapi": _uapi(), "cache": cache.root()},
+            (f"testhost_lkvm={CHECKOUT}", f"testhost_cache={cache.root()}"),
         )

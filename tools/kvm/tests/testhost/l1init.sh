@@ -9,6 +9,8 @@
 #   testhost_lkvm  where lkvm's checkout goes when the root is not the host's
 #                  / (another architecture's L1): the "lkvm" share with the
 #                  "uapi" share, that architecture's bindings, laid over it
+#   testhost_cache where the test host's cache goes, read-only, when the root
+#                  is not the host's / (the L2 kernels and initramfs)
 
 /bin/busybox --install -s /bin
 export PATH=/bin
@@ -44,6 +46,11 @@ if [ -n "$testhost_lkvm" ]; then
 		mount -t 9p -o "ro,cache=loose,$p9" uapi /uapi &&
 		mount -t overlay -o lowerdir=/uapi:/lkvm overlay "/newroot$testhost_lkvm" ||
 		fail "cannot mount lkvm's checkout"
+fi
+if [ -n "$testhost_cache" ]; then
+	mkdir -p "/newroot$testhost_cache" &&
+		mount -t 9p -o "ro,cache=loose,$p9" cache "/newroot$testhost_cache" ||
+		fail "cannot mount the test host's cache"
 fi
 
 cd /newroot

@@ -16,10 +16,15 @@ MODULES = [
 INIT = Path(__file__).with_name("l2init.sh")
 
 
-def _packages() -> tuple[Path, Path]:
+# The L2 kernel of each architecture (Debian's names): amd64's cloud flavour;
+# arm64's only flavour, the L1's own Image, with KVM and virtio built in.
+KERNELS = {"amd64": "linux-image-cloud-amd64", "arm64": "linux-image-arm64"}
+
+
+def _packages(arch: str = "amd64") -> tuple[Path, Path]:
     with cache.locked():
-        kernel = debs.unpacked("linux-image-cloud-amd64")
-        busybox = debs.unpacked("busybox-static")
+        kernel = debs.unpacked(KERNELS[arch], arch)
+        busybox = debs.unpacked("busybox-static", arch)
     return kernel, busybox
 
 
@@ -27,6 +32,12 @@ def guest_kernel() -> Path:
     """The cloud kernel's bzImage, unpacked into the cache."""
     (bzimage,) = (_packages()[0] / "boot").glob("vmlinuz-*")
     return bzimage
+
+
+def arm64_guest_kernel() -> Path:
+    """Debian's arm64 Image (its vmlinuz is a raw Image), unpacked."""
+    (image,) = (_packages("arm64")[0] / "boot").glob("vmlinuz-*")
+    return image
 
 
 def guest_vmlinux() -> Path:
@@ -47,20 +58,23 @@ def kvmconfig_kernel() -> Path | None:
 
 
 def make_initrd(script: str, extra_files: dict[str, bytes | str] | None = None,
-                modules: bool = True) -> Path:
-    """An initramfs whose init loads the cloud kernel's virtio modules
-    (unless `modules` is false: a kernel with them built in), runs `script`
-    with busybox sh, prints "testhost-l2: exit <status>" and reboots.
+                modules: bool = True, arch: str = "amd64",
+                extra_modules: tuple[str, ...] = ()) -> Path:
+    """An initramfs whose init loads the kernel's virtio modules and
+    `extra_modules` (unless `modules` is false: a kernel with them built
+    in), runs `script` with busybox sh, prints "testhost-l2: exit <status>"
+    and reboots; its busybox and modules are `arch`'s.
 
     `extra_files` maps paths in the guest (relative to /) to contents. The
     result is cached under a digest of everything that goes in.
     """
-    kernel_dir, busybox_dir = _packages()
+    kernel_dir, busybox_dir = _packages(arch)
     extra = {
         k.lstrip("/"): v.encode() if isinstance(v, str) else v
         for k, v in (extra_files or {}).items()
     }
-    mods = kmod.load_order(kernel_dir / "lib" / "modules", MODULES) if modules else []
+    wanted = [*MODULES, *extra_modules]
+    mods = kmod.load_order(kernel_dir / "lib" / "modules", wanted) if modules else []
     listing = "".join(f"{kmod.file_name(p)}\n" for p in mods)
     init = INIT.read_bytes()
     parts = [init, script, listing, kernel_dir.name, busybox_dir.name]
