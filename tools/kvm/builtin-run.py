@@ -11,7 +11,7 @@ from kvm import arch as arch_loader
 from kvm import fdlimit, guestroot, msg
 from kvm.arch import Arch
 from kvm.cmd import Parser, size_mib
-from kvm.config import Config, Nic
+from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError
 from kvm.ipc import IpcServer
@@ -19,7 +19,7 @@ from kvm.kvm import Kvm
 from kvm.memory import check_hugetlbfs
 from kvm.term import Terminal
 from kvm.vm import Vm
-from net.options import parse_networks
+from net.options import default_nics, parse_networks
 from virtio import setup as virtio_setup
 from virtio.setup import TRANSPORTS
 
@@ -142,9 +142,7 @@ def configure(argv: list[str], params: str = "") -> Config:
         # The devices follow the root: its disks, then its shares before --9p's.
         disks=tuple(root.disks), shares=(*root.shares, *args.p9),
         transport=args.virtio_transport,
-        # kvmtool's one user-mode NIC unless -n says otherwise; only for
-        # Linux: a flat binary has no driver for it, so no passt either.
-        nics=nics if args.network else ((Nic(),) if linux else ()),
+        nics=nics if args.network else default_nics(linux),
         hugetlbfs=args.hugetlbfs,
         debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
         debug_exits=args.debug_exits,

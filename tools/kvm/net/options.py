@@ -14,8 +14,10 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import replace
 
+from kvm import msg
 from kvm.config import Nic
 from kvm.errors import KVMTOOL_DIE, LkvmError
+from net import passt
 from net.mac import parse_mac
 
 MODES = ("user", "tap", "none")
@@ -133,3 +135,15 @@ def parse_networks(specs: list[str]) -> tuple[Nic, ...]:
                             KVMTOOL_DIE)
         seen.add(nic.guest_mac)
     return tuple(nics)
+
+
+def default_nics(linux: bool) -> tuple[Nic, ...]:
+    """kvmtool's one user-mode NIC, for a Linux guest only (a flat binary
+    has no driver for it).  Where passt is missing the guest goes without
+    a network, and is told why: asked for with -n, mode=user fails."""
+    if not linux:
+        return ()
+    if not passt.available():
+        msg.warning(f"no passt for the default network, so the guest has none: {passt.INSTALL}")
+        return ()
+    return (Nic(),)

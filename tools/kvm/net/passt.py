@@ -61,12 +61,18 @@ def passt_argv(fd: int, guest_ip: str, host_ip: str, prefix_len: int, host_mac: 
             *(["-i", "lo"] if offline else [])]
 
 
+INSTALL = "install Debian's passt package (apt-get install passt, or run make)"
+
+
+def available() -> bool:
+    return shutil.which("passt") is not None
+
+
 class Passt(StreamBackend):
     def __init__(self, guest_ip: str = GUEST_IP, host_ip: str = HOST_IP,
                  prefix_len: int = PREFIX_LEN, host_mac: str = HOST_MAC) -> None:
-        if shutil.which("passt") is None:
-            raise LkvmError("mode=user needs passt: install Debian's passt package "
-                            "(apt-get install passt, or run make)")
+        if not available():
+            raise LkvmError(f"mode=user needs passt: {INSTALL}")
         try:
             net = ipaddress.IPv4Network(f"{guest_ip}/{prefix_len}", strict=False)
             gateway = ipaddress.IPv4Address(host_ip)

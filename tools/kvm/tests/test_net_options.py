@@ -16,7 +16,7 @@ import pytest
 from include.uapi import lib
 from kvm.config import Config, Nic
 from kvm.errors import KVMTOOL_DIE, LkvmError
-from net.options import parse_networks
+from net.options import default_nics, parse_networks
 from tests.fakevm import FakeRouting, FakeVm
 from tests.helpers import KVMDIR, TINY_TIMEOUT, guest, run_lkvm
 from tests.test_ipc_guests import read_until, running
@@ -109,6 +109,22 @@ def test_missing_passt_is_one_line_saying_how_to_install_it(tmp_path):
     assert r.returncode == 1
     assert r.stderr.splitlines() == [b"  Fatal: mode=user needs passt: install Debian's passt "
                                      b"package (apt-get install passt, or run make)"]
+
+
+def test_the_default_nic_without_passt_is_left_out_with_a_warning(tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))      # no passt on it
+    assert default_nics(linux=True) == ()
+    assert capsys.readouterr().err.splitlines() == [
+        "  Warning: no passt for the default network, so the guest has none: install "
+        "Debian's passt package (apt-get install passt, or run make)"]
+
+
+def test_a_linux_guest_gets_kvmtools_nic_and_a_flat_binary_none():
+    if shutil.which("passt") is None:
+        pytest.skip("no passt")
+    assert default_nics(linux=True) == (Nic(),)
+    assert default_nics(linux=False) == ()
 
 
 # The makers: one virtio-net per NIC, on its transport.
