@@ -1,6 +1,6 @@
 """A Linux guest on lkvm's virtio devices: it sees /dev/vda, /dev/vdb,
 /dev/hvc0 and /dev/hwrng, writes and syncs to vda, writes to the
-copy-on-write vdb, reads back; afterwards the host (where lkvm ran: L1 on
+copy-on-write vdb (,snapshot), reads back; afterwards the host (where lkvm ran: L1 on
 a nested-PVM machine) checks the image files.
 
 Over PCI the guest is Debian's cloud kernel, its virtio drivers modules
@@ -50,7 +50,7 @@ d=$(mktemp -d)
 truncate -s 8M $d/a.img
 truncate -s 8M $d/b.img
 printf {ORIGINAL} | dd of=$d/b.img conv=notrunc 2>/dev/null
-{shlex.join(run)} -d "$d/a.img" -d "$d/b.img,ro"
+{shlex.join(run)} -d "$d/a.img" -d "$d/b.img,snapshot"
 echo "host: lkvm $?"
 echo "host: a.img $(dd if=$d/a.img bs=512 skip=1 count=1 2>/dev/null | head -c 16)"
 echo "host: b.img $(head -c 12 $d/b.img)"
