@@ -26,6 +26,7 @@ echo "guest: routes $(ip route | tr '\n' ';')"
 echo "guest: pnp $(tr '\n' ';' </proc/net/pnp)"
 wget -q -O /tmp/blob "http://192.168.33.1:$PORT/blob" &&
 	echo "guest: fetched $(sha256sum </tmp/blob | cut -d' ' -f1) $(wc -c </tmp/blob)"
+rm -f /tmp/blob  # the default rootfs, /tmp with it, outlives the guest
 """
 # Binds, says its port, then serves: once the port is read it listens.
 SERVER = ("import http.server, sys; "
