@@ -11,11 +11,11 @@ import pytest
 
 from tests.helpers import FUZZ_COUNTS
 from tests.p9share import Share
-from tests.testhost.fixture import l2host
+from tests.testhost.fixture import kvmconfig_bzimage, l2host
 from tests.testhost.hosts import HOSTS, HostConfig
 from tests.testhost.runner import L1, RERUNS, Direct
 
-__all__ = ["l2host"]
+__all__ = ["kvmconfig_bzimage", "l2host"]
 
 
 @pytest.fixture

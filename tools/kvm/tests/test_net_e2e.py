@@ -12,7 +12,6 @@ import shlex
 import pytest
 
 from tests.helpers import LKVM, TOP
-from tests.testhost import kvmconfig_kernel
 
 pytestmark = pytest.mark.e2e
 
@@ -53,17 +52,8 @@ rm -rf $d
 """
 
 
-@pytest.fixture
-def kernel() -> str:
-    """Asked for before l2host, so a missing kernel skips without booting L1."""
-    found = kvmconfig_kernel()
-    if found is None:
-        pytest.skip("no guest kernel with virtio-net built in: run make guest-kernel")
-    return str(found)
-
-
-def test_guest_leases_its_address_and_fetches_from_the_hosts_loopback(kernel, l2host):
-    r = l2host.run(["sh", "-c", host_script(kernel)], timeout=TIMEOUT, cwd=TOP)
+def test_guest_leases_its_address_and_fetches_from_the_hosts_loopback(kvmconfig_bzimage, l2host):
+    r = l2host.run(["sh", "-c", host_script(kvmconfig_bzimage)], timeout=TIMEOUT, cwd=TOP)
     out = r.stdout
     print(out)                  # what the guest saw, for the record (pytest -s)
     assert "inet 192.168.33.15/24 " in out.split("guest: addr ")[-1].split("\n")[0], \

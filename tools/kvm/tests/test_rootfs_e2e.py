@@ -14,7 +14,6 @@ import shlex
 import pytest
 
 from tests.helpers import LKVM, TOP
-from tests.testhost import kvmconfig_kernel
 
 pytestmark = pytest.mark.e2e
 
@@ -54,19 +53,10 @@ rm -rf $out
 """
 
 
-@pytest.fixture
-def kernel() -> str:
-    """Asked for before l2host, so a missing kernel skips without booting L1."""
-    found = kvmconfig_kernel()
-    if found is None:
-        pytest.skip("no guest kernel with 9p built in: run make guest-kernel")
-    return str(found)
-
-
-def test_sandbox_runs_a_command_on_the_default_rootfs(kernel, l2host):
-    r = l2host.run(["sh", "-c", host_script(kernel)], timeout=TIMEOUT, cwd=TOP)
+def test_sandbox_runs_a_command_on_the_default_rootfs(kvmconfig_bzimage, l2host):
+    r = l2host.run(["sh", "-c", host_script(kvmconfig_bzimage)], timeout=TIMEOUT, cwd=TOP)
     out = r.stdout
-    assert f"# lkvm run -k {kernel} -m 256 -c 1 --name guest-" in out, out + r.stderr
+    assert f"# lkvm run -k {kvmconfig_bzimage} -m 256 -c 1 --name guest-" in out, out + r.stderr
     assert f"guest: pwd /host{TOP}" in out, out
     host_has = out.split("guest: host has ")[1].split("\n")[0].split()
     assert {"bin", "etc", "usr", "work"} <= set(host_has), out
