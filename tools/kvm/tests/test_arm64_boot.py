@@ -26,6 +26,21 @@ def lkvm_run(host, *args: str, timeout: float = TINY_TIMEOUT):
     return r, time.monotonic() - start
 
 
+def marks_of(stdout: str) -> dict[str, str]:
+    """The "MARK name=value" and "HOST name=value" lines the guest and the
+    host script print, by "MARK name" and "HOST name"."""
+    return dict(line.split("=", 1) for line in stdout.splitlines()
+                if line.startswith(("MARK ", "HOST ")) and "=" in line)
+
+
+def run_script(host, script: str, what: str):
+    """A host script booting an arm64 guest: its result and its marks."""
+    start = time.monotonic()
+    r = host.run(["sh", "-c", script], timeout=LINUX_TIMEOUT, cwd=KVMDIR)
+    print(f"arm64 {what}: {time.monotonic() - start:.1f} s")
+    return r, marks_of(r.stdout)
+
+
 def test_tiny_arm64_guest(arm64host) -> None:
     hello = os.path.join(GUESTS, "arm64", "hello.bin")
     assert os.path.exists(hello), "run make"
@@ -57,8 +72,7 @@ def test_debian_arm64_kernel_two_cpus(arm64host) -> None:
     print(f"arm64 Debian kernel, 2 vCPUs: lkvm run to poweroff in {seconds:.1f} s")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    marks = dict(line.split("=", 1) for line in r.stdout.splitlines()
-                 if line.startswith("MARK ") and "=" in line)
+    marks = marks_of(r.stdout)
     assert "MARK booted" in r.stdout, out
     assert marks["MARK cpus"].strip() == "2", out
     assert "console=ttyS0" in marks["MARK cmdline"], out
@@ -97,12 +111,8 @@ def test_arm64_virtio_blk(arm64host, transport) -> None:
     initrd = make_initrd(BLK_SCRIPT.format(end=end), arch="arm64")
     script = BLK_HOST.format(lkvm=LKVM, kernel=arm64_guest_kernel(), initrd=initrd,
                              transport=transport)
-    start = time.monotonic()
-    r = arm64host.run(["sh", "-c", script], timeout=LINUX_TIMEOUT, cwd=KVMDIR)
-    print(f"arm64 virtio-blk over {transport}: {time.monotonic() - start:.1f} s")
+    r, marks = run_script(arm64host, script, f"virtio-blk over {transport}")
     out = r.stdout + r.stderr
-    marks = dict(line.split("=", 1) for line in r.stdout.splitlines()
-                 if line.startswith(("MARK ", "HOST ")) and "=" in line)
     assert marks.get("HOST rc") == status, out
     assert marks.get("MARK read") == "lkvm-arm64-blk", out
     assert marks.get("HOST disk") == "lkvm-arm64-blk", out
@@ -138,12 +148,8 @@ def test_arm64_9p_share(arm64host) -> None:
     and written by the arm64 guest."""
     initrd = make_initrd(P9_SCRIPT, arch="arm64", extra_modules=("9p", "9pnet_virtio"))
     script = P9_HOST.format(lkvm=LKVM, kernel=arm64_guest_kernel(), initrd=initrd)
-    start = time.monotonic()
-    r = arm64host.run(["sh", "-c", script], timeout=LINUX_TIMEOUT, cwd=KVMDIR)
-    print(f"arm64 9p share: {time.monotonic() - start:.1f} s")
+    r, marks = run_script(arm64host, script, "9p share")
     out = r.stdout + r.stderr
-    marks = dict(line.split("=", 1) for line in r.stdout.splitlines()
-                 if line.startswith(("MARK ", "HOST ")) and "=" in line)
     assert marks.get("HOST rc") == "0", out
     assert marks.get("MARK 9p") == "from-host", out
     assert marks.get("HOST file") == "from-guest", out
