@@ -28,7 +28,8 @@ BASE = "tinyconfig"
 # Checked in the final .config: built in, not modules, or the tests
 # cannot boot without an initramfs full of modules.
 BUILT_IN = ("VIRTIO_PCI", "VIRTIO_MMIO", "VIRTIO_BLK", "VIRTIO_NET",
-            "VIRTIO_CONSOLE", "NET_9P", "NET_9P_VIRTIO", "9P_FS")
+            "VIRTIO_CONSOLE", "NET_9P", "NET_9P_VIRTIO", "9P_FS",
+            "VIRTIO_VSOCKETS", "SCSI_VIRTIO", "BLK_DEV_SD")
 PROGRESS_EVERY = 30.0  # seconds between progress lines while make runs
 
 
