@@ -21,6 +21,7 @@ from kvm.term import Terminal
 from kvm.vm import Vm
 from net.options import default_nics, parse_networks
 from virtio import setup as virtio_setup
+from virtio import vsock
 from virtio.setup import TRANSPORTS
 
 MIN_RAM_MIB = 1
@@ -100,6 +101,11 @@ def parser() -> Parser:
                         "in user mode")
     p.add_argument("--no-dhcp", action="store_true",
                    help="no ip=dhcp on a rootfs guest's kernel command line")
+    p.add_argument("--vsock", type=int, metavar="CID", help="a virtio-vsock device, guest CID")
+    p.add_argument("--vsock-uds", metavar="PATH",
+                   help="the userspace vsock's unix socket: host programs CONNECT through "
+                        "it, guest connections to port P reach PATH_P "
+                        "(default ~/.lkvm/NAME.vsock)")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")
     p.add_argument("--debug-mmio", action="store_true")
@@ -129,6 +135,7 @@ def configure(argv: list[str], params: str = "") -> Config:
     if args.hugetlbfs is not None:
         check_hugetlbfs(args.hugetlbfs)
     nics = parse_networks(args.network)     # bad input first, before any file is read
+    check_vsock(args)
     kernel = args.image or args.kernel or find_kernel(arch)
     image = read_file(kernel, "kernel", ram << 20)
     linux = arch.boots_linux(image)
@@ -143,10 +150,19 @@ def configure(argv: list[str], params: str = "") -> Config:
         disks=tuple(root.disks), shares=(*root.shares, *args.p9),
         transport=args.virtio_transport,
         nics=nics if args.network else default_nics(linux),
+        vsock=args.vsock, vsock_uds=args.vsock_uds,
         hugetlbfs=args.hugetlbfs,
         debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
         debug_exits=args.debug_exits,
         arch=arch.configure(args))
+
+
+def check_vsock(args: object) -> None:
+    if args.vsock is None:
+        if args.vsock_uds is not None:
+            raise LkvmError("--vsock-uds needs --vsock CID")
+        return
+    vsock.check_cid(args.vsock)
 
 
 def cmd_run(argv: list[str]) -> int:

@@ -43,6 +43,8 @@ class Config:
     shares: tuple[Share, ...] = ()  # 9p shares, the root's first
     transport: str = "pci"          # virtio-setup's TRANSPORTS
     nics: tuple[Nic, ...] = ()
+    vsock: int | None = None        # --vsock CID
+    vsock_uds: str | None = None    # the userspace back end's unix socket base
     # The host side.
     hugetlbfs: str | None = None
     debug_ioport: bool = False

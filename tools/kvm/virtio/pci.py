@@ -23,6 +23,10 @@ LEGACY_DEVICE = {lib.VIRTIO_ID_NET: lib.VIRTIO_TRANS_ID_NET,
                  lib.VIRTIO_ID_CONSOLE: lib.VIRTIO_TRANS_ID_CONSOLE,
                  lib.VIRTIO_ID_RNG: lib.VIRTIO_TRANS_ID_RNG,
                  lib.VIRTIO_ID_9P: lib.VIRTIO_TRANS_ID_9P}
+# A device the spec gives no transitional id (vsock): Linux's legacy
+# driver takes any of 0x1000-0x103f and reads the device from the
+# subsystem id; this one is kvmtool's for vsock.
+LEGACY_OTHER = 0x1012
 CLASS_OTHER = 0xFF0000            # "unclassified device", PCI code assignment
 ISR_QUEUE = 1                     # virtio 1.x §4.1.4.5: bit 0 = used buffer
 
@@ -40,7 +44,7 @@ COMMON_FIELDS = {f.offset: (name, ffi.sizeof(f.type))
 class VirtioPci(PciDevice, Transport):
     def __init__(self, dev: VirtioDevice, ctx: object, modern: bool) -> None:
         ids = (MODERN_DEVICE_BASE + dev.device_id, 1) if modern else \
-            (LEGACY_DEVICE[dev.device_id], 0)
+            (LEGACY_DEVICE.get(dev.device_id, LEGACY_OTHER), 0)
         super().__init__(VIRTIO_VENDOR, ids[0], CLASS_OTHER, revision=ids[1],
                          subsys_vendor=VIRTIO_VENDOR, subsys_id=dev.device_id)
         Transport.__init__(self, dev)

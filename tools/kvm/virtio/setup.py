@@ -18,6 +18,7 @@ from kvm.config import Config, Nic
 from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
 from kvm.iothread import IoThread, stop_all
+from kvm.ipc import SOCK_SUFFIX, socket_path
 from kvm.irq import IrqRouting
 from net.backend import Backend
 from net.defaults import PREFIX_LEN
@@ -32,6 +33,7 @@ from virtio.mmio import REGION_SIZE, VirtioMmio
 from virtio.net import Net
 from virtio.pci import VirtioPci
 from virtio.rng import Rng
+from virtio.vsock import make as make_vsock
 
 TRANSPORTS = {
     "pci": lambda dev, ctx: VirtioPci(dev, ctx, modern=True),
@@ -148,7 +150,18 @@ def net(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> Iterator[Vir
         yield dev
 
 
-DEVICES = (console, rng, blk, p9, balloon, net)
+def vsock(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
+    """--vsock CID; the userspace back end's unix sockets are at
+    --vsock-uds, else beside the IPC socket: ~/.lkvm/<name>.vsock."""
+    if cfg.vsock is None:
+        return []
+    base = socket_path(cfg.name, create_dir=True).removesuffix(SOCK_SUFFIX) + ".vsock"
+    dev = make_vsock(ctx.vm.mem, cfg.vsock, cfg.vsock_uds, base)
+    dev.serve_on(ctx.iothread(dev))
+    return [dev]
+
+
+DEVICES = (console, rng, blk, p9, balloon, net, vsock)
 
 
 def attach(vm: object, cfg: Config, console_out: Callable[[bytes], None]) -> Context:
