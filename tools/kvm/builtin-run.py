@@ -106,6 +106,9 @@ def parser() -> Parser:
                    help="the userspace vsock's unix socket: host programs CONNECT through "
                         "it, guest connections to port P reach PATH_P "
                         "(default ~/.lkvm/NAME.vsock)")
+    p.add_argument("--vsock-backend", choices=["auto", "vhost", "user"], default="auto",
+                   help="vhost-vsock, or lkvm's own unix-socket back end; auto: vhost "
+                        "where /dev/vhost-vsock is")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")
     p.add_argument("--debug-mmio", action="store_true")
@@ -150,7 +153,7 @@ def configure(argv: list[str], params: str = "") -> Config:
         disks=tuple(root.disks), shares=(*root.shares, *args.p9),
         transport=args.virtio_transport,
         nics=nics if args.network else default_nics(linux),
-        vsock=args.vsock, vsock_uds=args.vsock_uds,
+        vsock=args.vsock, vsock_uds=args.vsock_uds, vsock_backend=args.vsock_backend,
         hugetlbfs=args.hugetlbfs,
         debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
         debug_exits=args.debug_exits,
@@ -159,10 +162,11 @@ def configure(argv: list[str], params: str = "") -> Config:
 
 def check_vsock(args: object) -> None:
     if args.vsock is None:
-        if args.vsock_uds is not None:
-            raise LkvmError("--vsock-uds needs --vsock CID")
+        if args.vsock_uds is not None or args.vsock_backend != "auto":
+            raise LkvmError("--vsock-uds and --vsock-backend need --vsock CID")
         return
     vsock.check_cid(args.vsock)
+    vsock.check_backend(args.vsock_backend, args.vsock_uds)
 
 
 def cmd_run(argv: list[str]) -> int:

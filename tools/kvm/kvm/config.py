@@ -45,6 +45,7 @@ class Config:
     nics: tuple[Nic, ...] = ()
     vsock: int | None = None        # --vsock CID
     vsock_uds: str | None = None    # the userspace back end's unix socket base
+    vsock_backend: str = "auto"     # auto, vhost or user
     # The host side.
     hugetlbfs: str | None = None
     debug_ioport: bool = False

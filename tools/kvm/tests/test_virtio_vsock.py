@@ -1,7 +1,8 @@
 """virtio-vsock through the mock driver, as Linux's vsock transport
 drives it: connections both ways through the userspace back end's unix
 sockets, credit both ways, and a hostile guest (bad headers, wrong CIDs,
-unknown ops, credit overruns, too many connections, never reading)."""
+unknown ops, credit overruns, too many connections, never reading);
+the vhost back end's set-up against a recording ioctl."""
 
 import os
 import select
@@ -11,7 +12,8 @@ import pytest
 
 from include.uapi import lib
 from tests.helpers import guest, run_lkvm
-from virtio.mock import Driver, mock_memory
+from virtio.mock import LOW_RAM, Driver, MockTransport, mock_memory
+from virtio.vhost import Vhost
 from virtio.vsock import (
     BUF_ALLOC,
     HDR,
@@ -22,6 +24,8 @@ from virtio.vsock import (
     OP,
     SHUT_BOTH,
     SHUT_SEND,
+    VHOST_VSOCK,
+    VhostVsock,
     Vsock,
 )
 
@@ -407,11 +411,101 @@ def test_a_dead_lkvms_socket_is_replaced_and_a_file_is_not(tmp_path):
     assert os.path.isfile(base)
 
 
+# The vhost back end, against a kernel that records what it is told.
+class FakeVhostKernel:
+    FEATURES = (1 << lib.VIRTIO_F_VERSION_1 | 1 << lib.VIRTIO_RING_F_EVENT_IDX |
+                1 << lib.VIRTIO_RING_F_INDIRECT_DESC)
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, fd: int, request: int, arg: object) -> int:
+        names = {getattr(lib, n): n for n in dir(lib) if n.startswith("VHOST_")}
+        name = names[request]
+        if name == "VHOST_GET_FEATURES":
+            arg[0] = self.FEATURES
+        elif name in ("VHOST_SET_FEATURES", "VHOST_VSOCK_SET_GUEST_CID",
+                      "VHOST_VSOCK_SET_RUNNING"):
+            self.calls.append((name, arg[0]))
+        elif name == "VHOST_SET_MEM_TABLE":
+            self.calls.append((name, [(arg.regions[i].guest_phys_addr, arg.regions[i].memory_size,
+                                       arg.regions[i].userspace_addr)
+                                      for i in range(arg.nregions)]))
+        elif name == "VHOST_SET_VRING_ADDR":
+            self.calls.append((name, arg.index, arg.desc_user_addr, arg.avail_user_addr,
+                               arg.used_user_addr))
+        elif name in ("VHOST_SET_VRING_KICK", "VHOST_SET_VRING_CALL"):
+            self.calls.append((name, arg.index, arg.fd))
+        elif name in ("VHOST_SET_VRING_NUM", "VHOST_SET_VRING_BASE"):
+            self.calls.append((name, arg.index, arg.num))
+        else:
+            self.calls.append((name,))
+        return 0
+
+
+class KickTransport(MockTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.kicks = [os.eventfd(0) for _ in range(3)]
+
+    def kick_fd(self, index: int) -> int:
+        return self.kicks[index]
+
+
+def test_vhost_gets_the_memory_table_rings_and_eventfds():
+    kernel = FakeVhostKernel()
+    null = os.open(os.devnull, os.O_RDWR)
+    mem = mock_memory()
+    dev = VhostVsock(mem, CID, Vhost(VHOST_VSOCK, kernel, fd=null))
+    drv = Driver(dev)
+    transport = drv.transport = dev.transport = KickTransport()
+    # Only what the kernel serves is offered; seqpacket is not among it.
+    assert dev.offered() == FakeVhostKernel.FEATURES
+    assert kernel.calls == [("VHOST_SET_OWNER",), ("VHOST_VSOCK_SET_GUEST_CID", CID)]
+    rx, tx, _ = drv.start()
+    host = {r.gpa: r.host for r in mem.regions}
+    assert kernel.calls[2:] == [
+        ("VHOST_SET_FEATURES", FakeVhostKernel.FEATURES),
+        ("VHOST_SET_MEM_TABLE", [(r.gpa, r.size, r.host) for r in mem.regions]),
+        *[c for q, dq in ((0, rx), (1, tx)) for c in (
+            ("VHOST_SET_VRING_NUM", q, dq.size),
+            ("VHOST_SET_VRING_BASE", q, 0),
+            ("VHOST_SET_VRING_ADDR", q, host[0] + dq.desc, host[0] + dq.avail, host[0] + dq.used),
+            ("VHOST_SET_VRING_KICK", q, transport.kicks[q]),
+            ("VHOST_SET_VRING_CALL", q, dev.call_fds[q]))],
+        ("VHOST_VSOCK_SET_RUNNING", 1)]
+    del kernel.calls[:]
+    dev.reset()
+    assert kernel.calls == [("VHOST_VSOCK_SET_RUNNING", 0)]
+    dev.close()
+    for fd in transport.kicks:
+        os.close(fd)
+
+
+def test_vhost_with_rings_outside_ram_stops_the_device(capsys):
+    kernel = FakeVhostKernel()
+    dev = VhostVsock(mock_memory(), CID, Vhost(VHOST_VSOCK, kernel, fd=os.open(os.devnull, 0)))
+    drv = Driver(dev)
+    drv.transport = dev.transport = KickTransport()
+    drv.negotiate()
+    for q in range(3):
+        drv.setup_queue(q)
+    dev.queues[0].used_addr = LOW_RAM - 8   # the used ring runs past low RAM
+    dev.set_status(dev.status | lib.VIRTIO_CONFIG_S_DRIVER_OK)
+    assert dev.broken and not dev.running
+    assert ("VHOST_VSOCK_SET_RUNNING", 1) not in kernel.calls
+    dev.close()
+    for fd in dev.transport.kicks:
+        os.close(fd)
+
+
 # The command line.
 @pytest.mark.parametrize("args, error", [
     (["--vsock", "2"], "--vsock 2: a guest CID is from 3 to 4294967294"),
     (["--vsock", "4294967295"], "--vsock 4294967295: a guest CID is from 3 to 4294967294"),
-    (["--vsock-uds", "/tmp/x"], "--vsock-uds needs --vsock CID"),
+    (["--vsock-uds", "/tmp/x"], "--vsock-uds and --vsock-backend need --vsock CID"),
+    (["--vsock", "3", "--vsock-backend", "vhost", "--vsock-uds", "/tmp/x"],
+     "--vsock-uds is the userspace back end's; vhost-vsock's host end is AF_VSOCK"),
 ])
 def test_bad_vsock_options_are_one_clear_line(args, error, lkvm_home):
     r = run_lkvm("run", "-c", "1", "-m", "16", *args, guest("hello"))
@@ -419,10 +513,20 @@ def test_bad_vsock_options_are_one_clear_line(args, error, lkvm_home):
     assert r.stderr.decode().splitlines() == [f"  Fatal: {error}"]
 
 
+@pytest.mark.skipif(os.path.exists(VHOST_VSOCK), reason="this host has vhost-vsock")
+def test_vhost_asked_for_and_missing_is_one_clear_line(lkvm_home):
+    r = run_lkvm("run", "-c", "1", "-m", "16", "--vsock", "3", "--vsock-backend", "vhost",
+                 guest("hello"))
+    assert r.returncode != 0
+    assert r.stderr.decode().splitlines() == [
+        f"  Fatal: --vsock-backend vhost needs {VHOST_VSOCK}, which this host does not have "
+        "(modprobe vhost_vsock); --vsock-backend user is lkvm's own"]
+
+
 @pytest.mark.parametrize("transport", ["pci", "mmio", "pci-legacy", "mmio-legacy"])
 def test_a_guest_runs_with_vsock_on_every_transport(transport, lkvm_home):
-    r = run_lkvm("run", "-c", "1", "-m", "16", "--vsock", "3", "--virtio-transport", transport,
-                 guest("hello"))
+    r = run_lkvm("run", "-c", "1", "-m", "16", "--vsock", "3", "--vsock-backend", "user",
+                 "--virtio-transport", transport, guest("hello"))
     assert r.returncode == 0, r.stderr
     assert b"Hello, lkvm!" in r.stdout
     assert not [f for f in os.listdir(os.path.join(lkvm_home, ".lkvm")) if "vsock" in f]

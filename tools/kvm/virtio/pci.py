@@ -96,6 +96,10 @@ class VirtioPci(PciDevice, Transport):
             self.iothread.add(efd, lambda q=q: self.dev.notify(q))
             self.notifiers.append((efd, point))
 
+    def kick_fd(self, index: int) -> int:
+        """Queue `index`'s ioeventfd, for a vhost back end to wait on."""
+        return self.notifiers[index][0]
+
     def _bar_moved(self, index: int, old: int, new: int) -> None:
         """The doorbells follow BAR 0 with the eventfds they had: the I/O
         thread goes on waiting on them, and a guest moving the BAR over

@@ -156,7 +156,7 @@ def vsock(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[Virti
     if cfg.vsock is None:
         return []
     base = socket_path(cfg.name, create_dir=True).removesuffix(SOCK_SUFFIX) + ".vsock"
-    dev = make_vsock(ctx.vm.mem, cfg.vsock, cfg.vsock_uds, base)
+    dev = make_vsock(ctx.vm.mem, cfg.vsock, cfg.vsock_uds, cfg.vsock_backend, base)
     dev.serve_on(ctx.iothread(dev))
     return [dev]
 

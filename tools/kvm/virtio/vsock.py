@@ -2,8 +2,10 @@
 (its CID from --vsock) and the host (CID 2), over a receive, a transmit
 and an event queue.  Every packet is a virtio_vsock_hdr and its payload.
 
-lkvm is the other end itself, and host programs use unix sockets, as
-Firecracker's vsock does:
+Two back ends.  With /dev/vhost-vsock the kernel serves the receive and
+transmit queues (VhostVsock, virtio/vhost.py) and host programs use
+AF_VSOCK.  Without it lkvm is the other end itself (Vsock), and host
+programs use unix sockets, as Firecracker's vsock does:
 
   - a guest connecting to host port P reaches whoever listens on the
     unix socket `<base>_P`;
@@ -33,7 +35,7 @@ import stat
 from collections import deque
 from dataclasses import dataclass, field
 
-from include.uapi import lib
+from include.uapi import ffi, lib
 from kvm import msg
 from kvm.cstruct import packer, to_bytes
 from kvm.errors import GuestError, LkvmError
@@ -42,6 +44,7 @@ from kvm.ipc import is_live
 from virtio.device import VirtioDevice
 from virtio.iov import prefix, scatter, total
 from virtio.queue import Chain, QueueError, Virtqueue
+from virtio.vhost import Vhost
 
 RX, TX, EVENT = 0, 1, 2
 HDR = packer("struct virtio_vsock_hdr")
@@ -54,6 +57,7 @@ MAX_RESETS = 2 * MAX_CONNS      # RSTs waiting for receive buffers; more are dro
 MAX_LINE = 32                   # "CONNECT 4294967295\n" and then some
 HOST_PORTS = 1 << 30            # host ports of host-initiated connections count up from here
 U32 = 0xFFFFFFFF
+VHOST_VSOCK = "/dev/vhost-vsock"
 
 OP = {name: getattr(lib, f"VIRTIO_VSOCK_OP_{name}") for name in
       ("REQUEST", "RESPONSE", "RST", "SHUTDOWN", "RW", "CREDIT_UPDATE", "CREDIT_REQUEST")}
@@ -450,8 +454,90 @@ class Vsock(Cid):
             self._reset(conn.key, conn)
 
 
-def make(mem: object, cid: int, uds: str | None, default_base: str) -> Cid:
+class VhostVsock(Cid):
+    """The kernel's back end: vhost-vsock serves the receive and transmit
+    queues once the driver is ready; the event queue stays here, idle.
+    The I/O thread reads the call eventfds (call_fds) and gives up the
+    kick ioeventfds to the kernel."""
+    features = 1 << lib.VIRTIO_VSOCK_F_SEQPACKET    # if the kernel has it
+
+    def __init__(self, mem: object, cid: int, vhost: Vhost) -> None:
+        super().__init__(mem, cid)
+        self.vhost = vhost
+        self.iothread: IoThread | None = None   # the device's, to take the kicks from
+        self.call_fds = {q: os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for q in (RX, TX)}
+        self.running = False
+        try:
+            vhost.set_u64(lib.VHOST_VSOCK_SET_GUEST_CID, cid)
+        except OSError as e:
+            self.close()
+            raise LkvmError(f"--vsock {cid}: {VHOST_VSOCK}: {e.strerror}") from None
+
+    def serve_on(self, iothread: IoThread) -> None:
+        self.iothread = iothread
+        for q, efd in self.call_fds.items():
+            iothread.add(efd, lambda q=q: self.transport.signal_queue(q))
+
+    def offered(self) -> int:
+        return super().offered() & self.vhost.features
+
+    def set_status(self, value: int) -> None:
+        with self.lock:
+            super().set_status(value)
+            if self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK and not self.running \
+                    and not self.broken:
+                self._start()
+
+    def _start(self) -> None:
+        queues = {q: self.queues[q] for q in (RX, TX)}
+        if not all(q.enabled for q in queues.values()):
+            self.fail("driver ready before its receive and transmit queues")
+            return
+        kicks = {q: self.transport.kick_fd(q) for q in queues}
+        if self.iothread is not None:
+            for efd in kicks.values():
+                if efd in self.iothread.handlers:
+                    self.iothread.remove(efd)   # the kernel's to wait on from now on
+        try:
+            self.vhost.start(self.mem, self.driver_features, queues, kicks, self.call_fds)
+            self.vhost.ioctl(self.vhost.fd, lib.VHOST_VSOCK_SET_RUNNING, ffi.new("int *", 1))
+        except (OSError, GuestError) as e:
+            self.fail(f"{VHOST_VSOCK}: {e}")
+            return
+        self.running = True
+
+    def on_reset(self) -> None:
+        if self.running:
+            self.vhost.ioctl(self.vhost.fd, lib.VHOST_VSOCK_SET_RUNNING, ffi.new("int *", 0))
+            self.running = False
+
+    def process(self, index: int, queue: Virtqueue) -> None:
+        """The event queue's buffers stay posted; nothing happens here that
+        would need one (lkvm never resets the transport under the guest)."""
+
+    def close(self) -> None:
+        self.vhost.close()
+        for efd in self.call_fds.values():
+            os.close(efd)
+
+
+def make(mem: object, cid: int, uds: str | None, backend: str, default_base: str) -> Cid:
+    """The back end --vsock-backend names; "auto" is vhost where the host
+    has it, unless --vsock-uds asks for lkvm's unix sockets."""
+    if backend == "vhost" or (backend == "auto" and uds is None and
+                              os.path.exists(VHOST_VSOCK)):
+        return VhostVsock(mem, cid, Vhost(VHOST_VSOCK))
     return Vsock(mem, cid, uds or default_base)
+
+
+def check_backend(backend: str, base: str | None) -> None:
+    """Checked with the other options: one clear line for what cannot be."""
+    if backend == "vhost" and base is not None:
+        raise LkvmError("--vsock-uds is the userspace back end's; "
+                        "vhost-vsock's host end is AF_VSOCK")
+    if backend == "vhost" and not os.path.exists(VHOST_VSOCK):
+        raise LkvmError(f"--vsock-backend vhost needs {VHOST_VSOCK}, which this host does "
+                        "not have (modprobe vhost_vsock); --vsock-backend user is lkvm's own")
 
 
 def listen(base: str) -> socket.socket:
