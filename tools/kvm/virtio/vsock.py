@@ -54,6 +54,7 @@ MAX_PAYLOAD = 64 << 10          # the largest packet Linux sends (VIRTIO_VSOCK_M
 BUF_ALLOC = 256 << 10           # guest bytes held per connection for a slow host socket
 MAX_CONNS = 64                  # live connections, host programs still saying CONNECT included
 MAX_RESETS = 2 * MAX_CONNS      # RSTs waiting for receive buffers; more are dropped
+BURST = 16                      # host packets to the guest per connection and wake-up
 MAX_LINE = 32                   # "CONNECT 4294967295\n" and then some
 HOST_PORTS = 1 << 30            # host ports of host-initiated connections count up from here
 U32 = 0xFFFFFFFF
@@ -393,30 +394,34 @@ class Vsock(Cid):
         return port
 
     def _host_data(self, conn: Conn) -> None:
-        """Host bytes to the guest: as many as its credit and one receive
-        buffer take."""
+        """Host bytes to the guest, a receive buffer at a time, while its
+        credit and buffers last: up to BURST packets a wake-up, so that a
+        busy connection leaves the others their turn."""
         q = self.queues[RX]
-        chain = q.pop() if q.enabled and not self.broken else None
-        if chain is None:
-            self._starve()
-            return
-        room = total(chain.writable) - HDR.size
-        if room <= 0:
-            raise QueueError(f"vsock receive buffer of {total(chain.writable)} bytes")
-        try:
-            data = conn.sock.recv(min(room, conn.credit(), MAX_PAYLOAD))
-        except (BlockingIOError, InterruptedError):
-            q.rewind(1)
-            return
-        except OSError:
-            data = b""
-        if not data:
-            conn.host_eof = True
-            self._put(q, chain, self._conn_hdr(conn, OP["SHUTDOWN"], flags=SHUT_SEND))
-            self._maybe_close(conn)
-            return
-        self._put(q, chain, self._conn_hdr(conn, OP["RW"], len(data)), data)
-        conn.tx_cnt = (conn.tx_cnt + len(data)) & U32
+        for _ in range(BURST):
+            if not conn.credit() or conn.host_eof or conn.sock.fileno() not in self.by_fd:
+                return
+            chain = q.pop() if q.enabled and not self.broken else None
+            if chain is None:
+                self._starve()
+                return
+            room = total(chain.writable) - HDR.size
+            if room <= 0:
+                raise QueueError(f"vsock receive buffer of {total(chain.writable)} bytes")
+            try:
+                data = conn.sock.recv(min(room, conn.credit(), MAX_PAYLOAD))
+            except (BlockingIOError, InterruptedError):
+                q.rewind(1)
+                return
+            except OSError:
+                data = b""
+            if not data:
+                conn.host_eof = True
+                self._put(q, chain, self._conn_hdr(conn, OP["SHUTDOWN"], flags=SHUT_SEND))
+                self._maybe_close(conn)
+                return
+            self._put(q, chain, self._conn_hdr(conn, OP["RW"], len(data)), data)
+            conn.tx_cnt = (conn.tx_cnt + len(data)) & U32
 
     def _flush(self, conn: Conn) -> None:
         """Write what the guest sent to the host socket, as far as it takes
