@@ -173,7 +173,7 @@ class Vsock(Cid):
         q = self.queues[RX]
         if not q.enabled or self.broken:
             return
-        old, self.rx_signalled = self.rx_signalled, q.used_idx
+        old = self.rx_signalled
         while self.resets or any(c.ops for c in self.conns.values()):
             chain = q.pop()
             if chain is None:
