@@ -4,11 +4,14 @@ sockets, credit both ways, and a hostile guest (bad headers, wrong CIDs,
 unknown ops, credit overruns, too many connections, never reading);
 the vhost back end's set-up against a recording ioctl."""
 
+import contextlib
 import os
 import select
 import socket
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from include.uapi import lib
 from tests.helpers import guest, run_lkvm
@@ -530,3 +533,55 @@ def test_a_guest_runs_with_vsock_on_every_transport(transport, lkvm_home):
     assert r.returncode == 0, r.stderr
     assert b"Hello, lkvm!" in r.stdout
     assert not [f for f in os.listdir(os.path.join(lkvm_home, ".lkvm")) if "vsock" in f]
+
+
+# Hostile sequences, property-based.
+PORTS = [1234, 1235, 5000, 0, 0xFFFFFFFF]
+OPS = [*OP.values(), 0, 8, 0xFFFF]
+LENGTHS = [0, 1, 4096, MAX_PAYLOAD, MAX_PAYLOAD + 1, 0xFFFFFFFF]
+CREDITS = [0, 1, 4096, GUEST_BUF, 0xFFFFFFFF]
+
+
+@settings(deadline=None, database=None, max_examples=300,
+          suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.sampled_from(OPS), st.sampled_from(PORTS), st.sampled_from(PORTS),
+                          st.sampled_from(LENGTHS), st.integers(0, 3), st.sampled_from(CREDITS),
+                          st.sampled_from(CREDITS), st.sampled_from([CID, CID + 1]),
+                          st.booleans(), st.booleans()), max_size=40))
+def test_hostile_packet_sequences_keep_every_bound(tmp_path_factory, packets):
+    base = str(tmp_path_factory.mktemp("fuzz") / "v")
+    g = Guest(base, rx_bufs=4)
+    srv = listener(g, 1234)
+    srv.setblocking(False)
+    host_ends = []
+    try:
+        for op, src, dst, length, flags, buf_alloc, fwd, src_cid, short, host_talks in packets:
+            g.fwd_cnt = fwd
+            payload = b"p" * min(length, MAX_PAYLOAD) if op == OP["RW"] else b""
+            g.send(op, src, dst, payload[:-1] if short and payload else payload,
+                   src_cid=src_cid, flags=flags, buf_alloc=buf_alloc,
+                   length=length if short else None)
+            if host_talks:
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        c, _ = srv.accept()
+                        c.setblocking(False)
+                        host_ends.append(c)
+                for c in host_ends:
+                    with contextlib.suppress(OSError):
+                        c.send(b"h" * 5000)
+                        c.recv(1 << 16)
+                g.pump()
+            if g.dev.broken:
+                break
+            assert len(g.dev.by_fd) <= MAX_CONNS and len(g.dev.resets) <= MAX_RESETS
+            assert all(len(c.to_host) <= BUF_ALLOC for c in g.dev.conns.values())
+            for hdr, data in g.received():
+                assert hdr[:2] == (2, CID) and hdr[5] == STREAM and hdr[4] == len(data)
+                assert hdr[6] in OP.values() and hdr[8] == BUF_ALLOC
+            g.post(1)
+    finally:
+        for c in host_ends:
+            c.close()
+        srv.close()
+        g.close()
