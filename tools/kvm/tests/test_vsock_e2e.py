@@ -127,8 +127,11 @@ cmd = [lkvm, "sandbox", "-k", kernel, "-m", "256", "-c", "1", "-p", "quiet",
 lkvm_proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT)
 c = accept(data_srv)
+start = time.monotonic()
 got = drain(c)
+took = time.monotonic() - start
 print("host: from guest", hashlib.sha256(got).hexdigest(), len(got), flush=True)
+print(f"host: guest to host {len(got) / took / 1e6:.2f} MB/s", flush=True)
 c.sendall(b"host got " + hashlib.sha256(got).hexdigest().encode())
 c.close()
 r = accept(ready_srv)
@@ -136,10 +139,14 @@ print("host: guest is", drain(r).decode(), flush=True)
 r.close()
 blob = os.urandom(BLOB)
 print("host: blob", hashlib.sha256(blob).hexdigest(), len(blob), flush=True)
+start = time.monotonic()
 s = connect_in(1024)
 s.sendall(blob)
 s.shutdown(socket.SHUT_WR)
-print("host: guest says", drain(s).decode(), flush=True)
+reply = drain(s).decode()
+took = time.monotonic() - start
+print("host: guest says", reply, flush=True)
+print(f"host: host to guest {len(blob) / took / 1e6:.2f} MB/s", flush=True)
 s.close()
 for port in (5000, 5001):
     if backend == "user":
