@@ -13,7 +13,7 @@ from kvm.arch import Arch
 from kvm.cmd import Parser, size_mib
 from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
-from kvm.errors import LkvmError
+from kvm.errors import LkvmError, UsageError
 from kvm.ipc import IpcServer
 from kvm.kvm import Kvm
 from kvm.memory import check_hugetlbfs
@@ -114,7 +114,7 @@ def configure(argv: list[str], params: str = "") -> Config:
     arch = arch_loader.load()
     args = parser().parse(argv)
     if args.image and args.kernel:
-        raise LkvmError("give the kernel either as -k or as the argument, not both")
+        raise UsageError("give the kernel either as -k or as the argument, not both")
     cpus = args.cpus if args.cpus is not None else os.cpu_count()
     if cpus < 1:
         raise LkvmError(f"--cpus {cpus}: a guest needs at least one vCPU")

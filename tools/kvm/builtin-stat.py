@@ -4,7 +4,7 @@ them."""
 import json
 
 from include.uapi import ffi, lib
-from kvm.errors import LkvmError
+from kvm.errors import LkvmError, UsageError
 from kvm.ipc import STAT
 from kvm.ipc_client import Guest, for_each, instance_parser
 
@@ -40,7 +40,7 @@ def cmd_stat(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse(argv)
     if not args.memory:
-        raise LkvmError("nothing to show: give --memory")
+        raise UsageError("nothing to show: give --memory")
 
     def memstat(guest: Guest) -> None:
         stats = parse_stats(guest.request(STAT))

@@ -8,7 +8,7 @@ import os
 import sys
 from types import ModuleType
 
-from kvm.errors import LkvmError
+from kvm.errors import LkvmError, UsageError
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 DOC_DIR = os.path.join(TOP, "Documentation")
@@ -55,7 +55,7 @@ class Parser(argparse.ArgumentParser):
         self.add_argument("-h", "--help", action="store_true", help=argparse.SUPPRESS)
 
     def error(self, message: str) -> None:
-        raise LkvmError(f"{message} (see 'lkvm help {self.cmd}')")
+        raise UsageError(f"{message} (see 'lkvm help {self.cmd}')")
 
     def parse(self, argv: list[str]) -> argparse.Namespace:
         args = self.parse_args(argv)
@@ -66,7 +66,8 @@ class Parser(argparse.ArgumentParser):
 
 def size_mib(text: str) -> int:
     """A memory size in MiB: a plain number is MiB (kvmtool's unit); a
-    K, M, G or T suffix says otherwise."""
+    K, M, G or T suffix says otherwise.  A bad one is kvmtool's die(), not
+    a usage error: LkvmError passes through argparse."""
     units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
     text = text.strip().upper().removesuffix("B").removesuffix("I")
     scale = units.get(text[-1:])
@@ -74,8 +75,8 @@ def size_mib(text: str) -> int:
     try:
         value = float(number) * (scale or 1)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a memory size") from None
+        raise LkvmError(f"'{text}' is not a memory size") from None
     # inf and nan are floats too; int() of them would raise.
     if not math.isfinite(value) or value != int(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole, positive number of MiB")
+        raise LkvmError(f"'{text}' is not a whole, positive number of MiB")
     return int(value)

@@ -10,7 +10,7 @@ import pytest
 
 from kvm import rootfs
 from kvm.cmd import load_builtin
-from kvm.errors import LkvmError
+from kvm.errors import KVMTOOL_DIE, LkvmError
 from tests.helpers import guest, run_lkvm
 
 sandbox = load_builtin("sandbox")
@@ -69,5 +69,5 @@ def test_exit_status_refuses(root, data):
 def test_bad_use_is_one_line(tmp_path, monkeypatch, args, message):
     monkeypatch.setenv("HOME", str(tmp_path))
     r = run_lkvm("sandbox", *args)
-    assert r.returncode == 1 and b"Traceback" not in r.stderr
+    assert r.returncode == KVMTOOL_DIE and b"Traceback" not in r.stderr
     assert r.stderr.decode().strip().startswith(f"Fatal: {message}")
