@@ -3,6 +3,7 @@ line, and help text read from Documentation/."""
 
 import argparse
 import importlib.util
+import itertools
 import math
 import os
 import sys
@@ -47,7 +48,8 @@ class HelpRequested(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line and --help shows the document."""
+    """argparse, but errors are one line, --help shows the document and
+    long options may be abbreviated as kvmtool's parse_options() allows."""
 
     def __init__(self, cmd: str, **kw: object) -> None:
         super().__init__(prog=f"lkvm {cmd}", add_help=False, allow_abbrev=False, **kw)
@@ -58,10 +60,39 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see 'lkvm help {self.cmd}')")
 
     def parse(self, argv: list[str]) -> argparse.Namespace:
-        args = self.parse_args(argv)
+        args = self.parse_args(self.unabbreviate(argv))
         if args.help:
             raise HelpRequested(self.cmd)
         return args
+
+    def unabbreviate(self, argv: list[str]) -> list[str]:
+        """argv with each long option spelled out: an exact name wins, else
+        the one option the text begins (--cpu for --cpus); several are an
+        error naming the last two, in kvmtool's words.  Option values and
+        everything after "--" are left as they are.  (argparse's own
+        abbreviations would do, but its ambiguity message is not kvmtool's.)"""
+        actions = self._option_string_actions
+        longs = [name for action in self._actions for name in action.option_strings
+                 if name.startswith("--")]
+        out: list[str] = []
+        words = iter(argv)
+        for word in words:
+            if word == "--":
+                out += [word, *words]
+                break
+            name, eq, value = word.partition("=")
+            if name.startswith("--") and name not in actions:
+                matches = [long for long in longs if long.startswith(name)]
+                if len(matches) > 1:
+                    raise UsageError(f"Ambiguous option: {word[2:]} "
+                                     f"(could be {matches[-2]} or {matches[-1]})")
+                name = matches[0] if matches else name
+                word = name + eq + value
+            out.append(word)
+            action = actions.get(name) if name.startswith("-") else None
+            if action is not None and not eq and action.nargs is None:
+                out += itertools.islice(words, 1)   # its value, whatever it looks like
+        return out
 
 
 def size_mib(text: str) -> int:

@@ -94,6 +94,60 @@ def test_bad_options():
     assert "more than the host" in one_fatal_line(run_lkvm("run", "-m", "64T", guest("hello")))
 
 
+def small_parser():
+    from kvm.cmd import Parser
+    p = Parser("t")
+    p.add_argument("--cpus")
+    p.add_argument("--console")
+    p.add_argument("--debug", action="store_true")
+    p.add_argument("--debug-ioport", action="store_true")
+    p.add_argument("--debug-mmio", action="store_true")
+    p.add_argument("-p", "--params")
+    p.add_argument("image", nargs="?")
+    return p
+
+
+# kvmtool's parse_long_opt(): an exact name wins, a prefix of one option
+# is that option, a prefix of several is refused naming the last two.
+PREFIXES = [
+    (["--cpu", "2"], ["--cpus", "2"]),
+    (["--cpu=2"], ["--cpus=2"]),
+    (["--cons", "serial", "--cp", "1"], ["--console", "serial", "--cpus", "1"]),
+    (["--debug"], ["--debug"]),                         # exact, though a prefix of more
+    (["--debug-io"], ["--debug-ioport"]),
+    (["--par", "--cpu"], ["--params", "--cpu"]),         # a value is never expanded
+    (["-p", "--cpu"], ["-p", "--cpu"]),
+    (["k", "--", "--cpu"], ["k", "--", "--cpu"]),
+    (["--frob"], ["--frob"]),                           # unknown: argparse refuses it
+]
+
+
+@pytest.mark.parametrize("argv,spelled", PREFIXES, ids=[" ".join(a) for a, _ in PREFIXES])
+def test_long_option_prefixes(argv, spelled):
+    assert small_parser().unabbreviate(argv) == spelled
+
+
+@pytest.mark.parametrize("word,message", [
+    ("--c", "Ambiguous option: c (could be --cpus or --console)"),
+    ("--debug-", "Ambiguous option: debug- (could be --debug-ioport or --debug-mmio)"),
+    ("--de=1", "Ambiguous option: de=1 (could be --debug-ioport or --debug-mmio)"),
+])
+def test_ambiguous_prefix_is_refused_as_kvmtool_does(word, message):
+    from kvm.errors import UsageError
+    with pytest.raises(UsageError) as e:
+        small_parser().unabbreviate([word])
+    assert str(e.value) == message and e.value.status == KVMTOOL_USAGE
+
+
+def test_prefixes_as_a_user_types_them(lkvm_home):
+    r = run_lkvm("run", "--cpu", "1", "--me", "16", "--kern", guest("hello"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"Hello, lkvm!\n"
+    r = run_lkvm("run", "--debug-", guest("hello"))
+    assert r.returncode == KVMTOOL_USAGE
+    assert lines(r.stderr)[0].startswith("Error: Ambiguous option: debug- (could be --debug-")
+
+
 def test_every_command_has_its_document():
     from kvm.commands import COMMANDS
     for name, _ in COMMANDS:

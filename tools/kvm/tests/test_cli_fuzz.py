@@ -129,7 +129,7 @@ def command_lines(draw, cmd: str) -> tuple[list[str], bool]:
     for _ in range(draw(st.integers(0, 4))):
         kind = draw(st.sampled_from(["option", "option", "unknown", "bare"]))
         if kind == "unknown":
-            argv.append(draw(st.sampled_from(["--frob", "-Z", "--cpu", "--mem=", "---"])))
+            argv.append(draw(st.sampled_from(["--frob", "-Z", "--cpux", "--mem=", "---"])))
             # help and version take no options, and ignore words, as kvmtool's.
             bad = bad or (parser is not None and argv[-1] != "--mem=")
             continue
