@@ -73,16 +73,35 @@ def read_file(path: str, what: str, limit: int) -> bytes:
     return data
 
 
+# `lkvm run -h`: kvmtool's groups and, within each, its order (the
+# option table in builtin-run.c); the arch adds "Arch-specific options:".
+SYNOPSIS = "lkvm run [<options>] [<kernel image>]"
+GROUPS = (
+    ("Basic options:", ("--name", "--cpus", "--mem", "--disk", "--balloon", "--vnc", "--gtk",
+                        "--sdl", "--rng", "--nodefaults", "--9p", "--console", "--vsock",
+                        "--dev", "--tty", "--sandbox", "--hugetlbfs", "--virtio-legacy",
+                        "--virtio-transport", "--loglevel")),
+    ("Kernel options:", ("--kernel", "--initrd", "--params", "--firmware", "--flash")),
+    ("Networking options:", ("--network", "--no-dhcp")),
+    ("VFIO options:", ("--vfio-pci",)),
+    ("Debug options:", ("--debug", "--debug-single-step", "--debug-ioport", "--debug-mmio",
+                        "--debug-iodelay", "--debug-exits")),
+)
+
+
 def parser() -> Parser:
-    p = Parser("run")
+    p = Parser("run", SYNOPSIS, GROUPS)
     p.add_argument("image", nargs="?", help="kernel image (same as -k)")
-    p.add_argument("--name", help="a name for the guest")
+    p.add_argument("--name", metavar="guest name", help="a name for the guest")
     p.add_argument("-c", "--cpus", type=int, help="number of vCPUs")
-    p.add_argument("-m", "--mem", type=size_mib, help="guest RAM in MiB")
-    p.add_argument("-k", "--kernel", help="kernel image to boot")
-    p.add_argument("-i", "--initrd", help="initial RAM disk image")
-    p.add_argument("-p", "--params", default="", help="kernel command line additions")
-    p.add_argument("--console", choices=["serial", "virtio"], default="serial")
+    p.add_argument("-m", "--mem", type=size_mib, metavar="size[BKMGTP]",
+                   help="guest RAM, in MiB unless a suffix says otherwise")
+    p.add_argument("-k", "--kernel", metavar="kernel", help="kernel image to boot")
+    p.add_argument("-i", "--initrd", metavar="initrd", help="initial RAM disk image")
+    p.add_argument("-p", "--params", default="", metavar="params",
+                   help="kernel command line additions")
+    p.add_argument("--console", choices=["serial", "virtio"], default="serial",
+                   metavar="serial or virtio", help="the guest's console")
     p.add_argument("--rng", action="store_true", help="a virtio-rng device")
     p.add_argument("--balloon", action="store_true",
                    help="a virtio-balloon device, for lkvm balloon and lkvm stat")
@@ -93,7 +112,8 @@ def parser() -> Parser:
                    type=guestroot.parse_share,
                    help="share DIR with the guest as 9p mount TAG, read-only with ,ro "
                         "(repeatable)")
-    p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci")
+    p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci",
+                   metavar="|".join(sorted(TRANSPORTS)), help="how virtio devices attach")
     p.add_argument("-n", "--network", action="append", default=[],
                    metavar="mode=user|tap|none[,KEY=VALUE...]",
                    help="a virtio-net NIC (repeatable); by default a Linux guest gets one "
@@ -101,11 +121,13 @@ def parser() -> Parser:
     p.add_argument("--no-dhcp", action="store_true",
                    help="no ip=dhcp on a rootfs guest's kernel command line")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
-    p.add_argument("--debug-ioport", action="store_true")
-    p.add_argument("--debug-mmio", action="store_true")
+    p.add_argument("--debug-ioport", action="store_true",
+                   help="report an access to a port no device claims and stop the vCPU")
+    p.add_argument("--debug-mmio", action="store_true",
+                   help="report accesses to MMIO no device claims")
     p.add_argument("--debug-exits", action="store_true",
                    help="count the exits lkvm handles and time them; print them at the end")
-    arch_loader.load().add_options(p)
+    arch_loader.load().add_options(p.add_argument_group("Arch-specific options:"))
     return p
 
 

@@ -7,7 +7,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kvm import msg  # noqa: E402
-from kvm.cmd import HelpRequested, load_builtin, show_doc  # noqa: E402
+from kvm.cmd import HelpRequested, load_builtin  # noqa: E402
 from kvm.commands import COMMANDS, usage  # noqa: E402
 from kvm.errors import KVMTOOL_USAGE, LkvmError  # noqa: E402
 
@@ -27,7 +27,8 @@ def dispatch(argv: list[str]) -> int:
     try:
         return getattr(module, f"cmd_{name}")(argv[1:])
     except HelpRequested as e:
-        return show_doc(str(e))
+        sys.stdout.write(str(e))
+        return 0
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import sys
 from types import ModuleType
 
 from kvm.errors import LkvmError, UsageError
+from kvm.usage import Groups, format_usage
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 DOC_DIR = os.path.join(TOP, "Documentation")
@@ -44,17 +45,23 @@ def show_doc(cmd: str) -> int:
 
 
 class HelpRequested(Exception):
-    pass
+    """-h or --help: the exception's text is the command's option list."""
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line, --help shows the document and
-    long options may be abbreviated as kvmtool's parse_options() allows."""
+    """argparse, but errors are one line, -h lists the options grouped as
+    kvmtool lists them and long options may be abbreviated as kvmtool's
+    parse_options() allows.  The manual page is `lkvm help CMD`'s."""
 
-    def __init__(self, cmd: str, **kw: object) -> None:
+    def __init__(self, cmd: str, synopsis: str = "", groups: Groups = (), **kw: object) -> None:
         super().__init__(prog=f"lkvm {cmd}", add_help=False, allow_abbrev=False, **kw)
         self.cmd = cmd
+        self.synopsis = synopsis or f"lkvm {cmd} [<options>]"
+        self.groups = groups
         self.add_argument("-h", "--help", action="store_true", help=argparse.SUPPRESS)
+
+    def format_help(self) -> str:
+        return format_usage(self.synopsis, self, self.groups)
 
     def error(self, message: str) -> None:
         raise UsageError(f"{message} (see 'lkvm help {self.cmd}')")
@@ -62,7 +69,7 @@ class Parser(argparse.ArgumentParser):
     def parse(self, argv: list[str]) -> argparse.Namespace:
         args = self.parse_args(self.unabbreviate(argv))
         if args.help:
-            raise HelpRequested(self.cmd)
+            raise HelpRequested(self.format_help())
         return args
 
     def unabbreviate(self, argv: list[str]) -> list[str]:

@@ -28,10 +28,40 @@ def test_help_lists_commands():
 
 
 def test_help_run_shows_the_document():
-    a, b = run_lkvm("help", "run"), run_lkvm("run", "--help")
+    r = run_lkvm("help", "run")
+    assert r.returncode == 0
+    assert r.stdout.startswith(b"lkvm-run(1)") and b"--cpus" in r.stdout
+
+
+def test_run_help_lists_the_options_grouped_as_kvmtool():
+    """usage_with_options(): the usage line, then each group's title and
+    its options, kvmtool's groups in kvmtool's order, the arch's last."""
+    a, b = run_lkvm("run", "--help"), run_lkvm("run", "-h")
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout
-    assert b"--cpus" in a.stdout and b"lkvm-run" in a.stdout
+    out = a.stdout.decode().splitlines()
+    assert out[:2] == ["", " usage: lkvm run [<options>] [<kernel image>]"]
+    titles = [line for line in out if line.endswith(":") and not line.startswith(" ")]
+    assert titles == ["Basic options:", "Kernel options:", "Networking options:",
+                      "Debug options:", "Arch-specific options:"]
+    assert "    -c, --cpus <n>        number of vCPUs" in out
+    assert "    -m, --mem <size[BKMGTP]>" in out
+    body = "\n".join(out)
+    basic, kernel = body.index("Basic options:"), body.index("Kernel options:")
+    assert basic < body.index("--cpus") < body.index("--console") < kernel
+    assert kernel < body.index("--kernel") < body.index("--params") < body.index("Networking")
+    from kvm.cmd import load_builtin
+    for action in load_builtin("run").parser()._actions:
+        names = [n for n in action.option_strings if n.startswith("--")]
+        if names and names[0] != "--help":
+            assert body.count(f"{names[0]} ") + body.count(f"{names[0]}\n") == 1, names
+
+
+def test_every_command_lists_its_options():
+    for cmd in ("list", "stat", "debug", "balloon", "pause", "stop"):
+        r = run_lkvm(cmd, "-h")
+        assert r.returncode == 0 and r.stderr == b"", cmd
+        assert r.stdout.decode().splitlines()[1] == f" usage: lkvm {cmd} [<options>]"
 
 
 def test_version():
