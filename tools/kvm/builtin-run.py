@@ -62,13 +62,15 @@ def read_file(path: str, what: str, limit: int) -> bytes:
         if st.st_size > limit:
             raise LkvmError(f"{what} {path} ({st.st_size >> 20} MiB) is larger than "
                             f"the guest's {limit >> 20} MiB of RAM")
+        # read(n) allocates n bytes first: ask for the file, not the RAM,
+        # which -m may make larger than the host's.
         with open(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
+            data = f.read(st.st_size + 1)
     except OSError as e:
         raise LkvmError(f"unable to read {what} {path}: {e.strerror}") from None
     finally:
         os.close(fd)
-    if not data or len(data) > limit:
+    if not data or len(data) > st.st_size:
         raise LkvmError(f"{what} {path} changed size while being read")
     return data
 
@@ -147,7 +149,9 @@ def configure(argv: list[str], params: str = "") -> Config:
     if ram < MIN_RAM_MIB:
         raise LkvmError(f"--mem {ram}: a guest needs at least {MIN_RAM_MIB} MiB")
     if ram > host_ram_mib():
-        raise LkvmError(f"--mem {ram}: more than the host's {host_ram_mib()} MiB of RAM")
+        # kvmtool's words; a sparse guest may well fit, so it is not refused.
+        msg.warning(f"Guest memory size {ram}MB exceeds host physical RAM size "
+                    f"{host_ram_mib()}MB")
     if args.hugetlbfs is not None:
         check_hugetlbfs(args.hugetlbfs)
     nics = parse_networks(args.network)     # bad input first, before any file is read

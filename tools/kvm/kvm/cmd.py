@@ -4,8 +4,8 @@ line, and help text read from Documentation/."""
 import argparse
 import importlib.util
 import itertools
-import math
 import os
+import re
 import sys
 from types import ModuleType
 
@@ -102,19 +102,27 @@ class Parser(argparse.ArgumentParser):
         return out
 
 
+# kvmtool's parse_mem_unit(): one letter, either case; none means MiB.
+MEM_SHIFTS = {"B": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50}
+MEM_SIZE = re.compile(r"\s*\+?([0-9]+)([BKMGTP]?)", re.IGNORECASE)
+U64_MAX = (1 << 64) - 1
+
+
 def size_mib(text: str) -> int:
-    """A memory size in MiB: a plain number is MiB (kvmtool's unit); a
-    K, M, G or T suffix says otherwise.  A bad one is kvmtool's die(), not
-    a usage error: LkvmError passes through argparse."""
-    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = units.get(text[-1:])
-    number = text[:-1] if scale is not None else text
-    try:
-        value = float(number) * (scale or 1)
-    except ValueError:
-        raise LkvmError(f"'{text}' is not a memory size") from None
-    # inf and nan are floats too; int() of them would raise.
-    if not math.isfinite(value) or value != int(value) or value <= 0:
-        raise LkvmError(f"'{text}' is not a whole, positive number of MiB")
-    return int(value)
+    """-m as kvmtool's mem_parser() reads it: a decimal number of MiB, or
+    of bytes, KiB, GiB, TiB or PiB with a B, K, G, T or P suffix; no
+    fractions, nothing after the suffix, not 0, and no more than 64 bits
+    of bytes.  lkvm's guests have whole MiB of RAM, so a size in B or K
+    must come to that.  Its refusals are kvmtool's die()s (status 128),
+    not usage errors: LkvmError passes through argparse."""
+    m = MEM_SIZE.fullmatch(text)
+    if m is None:
+        raise LkvmError(f"Invalid memory specifier: {text}")
+    size = int(m[1]) << MEM_SHIFTS[(m[2] or "M").upper()]
+    if size > U64_MAX:
+        raise LkvmError(f"Memory too large: {text}")
+    if size == 0:
+        raise LkvmError(f"Invalid RAM size: {text}")
+    if size % (1 << 20):
+        raise LkvmError(f"Invalid RAM size: {text}: lkvm gives guests whole MiB of RAM")
+    return size >> 20

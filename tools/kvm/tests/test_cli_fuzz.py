@@ -60,7 +60,8 @@ class Option:
 # option gets random text and paths, judged by nothing but the rules.
 KNOWN = {
     "--cpus": (["1", "2"], ["0", "-1", "256", "257", "1024", "x", "1.5", "inf"]),
-    "--mem": (["16", "64M"], ["inf", "nan", "1e400", "0", "-5", "lots", "64T", "1.5"]),
+    "--mem": (["16", "64M", "16777216B"], ["inf", "nan", "1e400", "0", "-5", "lots", "1.5",
+                                           "64MB", "512B", "16384P"]),
     "--kernel": ([HELLO], ["{t}/fifo", "{t}/empty", "/dev/zero", "{t}/dir", "{t}/nothing"]),
     "--initrd": ([], ["{t}/fifo", "{t}/empty", "/dev/zero", "{t}/dir", "{t}/nothing"]),
     "--disk": (["{t}/disk.img", "{t}/disk.img,ro"], ["{t}/fifo", "{t}/fifo,ro",
