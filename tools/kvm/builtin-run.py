@@ -1,6 +1,7 @@
 """lkvm run: start a virtual machine.  Options, defaults and messages
 follow kvmtool's, so its users' scripts keep working."""
 
+import dataclasses
 import os
 import signal
 import stat
@@ -186,7 +187,8 @@ def launch(cfg: Config) -> int:
     try:
         vm = build(cfg, devices)
         devices.init()
-        msg.note(f"lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}")
+        msg.note(f"lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {len(vm.vcpus)} "
+                 f"--name {cfg.name}")
         status = vm.run()
         if vm.exit_stats is not None:
             vm.exit_stats.report(sys.stderr)
@@ -197,14 +199,29 @@ def launch(cfg: Config) -> int:
     return status
 
 
+def max_vcpus(kvm: Kvm) -> int:
+    """KVM's limit, as kvmtool's kvm__max_cpus() finds it: KVM_CAP_MAX_VCPUS,
+    or on kernels without it the recommended KVM_CAP_NR_VCPUS, or 4."""
+    return (kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
+            or kvm.check_extension(lib.KVM_CAP_NR_VCPUS) or 4)
+
+
+def within_kvm_limit(cfg: Config, kvm: Kvm) -> Config:
+    """More vCPUs than KVM allows are cut down to its limit with a
+    warning, as kvmtool's kvm_cpu__init() does, not refused."""
+    limit = max_vcpus(kvm)
+    if cfg.cpus <= limit:
+        return cfg
+    msg.warning(f"# Limit the number of CPUs to {limit}")
+    return dataclasses.replace(cfg, cpus=limit)
+
+
 def build(cfg: Config, devices: Registry) -> Vm:
     """The VM and its devices, each registered at its level as soon as it
     exists, so that a failure part way tears down what was made."""
     kvm = Kvm()
     devices.add(Level.CORE, Hooks("kvm", kvm.close))
-    max_cpus = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
-    if cfg.cpus > max_cpus:
-        raise LkvmError(f"--cpus {cfg.cpus}: this host's KVM allows at most {max_cpus}")
+    cfg = within_kvm_limit(cfg, kvm)
     arch = arch_loader.load()(cfg.arch)
     vm = Vm(kvm, arch, cfg)
     devices.add(Level.CORE, Hooks("vm", vm.close))

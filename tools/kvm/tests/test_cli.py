@@ -3,11 +3,15 @@ answered in one line with a non-zero exit."""
 
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from kvm.errors import KVMTOOL_DIE, KVMTOOL_USAGE
-from tests.helpers import TINY_TIMEOUT, guest, run_lkvm
+from kvm.cmd import Parser, load_builtin, size_mib
+from kvm.commands import COMMANDS
+from kvm.errors import KVMTOOL_DIE, KVMTOOL_USAGE, LkvmError, UsageError
+from tests.helpers import KVMDIR, TINY_TIMEOUT, guest, run_lkvm
 
 
 def lines(data: bytes) -> list[str]:
@@ -50,7 +54,6 @@ def test_run_help_lists_the_options_grouped_as_kvmtool():
     basic, kernel = body.index("Basic options:"), body.index("Kernel options:")
     assert basic < body.index("--cpus") < body.index("--console") < kernel
     assert kernel < body.index("--kernel") < body.index("--params") < body.index("Networking")
-    from kvm.cmd import load_builtin
     for action in load_builtin("run").parser()._actions:
         names = [n for n in action.option_strings if n.startswith("--")]
         if names and names[0] != "--help":
@@ -125,7 +128,6 @@ def test_bad_options():
 
 
 def small_parser():
-    from kvm.cmd import Parser
     p = Parser("t")
     p.add_argument("--cpus")
     p.add_argument("--console")
@@ -163,7 +165,6 @@ def test_long_option_prefixes(argv, spelled):
     ("--de=1", "Ambiguous option: de=1 (could be --debug-ioport or --debug-mmio)"),
 ])
 def test_ambiguous_prefix_is_refused_as_kvmtool_does(word, message):
-    from kvm.errors import UsageError
     with pytest.raises(UsageError) as e:
         small_parser().unabbreviate([word])
     assert str(e.value) == message and e.value.status == KVMTOOL_USAGE
@@ -198,8 +199,6 @@ MEM_SIZES = [
 
 @pytest.mark.parametrize("text,expected", MEM_SIZES, ids=[t or "empty" for t, _ in MEM_SIZES])
 def test_mem_sizes_read_as_kvmtool_reads_them(text, expected):
-    from kvm.cmd import size_mib
-    from kvm.errors import LkvmError
     if isinstance(expected, int):
         assert size_mib(text) == expected
         return
@@ -217,8 +216,34 @@ def test_mem_above_host_ram_warns_and_runs(lkvm_home):
                                   f"physical RAM size {host}MB")
 
 
+# lkvm run with KVM_CAP_MAX_VCPUS answering 1, as a small host's KVM would.
+ONE_VCPU_KVM = """
+import sys
+sys.path.insert(0, {kvmdir!r})
+from include.uapi import lib
+from kvm.kvm import Kvm
+real = Kvm.check_extension
+Kvm.check_extension = lambda self, cap: 1 if cap == lib.KVM_CAP_MAX_VCPUS else real(self, cap)
+import lkvm
+sys.argv = ["lkvm", "run", "-c", "3", "-m", "16", {hello!r}]
+lkvm.main()
+"""
+
+
+def test_cpus_above_kvms_limit_are_clamped_with_a_warning(lkvm_home):
+    """kvmtool's kvm_cpu__init(): more vCPUs than KVM_CAP_MAX_VCPUS are cut
+    down to it, with a warning, and the guest runs."""
+    script = ONE_VCPU_KVM.format(kvmdir=KVMDIR, hello=guest("hello"))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                       stdin=subprocess.DEVNULL, timeout=TINY_TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"Hello, lkvm!\n"
+    err = lines(r.stderr)
+    assert err[0] == "Warning: # Limit the number of CPUs to 1"
+    assert " -c 1 --name " in err[1]
+
+
 def test_every_command_has_its_document():
-    from kvm.commands import COMMANDS
     for name, _ in COMMANDS:
         r = run_lkvm("help", name)
         assert r.returncode == 0, r.stderr
