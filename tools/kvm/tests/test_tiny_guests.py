@@ -110,12 +110,19 @@ def test_all_vcpus_halted_with_interrupts_off_ends_with_0(kvm_available) -> None
 
 
 def test_legacy_dummy_ports_are_claimed():
-    """kvmtool's no-op ports: silent even with --debug-ioport, and port
-    0x92 reads the A20 gate on."""
+    """kvmtool's no-op ports: silent even with --debug-ioport (which would
+    stop at any unclaimed one), port 0x92 reads the A20 gate on, the
+    SeaBIOS debug port 0x402 writes to the console, and kvmtool's debug
+    port 0xe0 tells its accesses under --debug-ioport only."""
     r = run_lkvm("run", "-c", "1", "-m", "16", "--debug-ioport", guest("dummy_ports"))
     assert r.returncode == 0, r.stderr
-    assert r.stdout == b"02\n"
-    assert b"unhandled" not in r.stderr
+    assert r.stdout == b"K02\n"
+    err = r.stderr.decode().splitlines()
+    assert "debug port write from VCPU0: port=0xe0, size=1, data: 0xe0" in err
+    assert not [line for line in err if "IO error" in line or "debug port" in line][1:]
+    quiet = run_lkvm("run", "-c", "1", "-m", "16", guest("dummy_ports"))
+    assert quiet.returncode == 0 and quiet.stdout == b"K02\n"
+    assert b"debug port" not in quiet.stderr
 
 
 def test_debug_exits_counts_exits_per_port():
