@@ -101,6 +101,22 @@ class Parser(argparse.ArgumentParser):
                 out += itertools.islice(words, 1)   # its value, whatever it looks like
         return out
 
+    def split_at_operand(self, argv: list[str]) -> tuple[list[str], list[str]]:
+        """(the options, the rest) of argv, split where kvmtool's
+        PARSE_OPT_STOP_AT_NON_OPTION stops: at the first word that is
+        neither an option nor an option's value, or after a "--"."""
+        i = 0
+        while i < len(argv):
+            word = argv[i]
+            if word == "--":
+                return argv[:i], argv[i + 1:]
+            if not word.startswith("-") or word == "-":
+                break
+            name, eq, _ = self.unabbreviate([word])[0].partition("=")
+            action = self._option_string_actions.get(name)
+            i += 2 if action is not None and not eq and action.nargs is None else 1
+        return argv[:i], argv[i:]
+
 
 # kvmtool's parse_mem_unit(): one letter, either case; none means MiB.
 MEM_SHIFTS = {"B": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50}
