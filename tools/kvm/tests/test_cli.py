@@ -245,6 +245,35 @@ def test_cpus_above_kvms_limit_are_clamped_with_a_warning(lkvm_home):
     assert " -c 1 --name " in err[1]
 
 
+# lkvm stat -m: kvmtool's builtin-stat.c words for the ten statistics
+# Linux's balloon driver sends, in its order, each value right after them.
+KVMTOOL_MEMSTAT = [
+    ("VIRTIO_BALLOON_S_SWAP_IN", "The amount of memory that has been swapped in (in bytes):"),
+    ("VIRTIO_BALLOON_S_SWAP_OUT",
+     "The amount of memory that has been swapped out to disk (in bytes):"),
+    ("VIRTIO_BALLOON_S_MAJFLT", "The number of major page faults that have occurred:"),
+    ("VIRTIO_BALLOON_S_MINFLT", "The number of minor page faults that have occurred:"),
+    ("VIRTIO_BALLOON_S_HTLB_PGALLOC", "The number of successful HugeTLB allocations:"),
+    ("VIRTIO_BALLOON_S_HTLB_PGFAIL", "The number of failed HugeTLB allocations:"),
+    ("VIRTIO_BALLOON_S_MEMFREE",
+     "The amount of memory not being used for any purpose (in bytes):"),
+    ("VIRTIO_BALLOON_S_MEMTOT", "The total amount of memory (in bytes):"),
+    ("VIRTIO_BALLOON_S_AVAIL", "The estimated available memory (in bytes):"),
+    ("VIRTIO_BALLOON_S_CACHES", "The amount of memory in use for file caching (in bytes):"),
+]
+
+
+def test_stat_shows_kvmtools_ten_statistics_in_its_order():
+    from include.uapi import lib
+    stat = load_builtin("stat")
+    tags = [getattr(lib, name) for name, _ in KVMTOOL_MEMSTAT]
+    sent = [(tag, 1000 + i) for i, tag in enumerate(tags)]
+    reply = [*reversed(sent), (42, 7)]          # any order, and a tag kvmtool has no words for
+    assert stat.memstat_lines(reply) == [
+        *(f"{words}{1000 + i}" for i, (_, words) in enumerate(KVMTOOL_MEMSTAT)),
+        "Unknown memory statistic (ID 42): 7"]
+
+
 def test_every_command_has_its_document():
     for name, _ in COMMANDS:
         r = run_lkvm("help", name)

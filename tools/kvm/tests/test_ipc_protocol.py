@@ -163,7 +163,7 @@ def test_balloon_and_stat_plumbing(server):
     r = run_lkvm("stat", "-n", "fake", "-m", "--json")
     assert json.loads(r.stdout) == {"name": "fake", "memory": {"free": 1 << 20,
                                                                "total": 1 << 24}}
-    assert b"The total amount of memory available (in bytes): 16777216" in \
+    assert b"\nThe total amount of memory (in bytes):16777216\n" in \
         run_lkvm("stat", "-a", "-m").stdout
 
 
