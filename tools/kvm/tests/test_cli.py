@@ -12,7 +12,7 @@ from kvm.cmd import Parser, load_builtin, size_mib
 from kvm.commands import COMMANDS
 from kvm.errors import KVMTOOL_DIE, KVMTOOL_USAGE, LkvmError, UsageError
 from kvm.version import VERSION
-from tests.helpers import KVMDIR, TINY_TIMEOUT, guest, run_lkvm
+from tests.helpers import KVMDIR, LKVM, TINY_TIMEOUT, guest, run_lkvm
 
 
 def lines(data: bytes) -> list[str]:
@@ -80,6 +80,13 @@ def test_unknown_command():
     assert r.returncode == KVMTOOL_USAGE
     assert lines(r.stderr)[0] == "Error: 'frob' is not a lkvm command."
     assert b"Traceback" not in r.stderr
+
+
+def test_unbuilt_launcher_is_a_fatal_error(tmp_path):
+    shutil.copy(LKVM, tmp_path / "lkvm")
+    r = subprocess.run([tmp_path / "lkvm", "version"], capture_output=True, timeout=TINY_TIMEOUT)
+    assert r.returncode == KVMTOOL_DIE
+    assert lines(r.stderr) == [f"Fatal: lkvm is not built yet: run 'make' in {tmp_path}"]
 
 
 # kvmtool's exit statuses: die() is 128 (util/util.c); parse_options() and
