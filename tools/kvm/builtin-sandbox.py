@@ -47,8 +47,10 @@ def exit_status(root: str) -> int:
 
 def cmd_sandbox(argv: list[str]) -> int:
     run = load_builtin("run")
-    options, command = run.parser().split_at_operand(argv)
+    parser = run.parser()
+    options, command = parser.split_at_operand(argv)
     if not command:
+        parser.parse(options)       # -h, or a bad option, is told first
         raise UsageError("give the command to run: "
                          "lkvm sandbox [run options] [--] COMMAND [ARGS...]")
     cfg = run.configure(options, PARAMS)

@@ -77,6 +77,11 @@ def test_bad_use_is_one_line(tmp_path, monkeypatch, args, status, message):
     assert r.stderr.decode().strip().startswith(message)
 
 
+def test_help_lists_the_run_options():
+    r = run_lkvm("sandbox", "-h")
+    assert r.returncode == 0 and b"Basic options:" in r.stdout
+
+
 # kvmtool's sandbox: the command starts at the first word that is no run
 # option, or after "--"; run options' values and the command's own
 # options stay where they are.  (argv, run options, command)
