@@ -1,7 +1,7 @@
 """lkvm balloon: grow or shrink a guest's virtio balloon, in MiB."""
 
 from kvm.cmd import Parser
-from kvm.errors import LkvmError
+from kvm.errors import LkvmError, UsageError
 from kvm.ipc import BALLOON, S32
 from kvm.ipc_client import connect
 
@@ -17,9 +17,9 @@ def parser() -> Parser:
 def cmd_balloon(argv: list[str]) -> int:
     args = parser().parse(argv)
     if not args.name:
-        raise LkvmError("give the guest's name with -n NAME")
+        raise UsageError("give the guest's name with -n NAME")
     if (args.inflate is None) == (args.deflate is None):
-        raise LkvmError("give either --inflate MB or --deflate MB")
+        raise UsageError("give either --inflate MB or --deflate MB")
     mib = args.inflate if args.inflate is not None else args.deflate
     if mib <= 0 or mib >= 1 << 31:
         raise LkvmError(f"{mib}: the size must be a positive number of MiB")

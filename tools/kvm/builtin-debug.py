@@ -4,7 +4,7 @@ its serial console."""
 import os
 import sys
 
-from kvm.errors import LkvmError
+from kvm.errors import LkvmError, UsageError
 from kvm.ipc import DEBUG, DEBUG_DUMP, DEBUG_NMI, DEBUG_PARAMS, DEBUG_SYSRQ
 from kvm.ipc_client import Guest, for_each, instance_parser
 
@@ -34,7 +34,7 @@ def cmd_debug(argv: list[str]) -> int:
             raise LkvmError(f"--sysrq '{args.sysrq}': give a one-byte character")
         flags |= DEBUG_SYSRQ
     if not flags:
-        raise LkvmError("nothing to do: give --dump, --nmi or --sysrq")
+        raise UsageError("nothing to do: give --dump, --nmi or --sysrq")
     payload = DEBUG_PARAMS.pack(flags, cpu, key)
 
     def debug(guest: Guest) -> None:

@@ -1,6 +1,7 @@
 """lkvm run: start a virtual machine.  Options, defaults and messages
 follow kvmtool's, so its users' scripts keep working."""
 
+import dataclasses
 import os
 import signal
 import stat
@@ -13,7 +14,7 @@ from kvm.arch import Arch
 from kvm.cmd import Parser, size_mib
 from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
-from kvm.errors import LkvmError
+from kvm.errors import LkvmError, UsageError
 from kvm.ipc import IpcServer
 from kvm.kvm import Kvm
 from kvm.memory import check_hugetlbfs
@@ -63,27 +64,48 @@ def read_file(path: str, what: str, limit: int) -> bytes:
         if st.st_size > limit:
             raise LkvmError(f"{what} {path} ({st.st_size >> 20} MiB) is larger than "
                             f"the guest's {limit >> 20} MiB of RAM")
+        # read(n) allocates n bytes first: ask for the file, not the RAM,
+        # which -m may make larger than the host's.
         with open(fd, "rb", closefd=False) as f:
-            data = f.read(limit + 1)
+            data = f.read(st.st_size + 1)
     except OSError as e:
         raise LkvmError(f"unable to read {what} {path}: {e.strerror}") from None
     finally:
         os.close(fd)
-    if not data or len(data) > limit:
+    if not data or len(data) > st.st_size:
         raise LkvmError(f"{what} {path} changed size while being read")
     return data
 
 
+# `lkvm run -h`: kvmtool's groups and, within each, its order (the
+# option table in builtin-run.c); the arch adds "Arch-specific options:".
+SYNOPSIS = "lkvm run [<options>] [<kernel image>]"
+GROUPS = (
+    ("Basic options:", ("--name", "--cpus", "--mem", "--disk", "--balloon", "--vnc", "--gtk",
+                        "--sdl", "--rng", "--nodefaults", "--9p", "--console", "--vsock",
+                        "--dev", "--tty", "--sandbox", "--hugetlbfs", "--virtio-legacy",
+                        "--virtio-transport", "--loglevel")),
+    ("Kernel options:", ("--kernel", "--initrd", "--params", "--firmware", "--flash")),
+    ("Networking options:", ("--network", "--no-dhcp")),
+    ("VFIO options:", ("--vfio-pci",)),
+    ("Debug options:", ("--debug", "--debug-single-step", "--debug-ioport", "--debug-mmio",
+                        "--debug-iodelay", "--debug-exits")),
+)
+
+
 def parser() -> Parser:
-    p = Parser("run")
+    p = Parser("run", SYNOPSIS, GROUPS)
     p.add_argument("image", nargs="?", help="kernel image (same as -k)")
-    p.add_argument("--name", help="a name for the guest")
+    p.add_argument("--name", metavar="guest name", help="a name for the guest")
     p.add_argument("-c", "--cpus", type=int, help="number of vCPUs")
-    p.add_argument("-m", "--mem", type=size_mib, help="guest RAM in MiB")
-    p.add_argument("-k", "--kernel", help="kernel image to boot")
-    p.add_argument("-i", "--initrd", help="initial RAM disk image")
-    p.add_argument("-p", "--params", default="", help="kernel command line additions")
-    p.add_argument("--console", choices=["serial", "virtio"], default="serial")
+    p.add_argument("-m", "--mem", type=size_mib, metavar="size[BKMGTP]",
+                   help="guest RAM, in MiB unless a suffix says otherwise")
+    p.add_argument("-k", "--kernel", metavar="kernel", help="kernel image to boot")
+    p.add_argument("-i", "--initrd", metavar="initrd", help="initial RAM disk image")
+    p.add_argument("-p", "--params", default="", metavar="params",
+                   help="kernel command line additions")
+    p.add_argument("--console", choices=["serial", "virtio"], default="serial",
+                   metavar="serial or virtio", help="the guest's console")
     p.add_argument("--rng", action="store_true", help="a virtio-rng device")
     p.add_argument("--balloon", action="store_true",
                    help="a virtio-balloon device, for lkvm balloon and lkvm stat")
@@ -94,7 +116,8 @@ def parser() -> Parser:
                    type=guestroot.parse_share,
                    help="share DIR with the guest as 9p mount TAG, read-only with ,ro "
                         "(repeatable)")
-    p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci")
+    p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci",
+                   metavar="|".join(sorted(TRANSPORTS)), help="how virtio devices attach")
     p.add_argument("-n", "--network", action="append", default=[],
                    metavar="mode=user|tap|none[,KEY=VALUE...]",
                    help="a virtio-net NIC (repeatable); by default a Linux guest gets one "
@@ -110,11 +133,13 @@ def parser() -> Parser:
                    help="vhost-vsock, or lkvm's own unix-socket back end; auto: vhost "
                         "where /dev/vhost-vsock is")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
-    p.add_argument("--debug-ioport", action="store_true")
-    p.add_argument("--debug-mmio", action="store_true")
+    p.add_argument("--debug-ioport", action="store_true",
+                   help="report an access to a port no device claims and stop the vCPU")
+    p.add_argument("--debug-mmio", action="store_true",
+                   help="report accesses to MMIO no device claims")
     p.add_argument("--debug-exits", action="store_true",
                    help="count the exits lkvm handles and time them; print them at the end")
-    arch_loader.load().add_options(p)
+    arch_loader.load().add_options(p.add_argument_group("Arch-specific options:"))
     return p
 
 
@@ -123,7 +148,7 @@ def configure(argv: list[str], params: str = "") -> Config:
     arch = arch_loader.load()
     args = parser().parse(argv)
     if args.image and args.kernel:
-        raise LkvmError("give the kernel either as -k or as the argument, not both")
+        raise UsageError("give the kernel either as -k or as the argument, not both")
     cpus = args.cpus if args.cpus is not None else os.cpu_count()
     if cpus < 1:
         raise LkvmError(f"--cpus {cpus}: a guest needs at least one vCPU")
@@ -134,7 +159,9 @@ def configure(argv: list[str], params: str = "") -> Config:
     if ram < MIN_RAM_MIB:
         raise LkvmError(f"--mem {ram}: a guest needs at least {MIN_RAM_MIB} MiB")
     if ram > host_ram_mib():
-        raise LkvmError(f"--mem {ram}: more than the host's {host_ram_mib()} MiB of RAM")
+        # kvmtool's words; a sparse guest may well fit, so it is not refused.
+        msg.warning(f"Guest memory size {ram}MB exceeds host physical RAM size "
+                    f"{host_ram_mib()}MB")
     if args.hugetlbfs is not None:
         check_hugetlbfs(args.hugetlbfs)
     nics = parse_networks(args.network)     # bad input first, before any file is read
@@ -180,7 +207,8 @@ def launch(cfg: Config) -> int:
     try:
         vm = build(cfg, devices)
         devices.init()
-        msg.note(f"lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}")
+        msg.note(f"lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {len(vm.vcpus)} "
+                 f"--name {cfg.name}")
         status = vm.run()
         if vm.exit_stats is not None:
             vm.exit_stats.report(sys.stderr)
@@ -191,14 +219,29 @@ def launch(cfg: Config) -> int:
     return status
 
 
+def max_vcpus(kvm: Kvm) -> int:
+    """KVM's limit, as kvmtool's kvm__max_cpus() finds it: KVM_CAP_MAX_VCPUS,
+    or on kernels without it the recommended KVM_CAP_NR_VCPUS, or 4."""
+    return (kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
+            or kvm.check_extension(lib.KVM_CAP_NR_VCPUS) or 4)
+
+
+def within_kvm_limit(cfg: Config, kvm: Kvm) -> Config:
+    """More vCPUs than KVM allows are cut down to its limit with a
+    warning, as kvmtool's kvm_cpu__init() does, not refused."""
+    limit = max_vcpus(kvm)
+    if cfg.cpus <= limit:
+        return cfg
+    msg.warning(f"# Limit the number of CPUs to {limit}")
+    return dataclasses.replace(cfg, cpus=limit)
+
+
 def build(cfg: Config, devices: Registry) -> Vm:
     """The VM and its devices, each registered at its level as soon as it
     exists, so that a failure part way tears down what was made."""
     kvm = Kvm()
     devices.add(Level.CORE, Hooks("kvm", kvm.close))
-    max_cpus = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
-    if cfg.cpus > max_cpus:
-        raise LkvmError(f"--cpus {cfg.cpus}: this host's KVM allows at most {max_cpus}")
+    cfg = within_kvm_limit(cfg, kvm)
     arch = arch_loader.load()(cfg.arch)
     vm = Vm(kvm, arch, cfg)
     devices.add(Level.CORE, Hooks("vm", vm.close))

@@ -1,5 +1,6 @@
-"""lkvm sandbox [run options] -- COMMAND [ARGS...]: run one command in a
-rootfs guest and exit with its exit status.
+"""lkvm sandbox [run options] [--] COMMAND [ARGS...]: run one command in a
+rootfs guest and exit with its exit status.  As in kvmtool, the command
+starts at the first word that is no run option (or after "--").
 
 The command goes into the rootfs as a script; the guest init runs it
 instead of a shell (lkvm_sandbox=) and writes its exit status into the
@@ -11,7 +12,7 @@ import shlex
 
 from kvm import rootfs
 from kvm.cmd import load_builtin
-from kvm.errors import LkvmError
+from kvm.errors import LkvmError, UsageError
 
 SCRIPT = "virt/sandbox.sh"
 STATUS = "virt/.status"
@@ -45,17 +46,19 @@ def exit_status(root: str) -> int:
 
 
 def cmd_sandbox(argv: list[str]) -> int:
-    if "--" not in argv or argv.index("--") == len(argv) - 1:
-        raise LkvmError("give the command after --: "
-                        "lkvm sandbox [run options] -- COMMAND [ARGS...]")
-    split = argv.index("--")
     run = load_builtin("run")
-    cfg = run.configure(argv[:split], PARAMS)
+    parser = run.parser()
+    options, command = parser.split_at_operand(argv)
+    if not command:
+        parser.parse(options)       # -h, or a bad option, is told first
+        raise UsageError("give the command to run: "
+                         "lkvm sandbox [run options] [--] COMMAND [ARGS...]")
+    cfg = run.configure(options, PARAMS)
     root = cfg.root.rootfs
     if root is None:
         raise LkvmError("lkvm sandbox runs its command in a rootfs: "
                         "give no -d, no -i, or -d with a rootfs name")
     rootfs.remove(root, STATUS)
-    rootfs.put(root, SCRIPT, sandbox_script(argv[split + 1:], os.getcwd()), 0o755)
+    rootfs.put(root, SCRIPT, sandbox_script(command, os.getcwd()), 0o755)
     status = run.launch(cfg)
     return status if status else exit_status(root)

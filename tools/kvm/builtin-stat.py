@@ -4,25 +4,36 @@ them."""
 import json
 
 from include.uapi import ffi, lib
-from kvm.errors import LkvmError
+from kvm.errors import LkvmError, UsageError
 from kvm.ipc import STAT
 from kvm.ipc_client import Guest, for_each, instance_parser
 
-# What each statistic means, in kvmtool's words; JSON uses the tag names.
-LABELS = {
-    lib.VIRTIO_BALLOON_S_SWAP_IN: ("swap_in", "The amount of memory that has been "
-                                   "swapped in (in bytes):"),
-    lib.VIRTIO_BALLOON_S_SWAP_OUT: ("swap_out", "The amount of memory that has been "
-                                    "swapped out to disk (in bytes):"),
-    lib.VIRTIO_BALLOON_S_MAJFLT: ("major_faults", "The number of major page faults "
-                                  "that have occurred:"),
-    lib.VIRTIO_BALLOON_S_MINFLT: ("minor_faults", "The number of minor page faults "
-                                  "that have occurred:"),
-    lib.VIRTIO_BALLOON_S_MEMFREE: ("free", "The amount of memory not being used for "
-                                   "any purpose (in bytes):"),
-    lib.VIRTIO_BALLOON_S_MEMTOT: ("total", "The total amount of memory available "
-                                  "(in bytes):"),
-}
+# The statistics kvmtool's builtin-stat.c names, in its order (which is
+# also the order Linux's driver sends them in): the tag, the JSON name,
+# and kvmtool's words, which its value follows directly.
+LABELS = (
+    (lib.VIRTIO_BALLOON_S_SWAP_IN, "swap_in",
+     "The amount of memory that has been swapped in (in bytes):"),
+    (lib.VIRTIO_BALLOON_S_SWAP_OUT, "swap_out",
+     "The amount of memory that has been swapped out to disk (in bytes):"),
+    (lib.VIRTIO_BALLOON_S_MAJFLT, "major_faults",
+     "The number of major page faults that have occurred:"),
+    (lib.VIRTIO_BALLOON_S_MINFLT, "minor_faults",
+     "The number of minor page faults that have occurred:"),
+    (lib.VIRTIO_BALLOON_S_HTLB_PGALLOC, "hugetlb_allocations",
+     "The number of successful HugeTLB allocations:"),
+    (lib.VIRTIO_BALLOON_S_HTLB_PGFAIL, "hugetlb_failures",
+     "The number of failed HugeTLB allocations:"),
+    (lib.VIRTIO_BALLOON_S_MEMFREE, "free",
+     "The amount of memory not being used for any purpose (in bytes):"),
+    (lib.VIRTIO_BALLOON_S_MEMTOT, "total", "The total amount of memory (in bytes):"),
+    (lib.VIRTIO_BALLOON_S_AVAIL, "available", "The estimated available memory (in bytes):"),
+    (lib.VIRTIO_BALLOON_S_CACHES, "caches",
+     "The amount of memory in use for file caching (in bytes):"),
+)
+ORDER = {tag: i for i, (tag, _, _) in enumerate(LABELS)}
+NAMES = {tag: name for tag, name, _ in LABELS}
+WORDS = {tag: words for tag, _, words in LABELS}
 
 
 def parse_stats(reply: bytes) -> list[tuple[int, int]]:
@@ -34,23 +45,32 @@ def parse_stats(reply: bytes) -> list[tuple[int, int]]:
     return [(s.tag, s.val) for s in stats]
 
 
+def in_kvmtools_order(stats: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Known statistics in kvmtool's order, then any others as they came."""
+    return sorted(stats, key=lambda s: ORDER.get(s[0], len(ORDER)))
+
+
+def memstat_lines(stats: list[tuple[int, int]]) -> list[str]:
+    return [WORDS.get(tag, f"Unknown memory statistic (ID {tag}): ") + str(val)
+            for tag, val in in_kvmtools_order(stats)]
+
+
 def cmd_stat(argv: list[str]) -> int:
     p = instance_parser("stat")
     p.add_argument("-m", "--memory", action="store_true", help="memory statistics")
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse(argv)
     if not args.memory:
-        raise LkvmError("nothing to show: give --memory")
+        raise UsageError("nothing to show: give --memory")
 
     def memstat(guest: Guest) -> None:
         stats = parse_stats(guest.request(STAT))
         if args.json:
             print(json.dumps({"name": guest.name, "memory": {
-                LABELS.get(tag, (f"tag_{tag}",))[0]: val for tag, val in stats}}))
+                NAMES.get(tag, f"tag_{tag}"): val for tag, val in in_kvmtools_order(stats)}}))
             return
         print(f"\n\n\t*** Guest {guest.name} memory statistics ***\n")
-        for tag, val in stats:
-            print(LABELS.get(tag, ("", f"Statistic {tag}:"))[1], val)
+        print("\n".join(memstat_lines(stats)))
         print()
 
     return for_each(args, memstat)

@@ -1,4 +1,5 @@
-"""lkvm version: print lkvm's version."""
+"""lkvm version: print lkvm's version in kvmtool's form ("kvm tool
+VERSION", builtin-version.c), which scripts written for kvmtool read."""
 
 from kvm.cmd import Parser
 from kvm.version import VERSION
@@ -6,5 +7,5 @@ from kvm.version import VERSION
 
 def cmd_version(argv: list[str]) -> int:
     Parser("version").parse(argv)
-    print(f"lkvm version {VERSION}")
+    print(f"kvm tool {VERSION}")
     return 0

@@ -7,9 +7,9 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kvm import msg  # noqa: E402
-from kvm.cmd import HelpRequested, load_builtin, show_doc  # noqa: E402
+from kvm.cmd import HelpRequested, load_builtin  # noqa: E402
 from kvm.commands import COMMANDS, usage  # noqa: E402
-from kvm.errors import LkvmError  # noqa: E402
+from kvm.errors import KVMTOOL_USAGE, LkvmError  # noqa: E402
 
 
 def dispatch(argv: list[str]) -> int:
@@ -20,14 +20,15 @@ def dispatch(argv: list[str]) -> int:
         argv = ["version"]
     name = argv[0]
     if name not in dict(COMMANDS):
-        msg.fatal(f"'{name}' is not a lkvm command.")
+        msg.error(f"'{name}' is not a lkvm command.")
         print(usage(), file=sys.stderr)
-        return 1
+        return KVMTOOL_USAGE
     module = load_builtin(name)
     try:
         return getattr(module, f"cmd_{name}")(argv[1:])
     except HelpRequested as e:
-        return show_doc(str(e))
+        sys.stdout.write(str(e))
+        return 0
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         status = 0
     except LkvmError as e:
-        msg.fatal(str(e))
+        msg.report(e.prefix, str(e))
         status = e.status
     except KeyboardInterrupt:
         status = 130

@@ -36,6 +36,7 @@ HEADERS = (
     "linux/falloc.h",
     "linux/fcntl.h",
     "linux/magic.h",
+    "linux/mman.h",
     "linux/if_tun.h",
     "linux/virtio_9p.h",
     "linux/virtio_balloon.h",

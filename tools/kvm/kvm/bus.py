@@ -38,6 +38,11 @@ class Snapshot(NamedTuple):
 EMPTY = Snapshot((), ())
 
 
+class Unclaimed(Exception):
+    """An access no device claims, on a bus told to stop the vCPU there
+    (--debug-ioport, as kvmtool's kvm__emulate_io() does)."""
+
+
 def _with(ranges: list[Range], new: Range, name: str) -> list[Range]:
     """`ranges` with `new` in its place; ValueError if it overlaps one."""
     i = bisect.bisect_left(ranges, new.base, key=lambda r: r.base)
@@ -51,11 +56,13 @@ def _with(ranges: list[Range], new: Range, name: str) -> list[Range]:
 class Bus:
     """Lookups by bisection of the current snapshot.  Accesses nobody
     claimed read as all ones (an empty bus floats high, which is what
-    probing guests expect) and are dropped, logged only when asked."""
+    probing guests expect) and are dropped, logged when `debug` asks, or
+    raise Unclaimed when `strict` does."""
 
-    def __init__(self, name: str, debug: bool = False) -> None:
+    def __init__(self, name: str, debug: bool = False, strict: bool = False) -> None:
         self.name = name
         self.debug = debug
+        self.strict = strict
         self._snapshot = EMPTY
         self._lock = threading.Lock()   # one writer at a time
 
@@ -121,5 +128,7 @@ class Bus:
         self._unhandled("out", addr, size)
 
     def _unhandled(self, direction: str, addr: int, size: int) -> None:
+        if self.strict:
+            raise Unclaimed(direction, addr, size)
         if self.debug:
             msg.warning(f"unhandled {self.name} {direction} at {addr:#x}, size {size}")

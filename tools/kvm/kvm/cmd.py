@@ -3,12 +3,14 @@ line, and help text read from Documentation/."""
 
 import argparse
 import importlib.util
-import math
+import itertools
 import os
+import re
 import sys
 from types import ModuleType
 
-from kvm.errors import LkvmError
+from kvm.errors import LkvmError, UsageError
+from kvm.usage import Groups, format_usage
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 DOC_DIR = os.path.join(TOP, "Documentation")
@@ -43,39 +45,100 @@ def show_doc(cmd: str) -> int:
 
 
 class HelpRequested(Exception):
-    pass
+    """-h or --help: the exception's text is the command's option list."""
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line and --help shows the document."""
+    """argparse, but errors are one line, -h lists the options grouped as
+    kvmtool lists them and long options may be abbreviated as kvmtool's
+    parse_options() allows.  The manual page is `lkvm help CMD`'s."""
 
-    def __init__(self, cmd: str, **kw: object) -> None:
+    def __init__(self, cmd: str, synopsis: str = "", groups: Groups = (), **kw: object) -> None:
         super().__init__(prog=f"lkvm {cmd}", add_help=False, allow_abbrev=False, **kw)
         self.cmd = cmd
+        self.synopsis = synopsis or f"lkvm {cmd} [<options>]"
+        self.groups = groups
         self.add_argument("-h", "--help", action="store_true", help=argparse.SUPPRESS)
 
+    def format_help(self) -> str:
+        return format_usage(self.synopsis, self, self.groups)
+
     def error(self, message: str) -> None:
-        raise LkvmError(f"{message} (see 'lkvm help {self.cmd}')")
+        raise UsageError(f"{message} (see 'lkvm help {self.cmd}')")
 
     def parse(self, argv: list[str]) -> argparse.Namespace:
-        args = self.parse_args(argv)
+        args = self.parse_args(self.unabbreviate(argv))
         if args.help:
-            raise HelpRequested(self.cmd)
+            raise HelpRequested(self.format_help())
         return args
+
+    def unabbreviate(self, argv: list[str]) -> list[str]:
+        """argv with each long option spelled out: an exact name wins, else
+        the one option the text begins (--cpu for --cpus); several are an
+        error naming the last two, in kvmtool's words.  Option values and
+        everything after "--" are left as they are.  (argparse's own
+        abbreviations would do, but its ambiguity message is not kvmtool's.)"""
+        actions = self._option_string_actions
+        longs = [name for action in self._actions for name in action.option_strings
+                 if name.startswith("--")]
+        out: list[str] = []
+        words = iter(argv)
+        for word in words:
+            if word == "--":
+                out += [word, *words]
+                break
+            name, eq, value = word.partition("=")
+            if name.startswith("--") and name not in actions:
+                matches = [long for long in longs if long.startswith(name)]
+                if len(matches) > 1:
+                    raise UsageError(f"Ambiguous option: {word[2:]} "
+                                     f"(could be {matches[-2]} or {matches[-1]})")
+                name = matches[0] if matches else name
+                word = name + eq + value
+            out.append(word)
+            action = actions.get(name) if name.startswith("-") else None
+            if action is not None and not eq and action.nargs is None:
+                out += itertools.islice(words, 1)   # its value, whatever it looks like
+        return out
+
+    def split_at_operand(self, argv: list[str]) -> tuple[list[str], list[str]]:
+        """(the options, the rest) of argv, split where kvmtool's
+        PARSE_OPT_STOP_AT_NON_OPTION stops: at the first word that is
+        neither an option nor an option's value, or after a "--"."""
+        i = 0
+        while i < len(argv):
+            word = argv[i]
+            if word == "--":
+                return argv[:i], argv[i + 1:]
+            if not word.startswith("-") or word == "-":
+                break
+            name, eq, _ = self.unabbreviate([word])[0].partition("=")
+            action = self._option_string_actions.get(name)
+            i += 2 if action is not None and not eq and action.nargs is None else 1
+        return argv[:i], argv[i:]
+
+
+# kvmtool's parse_mem_unit(): one letter, either case; none means MiB.
+MEM_SHIFTS = {"B": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50}
+MEM_SIZE = re.compile(r"\s*\+?([0-9]+)([BKMGTP]?)", re.IGNORECASE)
+U64_MAX = (1 << 64) - 1
 
 
 def size_mib(text: str) -> int:
-    """A memory size in MiB: a plain number is MiB (kvmtool's unit); a
-    K, M, G or T suffix says otherwise."""
-    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = units.get(text[-1:])
-    number = text[:-1] if scale is not None else text
-    try:
-        value = float(number) * (scale or 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a memory size") from None
-    # inf and nan are floats too; int() of them would raise.
-    if not math.isfinite(value) or value != int(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole, positive number of MiB")
-    return int(value)
+    """-m as kvmtool's mem_parser() reads it: a decimal number of MiB, or
+    of bytes, KiB, GiB, TiB or PiB with a B, K, G, T or P suffix; no
+    fractions, nothing after the suffix, not 0, and no more than 64 bits
+    of bytes.  lkvm's guests have whole MiB of RAM, so a size in B or K
+    must come to that.  Its refusals are kvmtool's die()s (status 128),
+    not usage errors: LkvmError passes through argparse."""
+    m = MEM_SIZE.fullmatch(text)
+    if m is None:
+        raise LkvmError(f"Invalid memory specifier: {text}")
+    size = int(m[1]) << MEM_SHIFTS[(m[2] or "M").upper()]
+    if size > U64_MAX:
+        raise LkvmError(f"Memory too large: {text}")
+    if size == 0:
+        raise LkvmError(f"Invalid RAM size: {text}")
+    if size % (1 << 20):
+        raise LkvmError(f"Invalid RAM size: {text}: lkvm gives guests whole MiB of RAM")
+    return size >> 20

@@ -16,21 +16,38 @@ def one_line(text: str) -> str:
                    for c in text)
 
 
-# kvmtool's die() exits with this; lkvm's own errors exit with 1.
+# kvmtool's exit statuses, which its users' scripts test: die() exits with
+# 128 (util/util.c), a command line parse_options() refuses with 129
+# (util/parse-options.c, as git and perf do).
 KVMTOOL_DIE = 128
+KVMTOOL_USAGE = 129
 
 
 class LkvmError(Exception):
     """A problem with the user's input or the host, told in one line: the
     message often quotes the user's input, so it is made one line here.
-    `status` is lkvm's exit status for it."""
+    The class decides how lkvm ends: `status` is its exit status and
+    `prefix` kvmtool's word for it on stderr (die()'s "Fatal:")."""
 
-    def __init__(self, message: str, status: int = 1) -> None:
+    status = KVMTOOL_DIE
+    prefix = "Fatal: "
+
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        if status is not None:
+            self.status = status
 
     def __str__(self) -> str:
         return one_line(super().__str__())
+
+
+class UsageError(LkvmError):
+    """A command line lkvm cannot read (an unknown or ambiguous option, a
+    value that is missing or of the wrong kind): kvmtool's parse_options()
+    says it with pr_err() ("Error:") and exits 129."""
+
+    status = KVMTOOL_USAGE
+    prefix = "Error: "
 
 
 class GuestError(Exception):

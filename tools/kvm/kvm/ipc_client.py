@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from kvm import msg
 from kvm.cmd import Parser
-from kvm.errors import LkvmError
+from kvm.errors import KVMTOOL_DIE, LkvmError, UsageError
 from kvm.home import lkvm_dir
 from kvm.ipc import HEADER, MAX_PAYLOAD, PID, SOCK_SUFFIX, U32, VMSTATE, socket_path
 
@@ -173,7 +173,7 @@ def for_each(args: argparse.Namespace, action: Callable[[Guest], None]) -> int:
     """Run `action` on the guest named by -n, or on every guest with -a.
     With -a, one guest's failure is told and the rest still served."""
     if args.all == bool(args.name):
-        raise LkvmError(f"give either -n NAME or -a (see 'lkvm help {args.cmd}')")
+        raise UsageError(f"give either -n NAME or -a (see 'lkvm help {args.cmd}')")
     if args.name:
         with connect(args.name) as guest:
             action(guest)
@@ -188,5 +188,5 @@ def for_each(args: argparse.Namespace, action: Callable[[Guest], None]) -> int:
                 action(guest)
             except LkvmError as e:
                 msg.error(str(e))
-                status = 1
+                status = KVMTOOL_DIE
     return status

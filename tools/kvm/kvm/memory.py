@@ -52,8 +52,16 @@ class GuestMemory:
     @staticmethod
     def _map(size: int, hugetlbfs: str | None) -> mmap.mmap:
         if hugetlbfs is None:
-            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_NORESERVE", 0)
-            return mmap.mmap(-1, size, flags=flags)
+            # MAP_NORESERVE from the uapi headers: Python's mmap module has
+            # it only from 3.12, and without it a guest larger than the
+            # host's free RAM and swap is refused though it may never touch
+            # most of its RAM (kvmtool warns about it, and runs it).
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | lib.MAP_NORESERVE
+            try:
+                return mmap.mmap(-1, size, flags=flags)
+            except OSError as e:
+                raise LkvmError(f"cannot map {size >> 20} MiB of guest RAM: "
+                                f"{e.strerror}") from None
         import tempfile
         try:
             fd, path = tempfile.mkstemp(dir=hugetlbfs, prefix="lkvm-")

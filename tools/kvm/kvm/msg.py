@@ -22,6 +22,11 @@ def error(text: str, fresh_line: bool = False) -> None:
     _say("Error: ", text, fresh_line)
 
 
+def report(prefix: str, text: str) -> None:
+    """What ends lkvm, under the prefix its kind of error carries."""
+    _say(prefix, text)
+
+
 def fatal(text: str) -> None:
     """What ends lkvm; the caller exits non-zero."""
     _say("Fatal: ", text)

@@ -15,6 +15,7 @@ import threading
 
 from include.uapi import ffi, lib
 from kvm import msg
+from kvm.bus import Unclaimed
 from kvm.cstruct import reader
 from kvm.ioctl import ioctl, ioctl_fd
 
@@ -118,18 +119,25 @@ class Vcpu:
         direction, size, port, count, off = IO.unpack_from(self.run_map, IO_AT)
         data = self.run_bytes
         pio = self.vm.pio
-        if count == 1:  # all but string I/O (rep outs/ins): no loop
+        try:
+            if count == 1:  # all but string I/O (rep outs/ins): no loop
+                if direction == OUT:
+                    pio.write(port, size, int.from_bytes(data[off:off + size], "little"))
+                else:
+                    data[off:off + size] = pio.read(port, size).to_bytes(size, "little")
+                return
             if direction == OUT:
-                pio.write(port, size, int.from_bytes(data[off:off + size], "little"))
+                for i in range(off, off + size * count, size):
+                    pio.write(port, size, int.from_bytes(data[i:i + size], "little"))
             else:
-                data[off:off + size] = pio.read(port, size).to_bytes(size, "little")
-            return
-        if direction == OUT:
-            for i in range(off, off + size * count, size):
-                pio.write(port, size, int.from_bytes(data[i:i + size], "little"))
-        else:
-            for i in range(off, off + size * count, size):
-                data[i:i + size] = pio.read(port, size).to_bytes(size, "little")
+                for i in range(off, off + size * count, size):
+                    data[i:i + size] = pio.read(port, size).to_bytes(size, "little")
+        except Unclaimed:
+            # --debug-ioport: kvmtool's ioport_error() line, then the vCPU
+            # stops with a register dump as on any exit it cannot handle.
+            print(f"IO error: {'OUT' if direction == OUT else 'IN'} port={port:x}, "
+                  f"size={size}, count={count}", file=sys.stderr)
+            self._exit_fatal()
 
     def _exit_mmio(self) -> None:
         m = self.run.mmio

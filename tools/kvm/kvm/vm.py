@@ -35,7 +35,7 @@ class Vm:
         self.kvm = kvm
         self.arch = arch
         self.fd = kvm.create_vm()
-        self.pio = Bus("ioport", cfg.debug_ioport)
+        self.pio = Bus("ioport", strict=cfg.debug_ioport)
         self.mmio = Bus("mmio", cfg.debug_mmio)
         self.ram_size = cfg.ram_size
         self.mem = GuestMemory(arch.memory_layout(cfg.ram_size), cfg.hugetlbfs)

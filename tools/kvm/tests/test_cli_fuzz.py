@@ -49,18 +49,32 @@ TEXT = st.text(st.characters(blacklist_characters="\0", blacklist_categories=["C
 
 @dataclass
 class Option:
-    names: list[str]
+    names: list[str]                                # with the prefixes that name it alone
     takes_value: bool
     appends: bool                                   # repeatable: every value counts
     bad: list[str] = field(default_factory=list)    # values that must fail
     good: list[str] = field(default_factory=list)   # values that are fine alone
 
 
+def unique_prefixes(long: str, longs: list[str]) -> list[str]:
+    """The abbreviations kvmtool's parse_options() reads as `long`."""
+    return [long[:n] for n in range(3, len(long))
+            if [other for other in longs if other.startswith(long[:n])] == [long]]
+
+
+def ambiguous_prefixes(longs: list[str]) -> list[str]:
+    """Abbreviations of several options and of none exactly: refused."""
+    return sorted({long[:n] for long in longs for n in range(3, len(long))
+                   if long[:n] not in longs
+                   and sum(other.startswith(long[:n]) for other in longs) > 1})
+
+
 # What is known about some options' values: (good, bad).  Any other
 # option gets random text and paths, judged by nothing but the rules.
 KNOWN = {
     "--cpus": (["1", "2"], ["0", "-1", "256", "257", "1024", "x", "1.5", "inf"]),
-    "--mem": (["16", "64M"], ["inf", "nan", "1e400", "0", "-5", "lots", "64T", "1.5"]),
+    "--mem": (["16", "64M", "16777216B"], ["inf", "nan", "1e400", "0", "-5", "lots", "1.5",
+                                           "64MB", "512B", "16384P"]),
     "--kernel": ([HELLO], ["{t}/fifo", "{t}/empty", "/dev/zero", "{t}/dir", "{t}/nothing"]),
     "--initrd": ([], ["{t}/fifo", "{t}/empty", "/dev/zero", "{t}/dir", "{t}/nothing"]),
     "--disk": (["{t}/disk.img", "{t}/disk.img,ro"], ["{t}/fifo", "{t}/fifo,ro",
@@ -76,14 +90,20 @@ KNOWN = {
 }
 
 
+def long_names(parser) -> list[str]:
+    return [n for action in parser._actions for n in action.option_strings if n.startswith("--")]
+
+
 def options_of(parser) -> list[Option]:
     out = []
+    longs = long_names(parser)
     for action in parser._actions:
         if not action.option_strings or "--help" in action.option_strings:
             continue
         long = next((n for n in action.option_strings if n.startswith("--")), None)
         good, bad = KNOWN.get(long, ([], []))
-        out.append(Option(action.option_strings, action.nargs != 0,
+        prefixes = unique_prefixes(long, longs) if long else []
+        out.append(Option(action.option_strings + prefixes, action.nargs != 0,
                           isinstance(action, argparse._AppendAction), bad, good))
     return out
 
@@ -129,7 +149,9 @@ def command_lines(draw, cmd: str) -> tuple[list[str], bool]:
     for _ in range(draw(st.integers(0, 4))):
         kind = draw(st.sampled_from(["option", "option", "unknown", "bare"]))
         if kind == "unknown":
-            argv.append(draw(st.sampled_from(["--frob", "-Z", "--cpu", "--mem=", "---"])))
+            ambiguous = ambiguous_prefixes(long_names(parser)) if parser is not None else []
+            argv.append(draw(st.sampled_from(["--frob", "-Z", "--cpux", "--mem=", "---",
+                                              *ambiguous])))
             # help and version take no options, and ignore words, as kvmtool's.
             bad = bad or (parser is not None and argv[-1] != "--mem=")
             continue
@@ -151,8 +173,8 @@ def command_lines(draw, cmd: str) -> tuple[list[str], bool]:
         this = value == "bad" and bool(opt.bad)
         key = opt.names[-1]
         marks[key] = (marks.get(key, False) or this) if opt.appends else this
-    if cmd == "sandbox" and draw(st.booleans()):
-        argv += ["--", draw(TEXT)]
+    if cmd == "sandbox":     # the command, after "--" or, as in kvmtool, without it
+        argv += draw(st.sampled_from([["--"], []])) + [draw(TEXT), draw(TEXT)]
     return argv, bad or any(marks.values())
 
 
@@ -250,3 +272,22 @@ def test_fuzz_command_line_as_a_user_runs_it(files, lkvm_home, request):
     case()
     print(f"./lkvm: {ran} bad command lines")
     assert ran >= cases
+
+
+def test_every_ambiguous_prefix_is_refused_as_kvmtool_does(files, lkvm_home, monkeypatch):
+    """Every abbreviation of two or more options of every command: status
+    129 and kvmtool's one line, never a guess."""
+    monkeypatch.setattr(load_builtin("run"), "launch", launch_disks_only)
+    tried = 0
+    for cmd, make in sorted(PARSERS.items()):
+        parser = make()
+        if parser is None:
+            continue
+        for prefix in ambiguous_prefixes(long_names(parser)):
+            status, stderr = lkvm_in_process([cmd, prefix])
+            assert status == 129, (cmd, prefix, stderr)
+            assert stderr.startswith(f"  Error: Ambiguous option: {prefix[2:]} (could be --"), \
+                (cmd, prefix, stderr)
+            assert stderr.count("\n") == 1, stderr
+            tried += 1
+    assert tried >= 10

@@ -10,7 +10,7 @@ import pytest
 
 from kvm import guestroot, rootfs
 from kvm.cmd import load_builtin
-from kvm.errors import LkvmError
+from kvm.errors import KVMTOOL_DIE, LkvmError
 from tests.helpers import guest, run_lkvm
 from virtio.mock import mock_memory
 from virtio.p9 import Server
@@ -103,7 +103,7 @@ def test_bad_roots(home, tmp_path, specs, message):
 
 def test_bad_root_is_one_fatal_line(tmp_path):
     r = run_lkvm("run", "-d", str(tmp_path / "nothing"), guest("hello"))
-    assert r.returncode == 1 and b"Traceback" not in r.stderr
+    assert r.returncode == KVMTOOL_DIE and b"Traceback" not in r.stderr
     assert r.stderr.decode().strip().startswith(
         f"Fatal: --disk {tmp_path}/nothing: no such file or directory")
 

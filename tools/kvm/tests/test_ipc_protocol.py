@@ -69,10 +69,11 @@ def fd_count() -> int:
 
 
 def fatal(r) -> str:
-    """The one 'Fatal:' line of a failed command."""
+    """The one line of a failed command: kvmtool's "Fatal:" (die()) or,
+    for a command line it cannot read, "Error:" (parse_options())."""
     assert r.returncode != 0
     assert b"Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.decode().splitlines() if "Fatal:" in ln]
+    lines = [ln for ln in r.stderr.decode().splitlines() if "Fatal:" in ln or "Error:" in ln]
     assert len(lines) == 1, r.stderr
     return lines[0]
 
@@ -163,7 +164,7 @@ def test_balloon_and_stat_plumbing(server):
     r = run_lkvm("stat", "-n", "fake", "-m", "--json")
     assert json.loads(r.stdout) == {"name": "fake", "memory": {"free": 1 << 20,
                                                                "total": 1 << 24}}
-    assert b"The total amount of memory available (in bytes): 16777216" in \
+    assert b"\nThe total amount of memory (in bytes):16777216\n" in \
         run_lkvm("stat", "-a", "-m").stdout
 
 

@@ -106,7 +106,7 @@ def test_missing_passt_is_one_line_saying_how_to_install_it(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(KVMDIR, "lkvm.py"), "run", "-c", "1",
                         "-m", "16", "-n", "mode=user", guest("hello")], env=env,
                        capture_output=True, stdin=subprocess.DEVNULL, timeout=TINY_TIMEOUT)
-    assert r.returncode == 1
+    assert r.returncode == KVMTOOL_DIE
     assert r.stderr.splitlines() == [b"  Fatal: mode=user needs passt: install Debian's passt "
                                      b"package (apt-get install passt, or run make)"]
 

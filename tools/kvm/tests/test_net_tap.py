@@ -13,6 +13,7 @@ import sys
 
 import pytest
 
+from kvm.errors import KVMTOOL_DIE
 from tests.helpers import KVMDIR, LKVM, TINY_TIMEOUT, guest, run_lkvm
 
 pytestmark = pytest.mark.skipif(
@@ -91,7 +92,7 @@ def test_tapif_attaches_to_an_existing_tap_and_leaves_it_alone():
 def test_a_failing_script_is_one_line(tmp_path):
     r = in_netns(LKVM, "run", "-c", "1", "-m", "16", "-n", "mode=tap,script=/bin/false",
                  guest("hello"))
-    assert r.returncode == 1
+    assert r.returncode == KVMTOOL_DIE
     assert r.stderr.splitlines() == ["  Fatal: script= /bin/false tap0 failed with status 1"]
 
 
@@ -100,14 +101,14 @@ def test_a_failing_script_is_one_line(tmp_path):
 ])
 def test_a_tap_that_cannot_be_had_is_one_line(spec, message):
     r = run_lkvm("run", "-c", "1", "-m", "16", "-n", spec, guest("hello"))
-    assert r.returncode == 1
+    assert r.returncode == KVMTOOL_DIE
     assert r.stderr.splitlines() == [message]
 
 
 @pytest.mark.skipif(os.path.exists("/dev/vhost-net"), reason="this host has vhost-net")
 def test_vhost_without_vhost_net_is_one_clear_line():
     r = run_lkvm("run", "-c", "1", "-m", "16", "-n", "mode=tap,vhost=1", guest("hello"))
-    assert r.returncode == 1
+    assert r.returncode == KVMTOOL_DIE
     assert r.stderr.splitlines() == [b"  Fatal: vhost=1 needs /dev/vhost-net, which this host "
                                      b"does not have (modprobe vhost_net); leave vhost= out to "
                                      b"use lkvm's own queues"]

@@ -10,7 +10,7 @@ import pytest
 
 from kvm import rootfs
 from kvm.cmd import load_builtin
-from kvm.errors import LkvmError
+from kvm.errors import KVMTOOL_DIE, KVMTOOL_USAGE, LkvmError
 from tests.helpers import guest, run_lkvm
 
 sandbox = load_builtin("sandbox")
@@ -61,13 +61,42 @@ def test_exit_status_refuses(root, data):
         sandbox.exit_status(root)
 
 
-@pytest.mark.parametrize("args,message", [
-    ((), "give the command after --"),
-    (("--",), "give the command after --"),
-    (("-k", guest("hello"), "--", "true"), "lkvm sandbox runs its command in a rootfs"),
+@pytest.mark.parametrize("args,status,message", [
+    ((), KVMTOOL_USAGE, "Error: give the command to run"),
+    (("--",), KVMTOOL_USAGE, "Error: give the command to run"),
+    (("-c", "1"), KVMTOOL_USAGE, "Error: give the command to run"),
+    (("-k", guest("hello"), "--", "true"), KVMTOOL_DIE,
+     "Fatal: lkvm sandbox runs its command in a rootfs"),
+    (("-k", guest("hello"), "true"), KVMTOOL_DIE,
+     "Fatal: lkvm sandbox runs its command in a rootfs"),
 ])
-def test_bad_use_is_one_line(tmp_path, monkeypatch, args, message):
+def test_bad_use_is_one_line(tmp_path, monkeypatch, args, status, message):
     monkeypatch.setenv("HOME", str(tmp_path))
     r = run_lkvm("sandbox", *args)
-    assert r.returncode == 1 and b"Traceback" not in r.stderr
-    assert r.stderr.decode().strip().startswith(f"Fatal: {message}")
+    assert r.returncode == status and b"Traceback" not in r.stderr
+    assert r.stderr.decode().strip().startswith(message)
+
+
+def test_help_lists_the_run_options():
+    r = run_lkvm("sandbox", "-h")
+    assert r.returncode == 0 and b"Basic options:" in r.stdout
+
+
+# kvmtool's sandbox: the command starts at the first word that is no run
+# option, or after "--"; run options' values and the command's own
+# options stay where they are.  (argv, run options, command)
+SPLITS = [
+    (["ls"], [], ["ls"]),
+    (["--", "ls"], [], ["ls"]),
+    (["-c", "2", "ls", "-l"], ["-c", "2"], ["ls", "-l"]),
+    (["--cpus=2", "-m", "64", "make", "-C", "x"], ["--cpus=2", "-m", "64"], ["make", "-C", "x"]),
+    (["--cpu", "2", "ls", "--cpu"], ["--cpu", "2"], ["ls", "--cpu"]),
+    (["-p", "-x", "--rng", "sh", "-c", "exit 3"], ["-p", "-x", "--rng"], ["sh", "-c", "exit 3"]),
+    (["-d", "box", "--", "--weird"], ["-d", "box"], ["--weird"]),
+    (["-c", "1"], ["-c", "1"], []),
+]
+
+
+@pytest.mark.parametrize("argv,options,command", SPLITS, ids=[" ".join(a) for a, *_ in SPLITS])
+def test_command_starts_at_the_first_word_no_option_takes(argv, options, command):
+    assert load_builtin("run").parser().split_at_operand(argv) == (options, command)

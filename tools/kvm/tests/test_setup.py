@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from kvm.errors import KVMTOOL_DIE
 from tests.helpers import run_lkvm
 
 
@@ -31,7 +32,7 @@ def test_setup_makes_the_rootfs(home):
 def test_setup_refuses_an_existing_name(home):
     assert run_lkvm("setup", "box").returncode == 0
     r = run_lkvm("setup", "box")
-    assert r.returncode == 1
+    assert r.returncode == KVMTOOL_DIE
     expected = f"Fatal: a rootfs named box already exists in {home}/.lkvm/box"
     assert r.stderr.decode().strip() == expected
 

@@ -83,18 +83,24 @@ def test_fatal_exit_dumps_registers():
     assert "Traceback" not in err
 
 
-def test_unhandled_ports_are_ignored_and_reported_on_request(tmp_path):
+def test_unhandled_ports_are_ignored_or_stop_the_vcpu_on_request(tmp_path):
     # pio_bench writes port 0x80, which no device claims; its exit count
-    # sits at offset 2 of the image.
+    # sits at offset 2 of the image.  --debug-ioport stops the vCPU at the
+    # first such write, as kvmtool's kvm__emulate_io() does: its line, the
+    # exit reason and a register dump, and status 1.
     image = bytearray(open(guest("pio_bench"), "rb").read())
     image[2:6] = (3).to_bytes(4, "little")
     path = tmp_path / "three.bin"
     path.write_bytes(image)
     quiet = run_lkvm("run", "-c", "1", "-m", "16", str(path))
     loud = run_lkvm("run", "-c", "1", "-m", "16", "--debug-ioport", str(path))
-    assert quiet.returncode == loud.returncode == 0
-    assert b"unhandled ioport" not in quiet.stderr
-    assert loud.stderr.count(b"unhandled ioport out at 0x80, size 1") == 3
+    assert quiet.returncode == 0, quiet.stderr
+    assert b"IO error" not in quiet.stderr
+    assert loud.returncode == 1, loud.stderr
+    err = loud.stderr.decode().splitlines()
+    assert err.count("IO error: OUT port=80, size=1, count=1") == 1
+    assert "  Error: KVM exit reason: 2 (KVM_EXIT_IO) on vCPU 0" in err
+    assert " Registers:" in err and "Traceback" not in loud.stderr.decode()
 
 
 def test_all_vcpus_halted_with_interrupts_off_ends_with_0(kvm_available) -> None:
@@ -104,12 +110,19 @@ def test_all_vcpus_halted_with_interrupts_off_ends_with_0(kvm_available) -> None
 
 
 def test_legacy_dummy_ports_are_claimed():
-    """kvmtool's no-op ports: silent even with --debug-ioport, and port
-    0x92 reads the A20 gate on."""
+    """kvmtool's no-op ports: silent even with --debug-ioport (which would
+    stop at any unclaimed one), port 0x92 reads the A20 gate on, the
+    SeaBIOS debug port 0x402 writes to the console, and kvmtool's debug
+    port 0xe0 tells its accesses under --debug-ioport only."""
     r = run_lkvm("run", "-c", "1", "-m", "16", "--debug-ioport", guest("dummy_ports"))
     assert r.returncode == 0, r.stderr
-    assert r.stdout == b"02\n"
-    assert b"unhandled" not in r.stderr
+    assert r.stdout == b"K02\n"
+    err = r.stderr.decode().splitlines()
+    assert "debug port write from VCPU0: port=0xe0, size=1, data: 0xe0" in err
+    assert not [line for line in err if "IO error" in line or "debug port" in line][1:]
+    quiet = run_lkvm("run", "-c", "1", "-m", "16", guest("dummy_ports"))
+    assert quiet.returncode == 0 and quiet.stdout == b"K02\n"
+    assert b"debug port" not in quiet.stderr
 
 
 def test_debug_exits_counts_exits_per_port():

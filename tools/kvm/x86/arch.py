@@ -165,7 +165,7 @@ class X86(Arch):
         vm.pio.register(I8042_PORT, 5, I8042(reset, lambda level: vm.irq_line(1, level)))
         vm.pio.register(RTC_PORT, 2, Rtc())
         vm.pio.register(acpi.PM_BASE, acpi.PM_LEN, AcpiPm(acpi.S5_SLP_TYP, lambda: vm.stop(0)))
-        ioport.register(vm.pio)
+        ioport.register(vm.pio, console_out)
         return uarts[0]
 
     def load_kernel(self, vm: "Vm", cfg: Config, params: str) -> Boot:

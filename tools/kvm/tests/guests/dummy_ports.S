@@ -1,5 +1,7 @@
 /* Touch the legacy ports lkvm claims as no-ops (x86/ioport.py): write each
- * one, then print what port 0x92 reads (the A20 gate, "02") and reset. */
+ * one (kvmtool's debug port 0xe0 among them), write "K" to the SeaBIOS
+ * debug port 0x402, then print what port 0x92 reads (the A20 gate, "02")
+ * and reset. */
 	.code16
 	.globl	_start
 _start:
@@ -12,6 +14,9 @@ _start:
 	out	%al, %dx
 	jmp	1b
 2:	out	%al, $0x00		/* port 0 ends the table, so write it here */
+	mov	$0x402, %dx
+	mov	$'K', %al
+	out	%al, %dx
 	in	$0x92, %al
 	mov	%al, %cl
 	shr	$4, %al
@@ -34,4 +39,4 @@ putc:	mov	$0x3f8, %dx
 	out	%al, %dx
 	ret
 
-ports:	.word	0x1f, 0xc0, 0xdf, 0xed, 0xf1, 0x278, 0x37a, 0x3d4, 0x3d5, 0x510, 0x511, 0
+ports:	.word	0x1f, 0xc0, 0xdf, 0xe0, 0xed, 0xf1, 0x278, 0x37a, 0x3d4, 0x3d5, 0x510, 0x511, 0
