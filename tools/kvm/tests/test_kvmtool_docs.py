@@ -126,8 +126,7 @@ LINES = [
     Line(IO_TESTING, "lkvm run ... --disk scsi:naa.500140571c9308aa",
          ("run", "-k", "{hello}", "--disk", "scsi:naa.500140571c9308aa"),
          pending="scsi: -d scsi:WWPN, with the vhost-scsi target the line sets up"),
-    Line(IO_TESTING, "lkvm run ... --vsock 12", ("run", "-k", "{hello}", "--vsock", "12"),
-         pending="vsock: --vsock"),
+    Line(IO_TESTING, "lkvm run ... --vsock 12", ("run", "-k", "{hello}", "--vsock", "12")),
     Line(IO_TESTING, "--9p <directory>,<tag>", ("run", "-k", "{hello}", "--9p", "{dir},tag")),
     # kernel-debugging.txt: KGDB over a second serial port on a pty.
     Line(KERNEL_DEBUGGING, "kvm run -k [vmlinuz] -p \"kgdboc=ttyS1 kgdbwait\" --tty 1",
@@ -152,7 +151,7 @@ def row_id(line: Line) -> str:
 
 
 def marks(line: Line) -> list:
-    return [pytest.mark.xfail(reason=line.pending)] if line.pending else []
+    return [pytest.mark.xfail(reason=line.pending, strict=True)] if line.pending else []
 
 
 @pytest.fixture
