@@ -1,6 +1,7 @@
 """lkvm run: start a virtual machine.  Options, defaults and messages
 follow kvmtool's, so its users' scripts keep working."""
 
+import argparse
 import os
 import signal
 import stat
@@ -15,7 +16,7 @@ from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError
 from kvm.ipc import IpcServer
-from kvm.kvm import Kvm
+from kvm.kvm import KVM_DEV, Kvm
 from kvm.memory import check_hugetlbfs
 from kvm.term import Terminal
 from kvm.vm import Vm
@@ -73,6 +74,16 @@ def read_file(path: str, what: str, limit: int) -> bytes:
     return data
 
 
+def non_negative(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is negative")
+    return value
+
+
 def parser() -> Parser:
     p = Parser("run")
     p.add_argument("image", nargs="?", help="kernel image (same as -k)")
@@ -94,6 +105,18 @@ def parser() -> Parser:
                    help="share DIR with the guest as 9p mount TAG, read-only with ,ro "
                         "(repeatable)")
     p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci")
+    p.add_argument("--virtio-legacy", dest="virtio_transport", action="store_const",
+                   const="pci-legacy", help="legacy virtio-pci (as --virtio-transport "
+                   "pci-legacy)")
+    p.add_argument("--dev", default=KVM_DEV, metavar="DEVICE_FILE", help="the KVM device file")
+    p.add_argument("--nodefaults", action="store_true",
+                   help="no default rootfs, and only -p on the kernel command line")
+    p.add_argument("--loglevel", type=msg.check_level, default=msg.DEFAULT_LEVEL,
+                   metavar="error|warning|info|debug", help="how much lkvm tells")
+    p.add_argument("--debug", dest="loglevel", action="store_const", const="debug",
+                   help="debug messages (as --loglevel debug)")
+    p.add_argument("--debug-iodelay", type=non_negative, default=0, metavar="MS",
+                   help="delay each disk read by MS milliseconds")
     p.add_argument("-n", "--network", action="append", default=[],
                    metavar="mode=user|tap|none[,KEY=VALUE...]",
                    help="a virtio-net NIC (repeatable); by default a Linux guest gets one "
@@ -132,7 +155,9 @@ def configure(argv: list[str], params: str = "") -> Config:
     kernel = args.image or args.kernel or find_kernel(arch)
     image = read_file(kernel, "kernel", ram << 20)
     linux = arch.boots_linux(image)
-    root = guestroot.choose(args.disk, bool(args.initrd), linux, dhcp=not args.no_dhcp)
+    # --nodefaults: no default rootfs, as in kvmtool.
+    root = guestroot.choose(args.disk, bool(args.initrd), linux and not args.nodefaults,
+                            dhcp=not args.no_dhcp)
     return Config(
         name=args.name or root.name or f"guest-{os.getpid()}", cpus=cpus, ram_mib=ram,
         kernel=kernel, image=image,
@@ -146,6 +171,8 @@ def configure(argv: list[str], params: str = "") -> Config:
         hugetlbfs=args.hugetlbfs,
         debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
         debug_exits=args.debug_exits,
+        dev=args.dev, nodefaults=args.nodefaults, loglevel=args.loglevel,
+        debug_iodelay=args.debug_iodelay,
         arch=arch.configure(args))
 
 
@@ -156,6 +183,7 @@ def cmd_run(argv: list[str]) -> int:
 def launch(cfg: Config) -> int:
     """Run the configured guest until it ends; its exit status."""
     fdlimit.raise_to_hard()     # before any device sizes its fd budget
+    msg.set_level(cfg.loglevel)
     devices = Registry()
     try:
         vm = build(cfg, devices)
@@ -174,7 +202,7 @@ def launch(cfg: Config) -> int:
 def build(cfg: Config, devices: Registry) -> Vm:
     """The VM and its devices, each registered at its level as soon as it
     exists, so that a failure part way tears down what was made."""
-    kvm = Kvm()
+    kvm = Kvm(cfg.dev)
     devices.add(Level.CORE, Hooks("kvm", kvm.close))
     max_cpus = kvm.check_extension(lib.KVM_CAP_MAX_VCPUS)
     if cfg.cpus > max_cpus:

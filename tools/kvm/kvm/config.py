@@ -48,6 +48,10 @@ class Config:
     debug_ioport: bool = False
     debug_mmio: bool = False
     debug_exits: bool = False       # count and time exits, print them at the end
+    dev: str = "/dev/kvm"           # the KVM device node (--dev)
+    nodefaults: bool = False        # no default rootfs, only the user's command line
+    loglevel: str = "info"          # kvm.msg's LEVELS
+    debug_iodelay: int = 0          # ms before each disk read, as kvmtool's
     arch: object = None             # the arch's configure()
 
     @property

@@ -15,6 +15,7 @@ from hw.panic_watch import PanicWatch
 from hw.rtc import Rtc
 from hw.serial8250 import Serial8250
 from include.uapi import ffi, lib
+from kvm import msg
 from kvm.arch import Arch, Boot
 from kvm.cmd import TOP
 from kvm.config import Config
@@ -174,6 +175,7 @@ class X86(Arch):
         chose (none: the first disk), and where setup_firmware puts the
         ACPI tables."""
         loader = image_loader(cfg.image)
+        msg.debug(f"{cfg.kernel}: a {loader.name}, {len(cfg.image)} bytes")
         # No device tree: each virtio-mmio device is a command line fragment.
         params = " ".join([*(f"virtio_mmio.device={size:#x}@{base:#x}:{line}"
                              for base, size, line in vm.virtio_mmio), params]).strip()
@@ -187,7 +189,11 @@ class X86(Arch):
             raise LkvmError(f"-m {vm.ram_size >> 20}: a {loader.name} is loaded at "
                             f"{KERNEL_ADDR >> 20} MiB and needs RAM above it")
         probe.warn_if_slow(vm.kvm)
-        cmdline = kernel_cmdline(params, cfg.console, with_acpi, cfg.root.cmdline)
+        # --nodefaults: the user's line alone, as kvmtool (the virtio-mmio
+        # fragments stay: they describe devices, as a device tree would).
+        cmdline = params if cfg.nodefaults else \
+            kernel_cmdline(params, cfg.console, with_acpi, cfg.root.cmdline)
+        msg.debug(f"kernel command line: {cmdline}")
         return loader(vm, cfg.image, cfg.initrd, cmdline, mode,
                       ACPI_START if with_acpi else None)
 

@@ -1,0 +1,183 @@
+"""kvmtool's `run` options lkvm lacked: --dev, --virtio-legacy,
+--loglevel and --debug, --debug-iodelay and --nodefaults, each as a user
+sees it (the CLI against tiny guests) or as the run configuration holds it."""
+
+import struct
+
+import pytest
+
+from disk.iodelay import IoDelay
+from kvm import msg
+from kvm.cmd import load_builtin
+from kvm.errors import LkvmError
+from kvm.kvm import Kvm
+from kvm.vm import Vm
+from tests.helpers import guest, run_lkvm
+from x86.arch import X86
+from x86.layout import CMDLINE_ADDR
+
+run = load_builtin("run")
+HELLO = ("run", "-c", "1", "-m", "16")
+
+
+def one_fatal_line(r) -> str:
+    err = r.stderr.decode()
+    assert r.returncode != 0 and "Traceback" not in err, err
+    fatal = [line for line in err.splitlines() if "Fatal:" in line]
+    assert len(fatal) == 1, err
+    return fatal[0]
+
+
+def bzimage() -> bytes:
+    """The smallest image the bzImage loader takes: a setup header and a
+    page of protected-mode kernel."""
+    image = bytearray(2 * 512 + 0x1000)
+    image[0x1F1] = 1                                    # setup_sects
+    image[0x201] = 0x6A                                 # header length past the jump
+    image[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", image, 0x206, 0x20F)         # boot protocol 2.15
+    struct.pack_into("<I", image, 0x1F4, 0x100)         # syssize
+    image[0x211] = 1                                    # LOADED_HIGH
+    struct.pack_into("<I", image, 0x238, 2047)          # cmdline_size
+    struct.pack_into("<I", image, 0x22C, 0x37FFFFFF)    # initrd_addr_max
+    return bytes(image)
+
+
+@pytest.mark.usefixtures("kvm_available")
+def test_dev_opens_the_named_kvm_device():
+    r = run_lkvm(*HELLO, "--dev", "/dev/kvm", guest("hello"))
+    assert r.returncode == 0 and r.stdout == b"Hello, lkvm!\n", r.stderr
+    assert "/dev/null is not a KVM device" in one_fatal_line(
+        run_lkvm(*HELLO, "--dev", "/dev/null", guest("hello")))
+    assert "cannot open /nonexistent/kvm" in one_fatal_line(
+        run_lkvm(*HELLO, "--dev", "/nonexistent/kvm", guest("hello")))
+
+
+def test_virtio_legacy_is_the_legacy_pci_transport():
+    # kvmtool's deprecated spelling of --virtio-transport pci-legacy.
+    assert run.configure(["-k", guest("hello"), "-m", "16", "-c", "1",
+                          "--virtio-legacy"]).transport == "pci-legacy"
+    assert run.configure(["-k", guest("hello"), "-m", "16", "-c", "1"]).transport == "pci"
+
+
+@pytest.mark.usefixtures("kvm_available")
+def test_virtio_legacy_serves_a_legacy_driver():
+    """virtio_rng.S drives the legacy PCI layout: it finds its device and
+    reads entropy only where --virtio-legacy put one."""
+    r = run_lkvm(*HELLO, "--rng", "--virtio-legacy", guest("virtio_rng"))
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.usefixtures("kvm_available")
+@pytest.mark.parametrize("args,banner", [
+    ((), True),
+    (("--loglevel", "info"), True),
+    (("--loglevel", "warning"), False),
+    (("--loglevel", "error"), False),
+])
+def test_loglevel_hides_the_info_lines(args, banner):
+    r = run_lkvm(*HELLO, *args, guest("hello"))
+    assert r.returncode == 0 and r.stdout == b"Hello, lkvm!\n", r.stderr
+    err = r.stderr.decode()
+    assert ("# lkvm run" in err) == banner
+    assert ("KVM session ended normally" in err) == banner
+
+
+@pytest.mark.usefixtures("kvm_available")
+@pytest.mark.parametrize("args", [("--debug",), ("--loglevel", "debug")])
+def test_debug_tells_more(args):
+    r = run_lkvm(*HELLO, *args, guest("hello"))
+    assert r.returncode == 0, r.stderr
+    assert "Debug: " in r.stderr.decode()
+    assert "Debug: " not in run_lkvm(*HELLO, guest("hello")).stderr.decode()
+
+
+def test_unknown_loglevel_is_one_line():
+    assert "Unknown loglevel: loud" in one_fatal_line(
+        run_lkvm(*HELLO, "--loglevel", "loud", guest("hello")))
+
+
+def test_msg_levels(capsys):
+    try:
+        msg.set_level("warning")
+        msg.info("hidden")
+        msg.warning("shown")
+        msg.error("always")
+        msg.set_level("error")
+        msg.warning("hidden")
+        msg.error("always")
+    finally:
+        msg.set_level(msg.DEFAULT_LEVEL)
+    assert capsys.readouterr().err.split("\n") == [
+        "  Warning: shown", "  Error: always", "  Error: always", ""]
+    with pytest.raises(LkvmError, match="Unknown loglevel: x"):
+        msg.set_level("x")
+
+
+class Disk:
+    size = 4096
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def readv(self, views: list[memoryview], offset: int) -> None:
+        self.calls.append("read")
+
+    def writev(self, views: list[memoryview], offset: int) -> None:
+        self.calls.append("write")
+
+
+def test_iodelay_waits_before_each_read_only():
+    disk = Disk()
+    waits: list[float] = []
+    delayed = IoDelay(disk, 25, sleep=lambda s: (waits.append(s), disk.calls.append("wait")))
+    delayed.readv([], 0)
+    delayed.writev([], 0)
+    assert disk.calls == ["wait", "read", "write"] and waits == [0.025]
+    assert delayed.size == 4096
+
+
+def test_iodelay_option(tmp_path):
+    image = tmp_path / "disk"
+    image.write_bytes(bytes(4096))
+    base = ["-k", guest("hello"), "-m", "16", "-c", "1", "-d", str(image)]
+    assert run.configure([*base, "--debug-iodelay", "100"]).debug_iodelay == 100
+    assert run.configure(base).debug_iodelay == 0
+    assert "is negative" in one_fatal_line(
+        run_lkvm(*HELLO, "--debug-iodelay", "-5", guest("hello")))
+
+
+def test_nodefaults_has_no_default_rootfs(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(bzimage())
+    base = ["-k", str(kernel), "-m", "16", "-c", "1"]
+    assert run.configure(base).root.cmdline is not None     # the default rootfs
+    monkeypatch.setenv("HOME", str(tmp_path / "other"))
+    cfg = run.configure([*base, "--nodefaults"])
+    assert cfg.root.cmdline is None and cfg.shares == ()
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.usefixtures("kvm_available")
+@pytest.mark.parametrize("nodefaults", [False, True])
+def test_nodefaults_gives_the_kernel_only_the_users_line(tmp_path, monkeypatch, nodefaults):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(bzimage())
+    cfg = run.configure(["-k", str(kernel), "-m", "16", "-c", "1", "-d", str(kernel),
+                         "--boot-mode", "realmode", "-p", "my=line",
+                         *(["--nodefaults"] if nodefaults else [])])
+    kvm = Kvm()
+    arch = X86(cfg.arch)
+    vm = Vm(kvm, arch, cfg)
+    try:
+        arch.load_kernel(vm, cfg, cfg.params)
+        line = vm.mem.read(CMDLINE_ADDR, 2048).split(b"\0")[0].decode()
+    finally:
+        vm.close()
+        kvm.close()
+    if nodefaults:
+        assert line == "my=line"
+    else:
+        assert line.startswith("noapic") and "console=ttyS0" in line and "my=line" in line
