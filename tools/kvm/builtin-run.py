@@ -18,6 +18,7 @@ from kvm.errors import LkvmError
 from kvm.ipc import IpcServer
 from kvm.kvm import KVM_DEV, Kvm
 from kvm.memory import check_hugetlbfs
+from kvm.pty import PtyTerminal, parse_tty
 from kvm.term import Terminal
 from kvm.vm import Vm
 from net.options import default_nics, parse_networks
@@ -109,6 +110,9 @@ def parser() -> Parser:
                    const="pci-legacy", help="legacy virtio-pci (as --virtio-transport "
                    "pci-legacy)")
     p.add_argument("--dev", default=KVM_DEV, metavar="DEVICE_FILE", help="the KVM device file")
+    p.add_argument("--tty", action="append", default=[], type=parse_tty, metavar="N",
+                   help="terminal N (0 the console, 1-3 ttyS1-3) on a new pty, whose "
+                        "path lkvm prints (repeatable)")
     p.add_argument("--nodefaults", action="store_true",
                    help="no default rootfs, and only -p on the kernel command line")
     p.add_argument("--loglevel", type=msg.check_level, default=msg.DEFAULT_LEVEL,
@@ -172,7 +176,7 @@ def configure(argv: list[str], params: str = "") -> Config:
         debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
         debug_exits=args.debug_exits,
         dev=args.dev, nodefaults=args.nodefaults, loglevel=args.loglevel,
-        debug_iodelay=args.debug_iodelay,
+        debug_iodelay=args.debug_iodelay, ttys=tuple(dict.fromkeys(args.tty)),
         arch=arch.configure(args))
 
 
@@ -199,6 +203,16 @@ def launch(cfg: Config) -> int:
     return status
 
 
+def attach_tty(vm: Vm, arch: Arch, n: int, devices: Registry) -> None:
+    """--tty N for a UART other than the console: its own pty."""
+    port = arch.serial_port(n)
+    if port is None:
+        raise LkvmError(f"--tty {n}: this guest has no ttyS{n}")
+    pty = PtyTerminal(n, lambda why: vm.stop(1, why))
+    port.output = pty.write
+    devices.add(Level.LATE, Hooks(f"tty{n}", pty.close, lambda: pty.start(port.receive)))
+
+
 def build(cfg: Config, devices: Registry) -> Vm:
     """The VM and its devices, each registered at its level as soon as it
     exists, so that a failure part way tears down what was made."""
@@ -210,8 +224,13 @@ def build(cfg: Config, devices: Registry) -> Vm:
     arch = arch_loader.load()(cfg.arch)
     vm = Vm(kvm, arch, cfg)
     devices.add(Level.CORE, Hooks("vm", vm.close))
-    term = Terminal(on_quit=lambda: vm.stop(0))
+    # --tty 0 puts the console itself, serial or virtio, on a pty.
+    term = PtyTerminal(0, lambda why: vm.stop(1, why)) if 0 in cfg.ttys else \
+        Terminal(on_quit=lambda: vm.stop(0))
     serial = arch.add_platform_devices(vm, term.write)
+    for n in cfg.ttys:
+        if n:
+            attach_tty(vm, arch, n, devices)
     virtio = virtio_setup.attach(vm, cfg, term.write)
     devices.add(Level.VIRTIO, virtio)
     boot = arch.load_kernel(vm, cfg, cfg.params)

@@ -1,8 +1,13 @@
 """kvmtool's `run` options lkvm lacked: --dev, --virtio-legacy,
---loglevel and --debug, --debug-iodelay and --nodefaults, each as a user
+--loglevel and --debug, --debug-iodelay, --nodefaults and --tty, each as a user
 sees it (the CLI against tiny guests) or as the run configuration holds it."""
 
+import os
+import re
+import select
 import struct
+import subprocess
+import time
 
 import pytest
 
@@ -12,7 +17,7 @@ from kvm.cmd import load_builtin
 from kvm.errors import LkvmError
 from kvm.kvm import Kvm
 from kvm.vm import Vm
-from tests.helpers import guest, run_lkvm
+from tests.helpers import LKVM, TINY_TIMEOUT, guest, run_lkvm
 from x86.arch import X86
 from x86.layout import CMDLINE_ADDR
 
@@ -181,3 +186,59 @@ def test_nodefaults_gives_the_kernel_only_the_users_line(tmp_path, monkeypatch, 
         assert line == "my=line"
     else:
         assert line.startswith("noapic") and "console=ttyS0" in line and "my=line" in line
+
+
+def pty_of(proc: subprocess.Popen, term: int) -> str:
+    """The pty lkvm says terminal `term` went to, read off its stderr."""
+    line = b""
+    deadline = time.monotonic() + TINY_TIMEOUT
+    while b"\n" not in line:
+        ready, _, _ = select.select([proc.stderr], [], [], deadline - time.monotonic())
+        assert ready, f"no pty announced: {line!r}"
+        line += os.read(proc.stderr.fileno(), 1)
+    match = re.match(rf"  Info: Assigned terminal {term} to pty (/dev/pts/\d+)\n", line.decode())
+    assert match, line
+    return match[1]
+
+
+def talk(path: str, send: bytes, want: bytes) -> bytes:
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, send)
+        got = b""
+        while len(got) < len(want):
+            ready, _, _ = select.select([fd], [], [], TINY_TIMEOUT)
+            assert ready, f"the guest answered {got!r}"
+            got += os.read(fd, 64)
+        return got
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.usefixtures("kvm_available")
+@pytest.mark.parametrize("term,name,send,answer,stdout", [
+    # The console: nothing on stdout, all of it on the pty.
+    (0, "echo", b"hello, pty\n", b"HELLO, PTY\n", b""),
+    # ttyS1: its own pty; the console stays on stdout.
+    (1, "tty_echo", b"abc\n", b"ABC\n", b"ttyS1 done\n"),
+])
+def test_tty_puts_a_terminal_on_a_pty(term, name, send, answer, stdout):
+    with subprocess.Popen([LKVM, *HELLO, "--tty", str(term), guest(name)],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        try:
+            assert talk(pty_of(proc, term), send, answer) == answer
+            out, err = proc.communicate(timeout=TINY_TIMEOUT)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out == stdout
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("4", "--tty 4: terminals are 0 to 3"),
+    ("-1", "--tty -1: terminals are 0 to 3"),
+    ("one", "--tty one: not a terminal number"),
+])
+def test_tty_refuses_what_is_no_terminal(arg, message):
+    assert message in one_fatal_line(run_lkvm(*HELLO, "--tty", arg, guest("hello")))

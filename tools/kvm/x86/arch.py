@@ -113,6 +113,7 @@ class X86(Arch):
     def __init__(self, config: X86Config = X86Config()) -> None:
         super().__init__(config)
         self.supported_cpuid: object = None  # KVM_GET_SUPPORTED_CPUID, once per VM
+        self.uarts: list[Serial8250] = []
 
     def memory_layout(self, ram_size: int) -> list[tuple[int, int]]:
         return ram_layout(ram_size)
@@ -167,7 +168,11 @@ class X86(Arch):
         vm.pio.register(RTC_PORT, 2, Rtc())
         vm.pio.register(acpi.PM_BASE, acpi.PM_LEN, AcpiPm(acpi.S5_SLP_TYP, lambda: vm.stop(0)))
         ioport.register(vm.pio)
+        self.uarts = uarts
         return uarts[0]
+
+    def serial_port(self, index: int) -> Serial8250 | None:
+        return self.uarts[index] if 0 < index < len(self.uarts) else None
 
     def load_kernel(self, vm: "Vm", cfg: Config, params: str) -> Boot:
         """Load the image with the first loader that recognises it.  A
