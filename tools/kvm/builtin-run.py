@@ -94,6 +94,7 @@ def parser() -> Parser:
     p.add_argument("-k", "--kernel", help="kernel image to boot")
     p.add_argument("-i", "--initrd", help="initial RAM disk image")
     p.add_argument("-p", "--params", default="", help="kernel command line additions")
+    p.add_argument("-f", "--firmware", help="firmware image to boot instead of a kernel")
     p.add_argument("--console", choices=["serial", "virtio"], default="serial")
     p.add_argument("--rng", action="store_true", help="a virtio-rng device")
     p.add_argument("--balloon", action="store_true",
@@ -142,6 +143,11 @@ def configure(argv: list[str], params: str = "") -> Config:
     args = parser().parse(argv)
     if args.image and args.kernel:
         raise LkvmError("give the kernel either as -k or as the argument, not both")
+    if args.firmware and (args.image or args.kernel):
+        raise LkvmError("Only one of --kernel or --firmware can be specified")
+    if args.firmware and args.initrd:
+        msg.warning("Ignoring initrd file when loading a firmware image")
+        args.initrd = None
     cpus = args.cpus if args.cpus is not None else os.cpu_count()
     if cpus < 1:
         raise LkvmError(f"--cpus {cpus}: a guest needs at least one vCPU")
@@ -156,9 +162,9 @@ def configure(argv: list[str], params: str = "") -> Config:
     if args.hugetlbfs is not None:
         check_hugetlbfs(args.hugetlbfs)
     nics = parse_networks(args.network)     # bad input first, before any file is read
-    kernel = args.image or args.kernel or find_kernel(arch)
-    image = read_file(kernel, "kernel", ram << 20)
-    linux = arch.boots_linux(image)
+    kernel = args.firmware or args.image or args.kernel or find_kernel(arch)
+    image = read_file(kernel, "firmware" if args.firmware else "kernel", ram << 20)
+    linux = not args.firmware and arch.boots_linux(image)
     # --nodefaults: no default rootfs, as in kvmtool.
     root = guestroot.choose(args.disk, bool(args.initrd), linux and not args.nodefaults,
                             dhcp=not args.no_dhcp)
@@ -176,7 +182,8 @@ def configure(argv: list[str], params: str = "") -> Config:
         debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
         debug_exits=args.debug_exits,
         dev=args.dev, nodefaults=args.nodefaults, loglevel=args.loglevel,
-        debug_iodelay=args.debug_iodelay, ttys=tuple(dict.fromkeys(args.tty)),
+        debug_iodelay=args.debug_iodelay, firmware=bool(args.firmware),
+        ttys=tuple(dict.fromkeys(args.tty)),
         arch=arch.configure(args))
 
 
@@ -192,7 +199,8 @@ def launch(cfg: Config) -> int:
     try:
         vm = build(cfg, devices)
         devices.init()
-        msg.note(f"lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}")
+        image = f"--firmware {cfg.kernel}" if cfg.firmware else f"-k {cfg.kernel}"
+        msg.note(f"lkvm run {image} -m {cfg.ram_mib} -c {cfg.cpus} --name {cfg.name}")
         status = vm.run()
         if vm.exit_stats is not None:
             vm.exit_stats.report(sys.stderr)
@@ -233,7 +241,7 @@ def build(cfg: Config, devices: Registry) -> Vm:
             attach_tty(vm, arch, n, devices)
     virtio = virtio_setup.attach(vm, cfg, term.write)
     devices.add(Level.VIRTIO, virtio)
-    boot = arch.load_kernel(vm, cfg, cfg.params)
+    boot = arch.load_firmware(vm, cfg) if cfg.firmware else arch.load_kernel(vm, cfg, cfg.params)
     arch.setup_firmware(vm, boot)
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)

@@ -130,6 +130,11 @@ class Arch(ABC):
         """Probe the image and load it, its initrd and its command line
         (lkvm's, then params)."""
 
+    def load_firmware(self, vm: "Vm", cfg: "Config") -> Boot:
+        """-f/--firmware: load cfg.image as the guest's firmware, in place
+        of a kernel and lkvm's own boot firmware."""
+        raise LkvmError("--firmware: not supported on this architecture yet")
+
     @abstractmethod
     def setup_firmware(self, vm: "Vm", boot: Boot) -> None:
         """Describe the platform to the loaded kernel, once every device

@@ -52,6 +52,7 @@ class Config:
     nodefaults: bool = False        # no default rootfs, only the user's command line
     loglevel: str = "info"          # kvm.msg's LEVELS
     debug_iodelay: int = 0          # ms before each disk read, as kvmtool's
+    firmware: bool = False          # the image is -f/--firmware's, not a kernel
     ttys: tuple[int, ...] = ()      # terminals on a pty of their own (--tty): 0 the console
     arch: object = None             # the arch's configure()
 

@@ -242,3 +242,38 @@ def test_tty_puts_a_terminal_on_a_pty(term, name, send, answer, stdout):
 ])
 def test_tty_refuses_what_is_no_terminal(arg, message):
     assert message in one_fatal_line(run_lkvm(*HELLO, "--tty", arg, guest("hello")))
+
+
+@pytest.mark.usefixtures("kvm_available")
+def test_firmware_is_entered_at_the_reset_vector():
+    """firmware.S prints only when entered at F000:FFF0, where -f loads its
+    last 16 bytes; run as a kernel (a flat binary at 1000:0000) it halts."""
+    r = run_lkvm(*HELLO, "-f", guest("firmware"))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"Hello from firmware\n"
+    assert f"# lkvm run --firmware {guest('firmware')} -m 16" in r.stderr.decode()
+    r = run_lkvm(*HELLO, guest("firmware"))
+    assert r.returncode == 0 and r.stdout == b"", r.stderr
+
+
+@pytest.mark.usefixtures("kvm_available")
+def test_firmware_ignores_an_initrd(tmp_path):
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"x" * 512)
+    r = run_lkvm(*HELLO, "--firmware", guest("firmware"), "-i", str(initrd))
+    assert r.returncode == 0 and r.stdout == b"Hello from firmware\n", r.stderr
+    assert "Warning: Ignoring initrd file when loading a firmware image" in r.stderr.decode()
+
+
+@pytest.mark.usefixtures("kvm_available")
+def test_firmware_refusals(tmp_path):
+    big = tmp_path / "big"
+    big.write_bytes(bytes(128 * 1024 + 1))
+    assert "firmware image is too big to fit in memory (128 KiB" in one_fatal_line(
+        run_lkvm(*HELLO, "-f", str(big)))
+    assert "Only one of --kernel or --firmware can be specified" in one_fatal_line(
+        run_lkvm(*HELLO, "-f", guest("firmware"), "-k", guest("hello")))
+    assert "Only one of --kernel or --firmware can be specified" in one_fatal_line(
+        run_lkvm(*HELLO, "-f", guest("firmware"), guest("hello")))
+    assert "unable to open firmware /nonexistent" in one_fatal_line(
+        run_lkvm(*HELLO, "-f", "/nonexistent"))

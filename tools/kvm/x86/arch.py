@@ -25,6 +25,7 @@ from x86 import acpi, bios, cpu, ioport, irqchip, mptable, probe
 from x86.bzimage import BzImage
 from x86.cmdline import kernel_cmdline
 from x86.e820 import e820_map
+from x86.firmware import Firmware
 from x86.flat import FlatBinary
 from x86.headers import UAPI_HEADERS
 from x86.layout import (
@@ -202,11 +203,15 @@ class X86(Arch):
         return loader(vm, cfg.image, cfg.initrd, cmdline, mode,
                       ACPI_START if with_acpi else None)
 
+    def load_firmware(self, vm: "Vm", cfg: Config) -> Firmware:
+        return Firmware(vm, cfg.image)
+
     def setup_firmware(self, vm: "Vm", boot: Boot) -> None:
         """What a PC's BIOS leaves for a Linux kernel: the real-mode
         services and memory map, the MP table and the ACPI tables that
-        list the CPUs.  A flat binary gets none of it."""
-        if isinstance(boot, FlatBinary):
+        list the CPUs.  A flat binary gets none of it, nor does the
+        user's firmware: it is the BIOS."""
+        if isinstance(boot, (FlatBinary, Firmware)):
             return
         bios.install(vm.mem, e820_map(vm.mem.layout()))
         cpuid = self.supported_cpuid
