@@ -9,7 +9,7 @@ import sys
 
 from include.uapi import lib
 from kvm import arch as arch_loader
-from kvm import fdlimit, guestroot, msg
+from kvm import fdlimit, guestdebug, guestroot, msg
 from kvm.arch import Arch
 from kvm.cmd import Parser, size_mib
 from kvm.config import Config
@@ -131,6 +131,8 @@ def parser() -> Parser:
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
     p.add_argument("--debug-ioport", action="store_true")
     p.add_argument("--debug-mmio", action="store_true")
+    p.add_argument("--debug-single-step", action="store_true",
+                   help="stop after every guest instruction and dump the registers")
     p.add_argument("--debug-exits", action="store_true",
                    help="count the exits lkvm handles and time them; print them at the end")
     arch_loader.load().add_options(p)
@@ -183,7 +185,7 @@ def configure(argv: list[str], params: str = "") -> Config:
         debug_exits=args.debug_exits,
         dev=args.dev, nodefaults=args.nodefaults, loglevel=args.loglevel,
         debug_iodelay=args.debug_iodelay, firmware=bool(args.firmware),
-        ttys=tuple(dict.fromkeys(args.tty)),
+        ttys=tuple(dict.fromkeys(args.tty)), single_step=args.debug_single_step,
         arch=arch.configure(args))
 
 
@@ -245,6 +247,8 @@ def build(cfg: Config, devices: Registry) -> Vm:
     arch.setup_firmware(vm, boot)
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)
+        if cfg.single_step:
+            guestdebug.single_step(vcpu)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _: vm.stop(128 + signum))

@@ -53,6 +53,7 @@ class Config:
     loglevel: str = "info"          # kvm.msg's LEVELS
     debug_iodelay: int = 0          # ms before each disk read, as kvmtool's
     firmware: bool = False          # the image is -f/--firmware's, not a kernel
+    single_step: bool = False       # a register dump after every guest instruction
     ttys: tuple[int, ...] = ()      # terminals on a pty of their own (--tty): 0 the console
     arch: object = None             # the arch's configure()
 

@@ -1,5 +1,6 @@
 """kvmtool's `run` options lkvm lacked: --dev, --virtio-legacy,
---loglevel and --debug, --debug-iodelay, --nodefaults and --tty, each as a user
+--loglevel and --debug, --debug-iodelay, --nodefaults, --tty, --firmware
+and --debug-single-step, each as a user
 sees it (the CLI against tiny guests) or as the run configuration holds it."""
 
 import os
@@ -12,7 +13,7 @@ import time
 import pytest
 
 from disk.iodelay import IoDelay
-from kvm import msg
+from kvm import guestdebug, msg
 from kvm.cmd import load_builtin
 from kvm.errors import LkvmError
 from kvm.kvm import Kvm
@@ -277,3 +278,29 @@ def test_firmware_refusals(tmp_path):
         run_lkvm(*HELLO, "-f", guest("firmware"), guest("hello")))
     assert "unable to open firmware /nonexistent" in one_fatal_line(
         run_lkvm(*HELLO, "-f", "/nonexistent"))
+
+
+@pytest.mark.usefixtures("kvm_available")
+def test_single_step_dumps_every_instruction():
+    """hello.S's first instructions, one stop each: mov $msg,%si (3 bytes),
+    mov $0x3f8,%dx (3), cld, lodsb, test %al,%al (2), ...  The guest still
+    runs to its end."""
+    r = run_lkvm(*HELLO, "--debug-single-step", guest("hello"))
+    assert r.returncode == 0 and r.stdout == b"Hello, lkvm!\n", r.stderr[-2000:]
+    err = r.stderr.decode()
+    rips = [int(m, 16) for m in re.findall(r"^ rip: ([0-9a-f]{16}) ", err, re.M)]
+    assert rips[:5] == [0x3, 0x6, 0x7, 0x8, 0xa]
+    assert err.count("# vCPU #0 single step:") == len(rips) > 13    # a loop per character
+    first = err.split("single step:", 2)[1]
+    assert "rsi: 0000000000000016" in first         # msg's offset, just loaded
+
+
+def test_single_step_needs_the_capability():
+    class Vcpu:
+        class vm:
+            class kvm:
+                @staticmethod
+                def check_extension(cap: int) -> int:
+                    return 0
+    with pytest.raises(LkvmError, match="cannot single-step guests"):
+        guestdebug.single_step(Vcpu())
