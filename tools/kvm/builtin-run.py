@@ -7,6 +7,7 @@ import signal
 import stat
 import sys
 
+from hw.vesa import VIDMODE, Vesa
 from include.uapi import lib
 from kvm import arch as arch_loader
 from kvm import fdlimit, guestdebug, guestroot, msg
@@ -22,6 +23,7 @@ from kvm.pty import PtyTerminal, parse_tty
 from kvm.term import Terminal
 from kvm.vm import Vm
 from net.options import default_nics, parse_networks
+from ui.vnc import VncServer
 from virtio import setup as virtio_setup
 from virtio.setup import TRANSPORTS
 
@@ -85,6 +87,20 @@ def non_negative(text: str) -> int:
     return value
 
 
+def check_display(args: argparse.Namespace) -> None:
+    """kvmtool's framebuffer options: one display at most, and lkvm has
+    only VNC; --vidmode matters only with one."""
+    displays = [name for name in ("vnc", "sdl", "gtk") if getattr(args, name)]
+    if len(displays) > 1:
+        raise LkvmError("Only one of --vnc, --sdl or --gtk can be specified")
+    if displays and displays[0] != "vnc":
+        raise LkvmError(f"--{displays[0]}: lkvm is built without {displays[0].upper()} "
+                        "support; use --vnc")
+    if args.vnc and args.vidmode not in (None, VIDMODE):
+        raise LkvmError(f"--vidmode {args.vidmode:#x}: lkvm's VESA framebuffer has only "
+                        f"mode {VIDMODE:#x} (640x480, 32 bits per pixel)")
+
+
 def parser() -> Parser:
     p = Parser("run")
     p.add_argument("image", nargs="?", help="kernel image (same as -k)")
@@ -129,6 +145,12 @@ def parser() -> Parser:
     p.add_argument("--no-dhcp", action="store_true",
                    help="no ip=dhcp on a rootfs guest's kernel command line")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
+    p.add_argument("--vnc", action="store_true",
+                   help="a VESA framebuffer, served over VNC on 127.0.0.1:5900 or up")
+    p.add_argument("--sdl", action="store_true", help="not built in lkvm: use --vnc")
+    p.add_argument("--gtk", action="store_true", help="not built in lkvm: use --vnc")
+    p.add_argument("--vidmode", type=non_negative, metavar="MODE",
+                   help=f"the framebuffer's video mode (only {VIDMODE:#x}, the default)")
     p.add_argument("--debug-ioport", action="store_true")
     p.add_argument("--debug-mmio", action="store_true")
     p.add_argument("--debug-single-step", action="store_true",
@@ -163,6 +185,7 @@ def configure(argv: list[str], params: str = "") -> Config:
         raise LkvmError(f"--mem {ram}: more than the host's {host_ram_mib()} MiB of RAM")
     if args.hugetlbfs is not None:
         check_hugetlbfs(args.hugetlbfs)
+    check_display(args)
     nics = parse_networks(args.network)     # bad input first, before any file is read
     kernel = args.firmware or args.image or args.kernel or find_kernel(arch)
     image = read_file(kernel, "firmware" if args.firmware else "kernel", ram << 20)
@@ -186,6 +209,7 @@ def configure(argv: list[str], params: str = "") -> Config:
         dev=args.dev, nodefaults=args.nodefaults, loglevel=args.loglevel,
         debug_iodelay=args.debug_iodelay, firmware=bool(args.firmware),
         ttys=tuple(dict.fromkeys(args.tty)), single_step=args.debug_single_step,
+        vnc=args.vnc,
         arch=arch.configure(args))
 
 
@@ -223,6 +247,15 @@ def attach_tty(vm: Vm, arch: Arch, n: int, devices: Registry) -> None:
     devices.add(Level.LATE, Hooks(f"tty{n}", pty.close, lambda: pty.start(port.receive)))
 
 
+def attach_vnc(vm: Vm, name: str, devices: Registry) -> None:
+    """--vnc: the VESA framebuffer on the PCI bus, and its VNC server."""
+    vesa = Vesa(vm)
+    vesa.plug()
+    vm.framebuffer = (vesa.addr, vesa.framebuffer)
+    server = VncServer(vesa.framebuffer, name)
+    devices.add(Level.LATE, Hooks("vnc", server.close, server.start))
+
+
 def build(cfg: Config, devices: Registry) -> Vm:
     """The VM and its devices, each registered at its level as soon as it
     exists, so that a failure part way tears down what was made."""
@@ -243,6 +276,8 @@ def build(cfg: Config, devices: Registry) -> Vm:
             attach_tty(vm, arch, n, devices)
     virtio = virtio_setup.attach(vm, cfg, term.write)
     devices.add(Level.VIRTIO, virtio)
+    if cfg.vnc:
+        attach_vnc(vm, cfg.name, devices)
     boot = arch.load_firmware(vm, cfg) if cfg.firmware else arch.load_kernel(vm, cfg, cfg.params)
     arch.setup_firmware(vm, boot)
     for vcpu in vm.vcpus:

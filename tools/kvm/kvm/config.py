@@ -54,6 +54,7 @@ class Config:
     debug_iodelay: int = 0          # ms before each disk read, as kvmtool's
     firmware: bool = False          # the image is -f/--firmware's, not a kernel
     single_step: bool = False       # a register dump after every guest instruction
+    vnc: bool = False               # a VESA framebuffer served over VNC
     ttys: tuple[int, ...] = ()      # terminals on a pty of their own (--tty): 0 the console
     arch: object = None             # the arch's configure()
 

@@ -1,11 +1,12 @@
 """kvmtool's `run` options lkvm lacked: --dev, --virtio-legacy,
 --loglevel and --debug, --debug-iodelay, --nodefaults, --tty, --firmware
-and --debug-single-step, each as a user
+--debug-single-step, --vnc (and --sdl, --gtk, --vidmode), each as a user
 sees it (the CLI against tiny guests) or as the run configuration holds it."""
 
 import os
 import re
 import select
+import socket
 import struct
 import subprocess
 import time
@@ -13,12 +14,16 @@ import time
 import pytest
 
 from disk.iodelay import IoDelay
+from hw.vesa import STRIDE, Framebuffer
+from include.uapi import ffi, lib
 from kvm import guestdebug, msg
 from kvm.cmd import load_builtin
 from kvm.errors import LkvmError
 from kvm.kvm import Kvm
 from kvm.vm import Vm
 from tests.helpers import LKVM, TINY_TIMEOUT, guest, run_lkvm
+from ui.vnc import MAX_CLIENTS, VncServer
+from x86 import zeropage
 from x86.arch import X86
 from x86.layout import CMDLINE_ADDR
 
@@ -189,14 +194,23 @@ def test_nodefaults_gives_the_kernel_only_the_users_line(tmp_path, monkeypatch, 
         assert line.startswith("noapic") and "console=ttyS0" in line and "my=line" in line
 
 
-def pty_of(proc: subprocess.Popen, term: int) -> str:
-    """The pty lkvm says terminal `term` went to, read off its stderr."""
+def read_line(pipe) -> bytes:
+    """One line off a child's pipe, a byte at a time (nothing read past
+    it), within the tiny guests' timeout."""
     line = b""
     deadline = time.monotonic() + TINY_TIMEOUT
-    while b"\n" not in line:
-        ready, _, _ = select.select([proc.stderr], [], [], deadline - time.monotonic())
-        assert ready, f"no pty announced: {line!r}"
-        line += os.read(proc.stderr.fileno(), 1)
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([pipe], [], [], max(deadline - time.monotonic(), 0))
+        assert ready, f"no whole line: {line!r}"
+        byte = os.read(pipe.fileno(), 1)
+        assert byte, f"the pipe ended: {line!r}"
+        line += byte
+    return line
+
+
+def pty_of(proc: subprocess.Popen, term: int) -> str:
+    """The pty lkvm says terminal `term` went to, read off its stderr."""
+    line = read_line(proc.stderr)
     match = re.match(rf"  Info: Assigned terminal {term} to pty (/dev/pts/\d+)\n", line.decode())
     assert match, line
     return match[1]
@@ -304,3 +318,175 @@ def test_single_step_needs_the_capability():
                     return 0
     with pytest.raises(LkvmError, match="cannot single-step guests"):
         guestdebug.single_step(Vcpu())
+
+
+class RfbClient:
+    """The few lines of RFB 3.8 a test needs: no security, raw updates."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TINY_TIMEOUT)
+        assert self.recv(12) == b"RFB 003.008\n"
+        self.sock.sendall(b"RFB 003.008\n")
+        count = self.recv(1)[0]
+        assert 1 in self.recv(count)                    # security type None offered
+        self.sock.sendall(b"\x01")
+        assert self.recv(4) == bytes(4)                 # SecurityResult OK
+        self.sock.sendall(b"\x01")                      # ClientInit: shared
+        self.width, self.height = struct.unpack(">HH", self.recv(4))
+        self.pixel_format = self.recv(16)
+        self.name = self.recv(struct.unpack(">I", self.recv(4))[0])
+
+    def recv(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            assert chunk, "the server hung up"
+            data += chunk
+        return data
+
+    def set_pixel_format(self, fmt: bytes) -> None:
+        self.sock.sendall(b"\x00\0\0\0" + fmt)
+
+    def update(self, incremental: bool = False) -> tuple[tuple[int, int, int, int], bytes]:
+        self.sock.sendall(struct.pack(">BBHHHH", 3, incremental, 0, 0,
+                                      self.width, self.height))
+        kind, count = struct.unpack(">BxH", self.recv(4))
+        assert (kind, count) == (0, 1)
+        x, y, w, h, encoding = struct.unpack(">HHHHi", self.recv(12))
+        assert encoding == 0                            # raw
+        return (x, y, w, h), self.recv(w * h * 4)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def vnc_port(proc: subprocess.Popen) -> int:
+    line = read_line(proc.stderr)
+    match = re.match(r"  Info: VNC server listening on 127\.0\.0\.1:(\d+) ", line.decode())
+    assert match, line
+    return int(match[1])
+
+
+@pytest.mark.usefixtures("kvm_available")
+def test_vnc_client_reads_what_the_guest_drew():
+    with subprocess.Popen([LKVM, *HELLO, "--vnc", guest("vesa")], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            port = vnc_port(proc)
+            assert read_line(proc.stdout) == b"drawn\n"
+            client = RfbClient(port)
+            try:
+                assert (client.width, client.height) == (640, 480)
+                # 32 bpp, depth 24, little-endian, true colour, x8r8g8b8.
+                assert client.pixel_format[:13] == struct.pack(
+                    ">BBBBHHHBBB", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
+                rect, pixels = client.update()
+                assert rect == (0, 0, 640, 480)
+                words = struct.unpack(f"<{640 * 480}I", pixels)
+                assert words[20 * 640 + 10] == 0xFF0000
+                assert words.count(0x336699) == 640 * 480 - 1
+                # The client's byte order (big-endian, blue at the top):
+                # each pixel's bytes swap places.
+                client.set_pixel_format(struct.pack(
+                    ">BBBBHHHBBB3x", 32, 24, 1, 1, 255, 255, 255, 0, 8, 16))
+                _, swapped = client.update()
+                assert struct.unpack_from(">I", swapped, (20 * 640 + 10) * 4)[0] == 0xFF
+                assert swapped[:4] == bytes([0x00, 0x99, 0x66, 0x33])
+            finally:
+                client.close()
+            proc.terminate()
+            proc.communicate(timeout=TINY_TIMEOUT)
+        finally:
+            proc.kill()
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--sdl",), "--sdl: lkvm is built without SDL support; use --vnc"),
+    (("--gtk",), "--gtk: lkvm is built without GTK support; use --vnc"),
+    (("--vnc", "--sdl"), "Only one of --vnc, --sdl or --gtk can be specified"),
+    (("--vnc", "--vidmode", "0x301"), "--vidmode 0x301: lkvm's VESA framebuffer has only "
+                                      "mode 0x312"),
+])
+def test_display_refusals(args, message):
+    assert message in one_fatal_line(run_lkvm(*HELLO, *args, guest("hello")))
+
+
+@pytest.mark.usefixtures("kvm_available")
+def test_vidmode_without_a_display_is_ignored():
+    # As kvmtool: the mode only matters with a framebuffer.
+    r = run_lkvm(*HELLO, "--vidmode", "0x301", guest("hello"))
+    assert r.returncode == 0 and r.stdout == b"Hello, lkvm!\n", r.stderr
+
+
+@pytest.fixture
+def vnc_server():
+    """The server on a framebuffer of host memory, no guest needed."""
+    screen = bytearray(STRIDE * 480)
+    server = VncServer(Framebuffer(memoryview(screen)), "test")
+    server.start()
+    yield server, screen
+    server.close()
+    server.thread.join(TINY_TIMEOUT)
+
+
+def test_vnc_incremental_update_sends_the_changed_rows(vnc_server):
+    server, screen = vnc_server
+    client = RfbClient(server.port)
+    try:
+        assert client.name == b"test"
+        client.update()
+        struct.pack_into("<I", screen, 100 * STRIDE + 8, 0xABCDEF)
+        struct.pack_into("<I", screen, 102 * STRIDE, 0x123456)
+        rect, pixels = client.update(incremental=True)
+        assert rect == (0, 100, 640, 3)
+        assert struct.unpack_from("<I", pixels, 8)[0] == 0xABCDEF
+        assert struct.unpack_from("<I", pixels, 2 * STRIDE)[0] == 0x123456
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("message", [
+    # 16 bits per pixel: not served.
+    b"\x00\0\0\0" + struct.pack(">BBBBHHHBBB3x", 16, 16, 0, 1, 31, 63, 31, 11, 5, 0),
+    # Cut text past the cap: not read into memory.
+    b"\x06\0\0\0" + struct.pack(">I", 64 << 20),
+    # A message type the stream cannot be followed past.
+    b"\x7f",
+])
+def test_vnc_hangs_up_on_what_it_will_not_take(vnc_server, message):
+    server, _ = vnc_server
+    client = RfbClient(server.port)
+    try:
+        client.sock.sendall(message)
+        assert client.sock.recv(1) == b""
+    finally:
+        client.close()
+
+
+def test_vnc_takes_a_bounded_number_of_clients(vnc_server):
+    server, _ = vnc_server
+    clients = [RfbClient(server.port) for _ in range(MAX_CLIENTS)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=TINY_TIMEOUT)
+        with extra:
+            assert extra.recv(12) == b""
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_zero_page_describes_the_framebuffer():
+    """A kernel entered in 64-bit mode learns of the framebuffer from
+    screen_info, as from a boot loader that set VESA mode 0x112."""
+    fb = Framebuffer(memoryview(bytearray(STRIDE * 480)))
+    hdr = zeropage.header(bzimage())
+    page = zeropage.build(hdr, [(0, 16 << 20)], None, (0xD0000000, fb))
+    bp = ffi.from_buffer("struct boot_params *", bytearray(page))   # keeps the bytes alive
+    si = bp.screen_info
+    assert si.orig_video_isVGA == lib.VIDEO_TYPE_VLFB
+    assert (si.lfb_base, si.lfb_width, si.lfb_height, si.lfb_depth) == (0xD0000000, 640, 480, 32)
+    assert si.lfb_linelength == 2560 and si.lfb_size * 65536 >= 2560 * 480
+    assert (si.red_pos, si.green_pos, si.blue_pos) == (16, 8, 0)
+    plain = ffi.from_buffer("struct boot_params *",
+                            bytearray(zeropage.build(hdr, [(0, 16 << 20)], None)))
+    assert plain.screen_info.orig_video_isVGA == 0
