@@ -28,6 +28,7 @@ from virtio import setup as virtio_setup
 from virtio.setup import TRANSPORTS
 
 MIN_RAM_MIB = 1
+MAX_IODELAY_MS = 10_000
 HOST_RAM_SHARE = 0.8  # kvmtool's default never takes more of the host
 
 
@@ -87,6 +88,14 @@ def non_negative(text: str) -> int:
     return value
 
 
+def iodelay_ms(text: str) -> int:
+    # A delay past this would only look like a hung disk.
+    value = non_negative(text)
+    if value > MAX_IODELAY_MS:
+        raise argparse.ArgumentTypeError(f"'{text}' is more than {MAX_IODELAY_MS} ms")
+    return value
+
+
 def check_display(args: argparse.Namespace) -> None:
     """kvmtool's framebuffer options: one display at most, and lkvm has
     only VNC; --vidmode matters only with one."""
@@ -136,7 +145,7 @@ def parser() -> Parser:
                    metavar="error|warning|info|debug", help="how much lkvm tells")
     p.add_argument("--debug", dest="loglevel", action="store_const", const="debug",
                    help="debug messages (as --loglevel debug)")
-    p.add_argument("--debug-iodelay", type=non_negative, default=0, metavar="MS",
+    p.add_argument("--debug-iodelay", type=iodelay_ms, default=0, metavar="MS",
                    help="delay each disk read by MS milliseconds")
     p.add_argument("-n", "--network", action="append", default=[],
                    metavar="mode=user|tap|none[,KEY=VALUE...]",

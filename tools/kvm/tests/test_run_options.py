@@ -64,6 +64,14 @@ def test_dev_opens_the_named_kvm_device():
         run_lkvm(*HELLO, "--dev", "/nonexistent/kvm", guest("hello")))
 
 
+@pytest.mark.usefixtures("kvm_available")
+def test_dev_naming_a_fifo_does_not_hang(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert f"{fifo} is not a KVM device" in one_fatal_line(
+        run_lkvm(*HELLO, "--dev", str(fifo), guest("hello")))
+
+
 def test_virtio_legacy_is_the_legacy_pci_transport():
     # kvmtool's deprecated spelling of --virtio-transport pci-legacy.
     assert run.configure(["-k", guest("hello"), "-m", "16", "-c", "1",
@@ -156,6 +164,8 @@ def test_iodelay_option(tmp_path):
     assert run.configure(base).debug_iodelay == 0
     assert "is negative" in one_fatal_line(
         run_lkvm(*HELLO, "--debug-iodelay", "-5", guest("hello")))
+    assert "is more than 10000 ms" in one_fatal_line(
+        run_lkvm(*HELLO, "--debug-iodelay", "10001", guest("hello")))
 
 
 def test_nodefaults_has_no_default_rootfs(tmp_path, monkeypatch):
