@@ -96,6 +96,19 @@ def iodelay_ms(text: str) -> int:
     return value
 
 
+def sandbox_param(script: str) -> str:
+    """--sandbox SCRIPT: the guest init runs it, as the guest sees the
+    host's / at /host, instead of a shell (kvmtool links it in as
+    virt/sandbox.sh; lkvm's init takes the path from the command line)."""
+    path = os.path.realpath(script)
+    if not os.path.isfile(path):
+        raise LkvmError(f"--sandbox {script}: no such file")
+    if any(c.isspace() for c in path):
+        raise LkvmError(f"--sandbox {script}: a path with white space cannot go on "
+                        "the kernel command line")
+    return f"lkvm_sandbox=/host{path}"
+
+
 def check_display(args: argparse.Namespace) -> None:
     """kvmtool's framebuffer options: one display at most, and lkvm has
     only VNC; --vidmode matters only with one."""
@@ -136,6 +149,8 @@ def parser() -> Parser:
                    const="pci-legacy", help="legacy virtio-pci (as --virtio-transport "
                    "pci-legacy)")
     p.add_argument("--dev", default=KVM_DEV, metavar="DEVICE_FILE", help="the KVM device file")
+    p.add_argument("--sandbox", metavar="SCRIPT",
+                   help="run SCRIPT (a host file) in the rootfs guest instead of a shell")
     p.add_argument("--tty", action="append", default=[], type=parse_tty, metavar="N",
                    help="terminal N (0 the console, 1-3 ttyS1-3) on a new pty, whose "
                         "path lkvm prints (repeatable)")
@@ -195,6 +210,8 @@ def configure(argv: list[str], params: str = "") -> Config:
     if args.hugetlbfs is not None:
         check_hugetlbfs(args.hugetlbfs)
     check_display(args)
+    if args.sandbox:
+        params = " ".join(filter(None, [sandbox_param(args.sandbox), params]))
     nics = parse_networks(args.network)     # bad input first, before any file is read
     kernel = args.firmware or args.image or args.kernel or find_kernel(arch)
     image = read_file(kernel, "firmware" if args.firmware else "kernel", ram << 20)
@@ -202,6 +219,9 @@ def configure(argv: list[str], params: str = "") -> Config:
     # --nodefaults: no default rootfs, as in kvmtool.
     root = guestroot.choose(args.disk, bool(args.initrd), linux and not args.nodefaults,
                             dhcp=not args.no_dhcp)
+    if args.sandbox and root.rootfs is None:
+        raise LkvmError("--sandbox runs its script in a rootfs guest: give no -d and no -i, "
+                        "or -d with a rootfs name")
     return Config(
         name=args.name or root.name or f"guest-{os.getpid()}", cpus=cpus, ram_mib=ram,
         kernel=kernel, image=image,

@@ -500,3 +500,34 @@ def test_zero_page_describes_the_framebuffer():
     plain = ffi.from_buffer("struct boot_params *",
                             bytearray(zeropage.build(hdr, [(0, 16 << 20)], None)))
     assert plain.screen_info.orig_video_isVGA == 0
+
+
+def test_sandbox_runs_a_host_script_in_the_rootfs(tmp_path, monkeypatch):
+    """The guest init runs the script named by lkvm_sandbox=, through the
+    host's / that the rootfs guest sees at /host."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(bzimage())
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    cfg = run.configure(["-k", str(kernel), "-m", "16", "-c", "1", "--sandbox", str(script),
+                         "-p", "quiet"])
+    assert cfg.params == f"quiet lkvm_sandbox=/host{script}"
+    assert cfg.root.rootfs is not None
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--sandbox", "/nonexistent.sh"), "--sandbox /nonexistent.sh: no such file"),
+    (("--sandbox", "{spaced}"), "a path with white space cannot go on the kernel command line"),
+    (("--sandbox", "{script}", "-d", "{kernel}"), "--sandbox runs its script in a rootfs guest"),
+])
+def test_sandbox_refusals(tmp_path, monkeypatch, extra, message):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    kernel = tmp_path / "bzImage"
+    kernel.write_bytes(bzimage())
+    (tmp_path / "job.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "a job.sh").write_text("#!/bin/sh\n")
+    names = {"script": tmp_path / "job.sh", "spaced": tmp_path / "a job.sh", "kernel": kernel}
+    argv = ["-k", str(kernel), "-m", "16", "-c", "1", *(a.format(**names) for a in extra)]
+    with pytest.raises(LkvmError, match=re.escape(message)):
+        run.configure(argv)
