@@ -1,31 +1,36 @@
 """lkvm run: start a virtual machine.  Options, defaults and messages
 follow kvmtool's, so its users' scripts keep working."""
 
+import argparse
 import dataclasses
 import os
 import signal
 import stat
 import sys
 
+from hw.vesa import VIDMODE, Vesa
 from include.uapi import lib
 from kvm import arch as arch_loader
-from kvm import fdlimit, guestroot, msg
+from kvm import fdlimit, guestdebug, guestroot, msg
 from kvm.arch import Arch
 from kvm.cmd import Parser, size_mib
 from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError, UsageError
 from kvm.ipc import IpcServer
-from kvm.kvm import Kvm
+from kvm.kvm import KVM_DEV, Kvm
 from kvm.memory import check_hugetlbfs
+from kvm.pty import PtyTerminal, parse_tty
 from kvm.term import Terminal
 from kvm.vm import Vm
 from net.options import default_nics, parse_networks
+from ui.vnc import VncServer
 from virtio import setup as virtio_setup
 from virtio import vsock
 from virtio.setup import TRANSPORTS
 
 MIN_RAM_MIB = 1
+MAX_IODELAY_MS = 10_000
 HOST_RAM_SHARE = 0.8  # kvmtool's default never takes more of the host
 
 
@@ -93,6 +98,51 @@ GROUPS = (
 )
 
 
+def non_negative(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is negative")
+    return value
+
+
+def iodelay_ms(text: str) -> int:
+    # A delay past this would only look like a hung disk.
+    value = non_negative(text)
+    if value > MAX_IODELAY_MS:
+        raise argparse.ArgumentTypeError(f"'{text}' is more than {MAX_IODELAY_MS} ms")
+    return value
+
+
+def sandbox_param(script: str) -> str:
+    """--sandbox SCRIPT: the guest init runs it, as the guest sees the
+    host's / at /host, instead of a shell (kvmtool links it in as
+    virt/sandbox.sh; lkvm's init takes the path from the command line)."""
+    path = os.path.realpath(script)
+    if not os.path.isfile(path):
+        raise LkvmError(f"--sandbox {script}: no such file")
+    if any(c.isspace() for c in path):
+        raise LkvmError(f"--sandbox {script}: a path with white space cannot go on "
+                        "the kernel command line")
+    return f"lkvm_sandbox=/host{path}"
+
+
+def check_display(args: argparse.Namespace) -> None:
+    """kvmtool's framebuffer options: one display at most, and lkvm has
+    only VNC; --vidmode matters only with one."""
+    displays = [name for name in ("vnc", "sdl", "gtk") if getattr(args, name)]
+    if len(displays) > 1:
+        raise LkvmError("Only one of --vnc, --sdl or --gtk can be specified")
+    if displays and displays[0] != "vnc":
+        raise LkvmError(f"--{displays[0]}: lkvm is built without {displays[0].upper()} "
+                        "support; use --vnc")
+    if args.vnc and args.vidmode not in (None, VIDMODE):
+        raise LkvmError(f"--vidmode {args.vidmode:#x}: lkvm's VESA framebuffer has only "
+                        f"mode {VIDMODE:#x} (640x480, 32 bits per pixel)")
+
+
 def parser() -> Parser:
     p = Parser("run", SYNOPSIS, GROUPS)
     p.add_argument("image", nargs="?", help="kernel image (same as -k)")
@@ -104,6 +154,8 @@ def parser() -> Parser:
     p.add_argument("-i", "--initrd", metavar="initrd", help="initial RAM disk image")
     p.add_argument("-p", "--params", default="", metavar="params",
                    help="kernel command line additions")
+    p.add_argument("-f", "--firmware", metavar="firmware",
+                   help="firmware image to boot instead of a kernel")
     p.add_argument("--console", choices=["serial", "virtio"], default="serial",
                    metavar="serial or virtio", help="the guest's console")
     p.add_argument("--rng", action="store_true", help="a virtio-rng device")
@@ -118,6 +170,22 @@ def parser() -> Parser:
                         "(repeatable)")
     p.add_argument("--virtio-transport", choices=sorted(TRANSPORTS), default="pci",
                    metavar="|".join(sorted(TRANSPORTS)), help="how virtio devices attach")
+    p.add_argument("--virtio-legacy", dest="virtio_transport", action="store_const",
+                   const="pci-legacy", help="legacy virtio-pci: the pci-legacy transport")
+    p.add_argument("--dev", default=KVM_DEV, metavar="DEVICE_FILE", help="the KVM device file")
+    p.add_argument("--sandbox", metavar="SCRIPT",
+                   help="run SCRIPT (a host file) in the rootfs guest instead of a shell")
+    p.add_argument("--tty", action="append", default=[], type=parse_tty, metavar="N",
+                   help="terminal N (0 the console, 1-3 ttyS1-3) on a new pty, whose "
+                        "path lkvm prints (repeatable)")
+    p.add_argument("--nodefaults", action="store_true",
+                   help="no default rootfs, and only -p on the kernel command line")
+    p.add_argument("--loglevel", type=msg.check_level, default=msg.DEFAULT_LEVEL,
+                   metavar="error|warning|info|debug", help="how much lkvm tells")
+    p.add_argument("--debug", dest="loglevel", action="store_const", const="debug",
+                   help="debug messages too")
+    p.add_argument("--debug-iodelay", type=iodelay_ms, default=0, metavar="MS",
+                   help="delay each disk read by MS milliseconds")
     p.add_argument("-n", "--network", action="append", default=[],
                    metavar="mode=user|tap|none[,KEY=VALUE...]",
                    help="a virtio-net NIC (repeatable); by default a Linux guest gets one "
@@ -133,10 +201,18 @@ def parser() -> Parser:
                    help="vhost-vsock, or lkvm's own unix-socket back end; auto: vhost "
                         "where /dev/vhost-vsock is")
     p.add_argument("--hugetlbfs", metavar="PATH", help="back guest RAM with hugetlbfs at PATH")
+    p.add_argument("--vnc", action="store_true",
+                   help="a VESA framebuffer, served over VNC on 127.0.0.1:5900 or up")
+    p.add_argument("--sdl", action="store_true", help="not built in lkvm; VNC is")
+    p.add_argument("--gtk", action="store_true", help="not built in lkvm; VNC is")
+    p.add_argument("--vidmode", type=non_negative, metavar="MODE",
+                   help=f"the framebuffer's video mode (only {VIDMODE:#x}, the default)")
     p.add_argument("--debug-ioport", action="store_true",
                    help="report an access to a port no device claims and stop the vCPU")
     p.add_argument("--debug-mmio", action="store_true",
                    help="report accesses to MMIO no device claims")
+    p.add_argument("--debug-single-step", action="store_true",
+                   help="stop after every guest instruction and dump the registers")
     p.add_argument("--debug-exits", action="store_true",
                    help="count the exits lkvm handles and time them; print them at the end")
     arch_loader.load().add_options(p.add_argument_group("Arch-specific options:"))
@@ -149,6 +225,11 @@ def configure(argv: list[str], params: str = "") -> Config:
     args = parser().parse(argv)
     if args.image and args.kernel:
         raise UsageError("give the kernel either as -k or as the argument, not both")
+    if args.firmware and (args.image or args.kernel):
+        raise LkvmError("Only one of --kernel or --firmware can be specified")
+    if args.firmware and args.initrd:
+        msg.warning("Ignoring initrd file when loading a firmware image")
+        args.initrd = None
     cpus = args.cpus if args.cpus is not None else os.cpu_count()
     if cpus < 1:
         raise LkvmError(f"--cpus {cpus}: a guest needs at least one vCPU")
@@ -164,12 +245,20 @@ def configure(argv: list[str], params: str = "") -> Config:
                     f"{host_ram_mib()}MB")
     if args.hugetlbfs is not None:
         check_hugetlbfs(args.hugetlbfs)
+    check_display(args)
+    if args.sandbox:
+        params = " ".join(filter(None, [sandbox_param(args.sandbox), params]))
     nics = parse_networks(args.network)     # bad input first, before any file is read
     check_vsock(args)
-    kernel = args.image or args.kernel or find_kernel(arch)
-    image = read_file(kernel, "kernel", ram << 20)
-    linux = arch.boots_linux(image)
-    root = guestroot.choose(args.disk, bool(args.initrd), linux, dhcp=not args.no_dhcp)
+    kernel = args.firmware or args.image or args.kernel or find_kernel(arch)
+    image = read_file(kernel, "firmware" if args.firmware else "kernel", ram << 20)
+    linux = not args.firmware and arch.boots_linux(image)
+    # --nodefaults: no default rootfs, as in kvmtool.
+    root = guestroot.choose(args.disk, bool(args.initrd), linux and not args.nodefaults,
+                            dhcp=not args.no_dhcp)
+    if args.sandbox and root.rootfs is None:
+        raise LkvmError("--sandbox runs its script in a rootfs guest: give no -d and no -i, "
+                        "or -d with a rootfs name")
     return Config(
         name=args.name or root.name or f"guest-{os.getpid()}", cpus=cpus, ram_mib=ram,
         kernel=kernel, image=image,
@@ -184,6 +273,10 @@ def configure(argv: list[str], params: str = "") -> Config:
         hugetlbfs=args.hugetlbfs,
         debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
         debug_exits=args.debug_exits,
+        dev=args.dev, nodefaults=args.nodefaults, loglevel=args.loglevel,
+        debug_iodelay=args.debug_iodelay, firmware=bool(args.firmware),
+        ttys=tuple(dict.fromkeys(args.tty)), single_step=args.debug_single_step,
+        vnc=args.vnc,
         arch=arch.configure(args))
 
 
@@ -203,12 +296,13 @@ def cmd_run(argv: list[str]) -> int:
 def launch(cfg: Config) -> int:
     """Run the configured guest until it ends; its exit status."""
     fdlimit.raise_to_hard()     # before any device sizes its fd budget
+    msg.set_level(cfg.loglevel)
     devices = Registry()
     try:
         vm = build(cfg, devices)
         devices.init()
-        msg.note(f"lkvm run -k {cfg.kernel} -m {cfg.ram_mib} -c {len(vm.vcpus)} "
-                 f"--name {cfg.name}")
+        image = f"--firmware {cfg.kernel}" if cfg.firmware else f"-k {cfg.kernel}"
+        msg.note(f"lkvm run {image} -m {cfg.ram_mib} -c {len(vm.vcpus)} --name {cfg.name}")
         status = vm.run()
         if vm.exit_stats is not None:
             vm.exit_stats.report(sys.stderr)
@@ -234,25 +328,51 @@ def within_kvm_limit(cfg: Config, kvm: Kvm) -> Config:
         return cfg
     msg.warning(f"# Limit the number of CPUs to {limit}")
     return dataclasses.replace(cfg, cpus=limit)
+def attach_tty(vm: Vm, arch: Arch, n: int, devices: Registry) -> None:
+    """--tty N for a UART other than the console: its own pty."""
+    port = arch.serial_port(n)
+    if port is None:
+        raise LkvmError(f"--tty {n}: this guest has no ttyS{n}")
+    pty = PtyTerminal(n, lambda why: vm.stop(1, why))
+    port.output = pty.write
+    devices.add(Level.LATE, Hooks(f"tty{n}", pty.close, lambda: pty.start(port.receive)))
+
+
+def attach_vnc(vm: Vm, name: str, devices: Registry) -> None:
+    """--vnc: the VESA framebuffer on the PCI bus, and its VNC server."""
+    vesa = Vesa(vm)
+    vesa.plug()
+    vm.framebuffer = (vesa.addr, vesa.framebuffer)
+    server = VncServer(vesa.framebuffer, name)
+    devices.add(Level.LATE, Hooks("vnc", server.close, server.start))
 
 
 def build(cfg: Config, devices: Registry) -> Vm:
     """The VM and its devices, each registered at its level as soon as it
     exists, so that a failure part way tears down what was made."""
-    kvm = Kvm()
+    kvm = Kvm(cfg.dev)
     devices.add(Level.CORE, Hooks("kvm", kvm.close))
     cfg = within_kvm_limit(cfg, kvm)
     arch = arch_loader.load()(cfg.arch)
     vm = Vm(kvm, arch, cfg)
     devices.add(Level.CORE, Hooks("vm", vm.close))
-    term = Terminal(on_quit=lambda: vm.stop(0))
+    # --tty 0 puts the console itself, serial or virtio, on a pty.
+    term = PtyTerminal(0, lambda why: vm.stop(1, why)) if 0 in cfg.ttys else \
+        Terminal(on_quit=lambda: vm.stop(0))
     serial = arch.add_platform_devices(vm, term.write)
+    for n in cfg.ttys:
+        if n:
+            attach_tty(vm, arch, n, devices)
     virtio = virtio_setup.attach(vm, cfg, term.write)
     devices.add(Level.VIRTIO, virtio)
-    boot = arch.load_kernel(vm, cfg, cfg.params)
+    if cfg.vnc:
+        attach_vnc(vm, cfg.name, devices)
+    boot = arch.load_firmware(vm, cfg) if cfg.firmware else arch.load_kernel(vm, cfg, cfg.params)
     arch.setup_firmware(vm, boot)
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)
+        if cfg.single_step:
+            guestdebug.single_step(vcpu)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _: vm.stop(128 + signum))

@@ -129,7 +129,8 @@ class Arm64(Arch):
         return uart
 
     def load_kernel(self, vm: "Vm", cfg: Config, params: str) -> Boot:
-        cmdline = kernel_cmdline(params, cfg.console, cfg.root.cmdline)
+        cmdline = params if cfg.nodefaults else kernel_cmdline(params, cfg.console,
+                                                                 cfg.root.cmdline)
         return loader.load(vm, Image.parse(cfg.image), cfg.initrd, cmdline)
 
     def setup_firmware(self, vm: "Vm", boot: ArmBoot) -> None:

@@ -39,6 +39,13 @@ class SerialConsole(Protocol):
     def sysrq(self, key: bytes) -> None: ...
 
 
+class SerialPort(Protocol):
+    """A UART besides the console, for --tty: its output is settable."""
+    output: Callable[[bytes], None] | None
+
+    def receive(self, data: bytes) -> None: ...
+
+
 class Arch(ABC):
     # The uapi headers only this arch has (asm/...), beside the generic ones.
     UAPI_HEADERS: ClassVar[tuple[str, ...]]
@@ -123,6 +130,11 @@ class Arch(ABC):
         """Probe the image and load it, its initrd and its command line
         (lkvm's, then params)."""
 
+    def load_firmware(self, vm: "Vm", cfg: "Config") -> Boot:
+        """-f/--firmware: load cfg.image as the guest's firmware, in place
+        of a kernel and lkvm's own boot firmware."""
+        raise LkvmError("--firmware: not supported on this architecture yet")
+
     @abstractmethod
     def setup_firmware(self, vm: "Vm", boot: Boot) -> None:
         """Describe the platform to the loaded kernel, once every device
@@ -132,6 +144,12 @@ class Arch(ABC):
     @abstractmethod
     def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:
         """A vCPU's reset state for entering the boot."""
+
+    def serial_port(self, index: int) -> SerialPort | None:
+        """UART `index` (ttyS<index>) for --tty, once add_platform_devices
+        made it; None where the arch has no such port.  0 is the console,
+        which the core connects itself."""
+        return None
 
     def system_event(self, vm: "Vm", kind: int) -> None:
         """The guest powered off or reset the machine (KVM_EXIT_SYSTEM_EVENT

@@ -51,6 +51,14 @@ class Config:
     debug_ioport: bool = False
     debug_mmio: bool = False
     debug_exits: bool = False       # count and time exits, print them at the end
+    dev: str = "/dev/kvm"           # the KVM device node (--dev)
+    nodefaults: bool = False        # no default rootfs, only the user's command line
+    loglevel: str = "info"          # kvm.msg's LEVELS
+    debug_iodelay: int = 0          # ms before each disk read, as kvmtool's
+    firmware: bool = False          # the image is -f/--firmware's, not a kernel
+    single_step: bool = False       # a register dump after every guest instruction
+    vnc: bool = False               # a VESA framebuffer served over VNC
+    ttys: tuple[int, ...] = ()      # terminals on a pty of their own (--tty): 0 the console
     arch: object = None             # the arch's configure()
 
     @property

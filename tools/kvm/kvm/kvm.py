@@ -2,6 +2,7 @@
 
 import errno
 import os
+import stat
 
 from include.uapi import lib
 from kvm.errors import LkvmError
@@ -23,11 +24,16 @@ class Kvm:
     vmx/svm: a nested or paravirtual KVM works without either flag."""
 
     def __init__(self, path: str = KVM_DEV) -> None:
+        # Opened without blocking, then checked: --dev may name a FIFO,
+        # whose open would wait for a writer for ever.
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as e:
             hint = OPEN_HINTS.get(e.errno, e.strerror)
             raise LkvmError(f"cannot open {path}: {hint}") from None
+        if not stat.S_ISCHR(os.fstat(self.fd).st_mode):
+            os.close(self.fd)
+            raise LkvmError(f"{path} is not a KVM device")
         try:
             version = ioctl(self.fd, lib.KVM_GET_API_VERSION)
         except OSError:

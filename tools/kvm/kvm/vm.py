@@ -26,6 +26,7 @@ from kvm.vcpu import KICK_SIGNAL, Vcpu, VcpuStop
 
 if TYPE_CHECKING:
     from hw.pci import PciBus
+    from hw.vesa import Framebuffer
 
 HALT_CHECK_SECONDS = 0.5
 
@@ -40,14 +41,8 @@ class Vm:
         self.ram_size = cfg.ram_size
         self.mem = GuestMemory(arch.memory_layout(cfg.ram_size), cfg.hugetlbfs)
         for slot, r in enumerate(self.mem.regions):
-            region = ffi.new("struct kvm_userspace_memory_region *", {
-                "slot": slot, "guest_phys_addr": r.gpa, "memory_size": r.size,
-                "userspace_addr": r.host})
-            try:
-                ioctl(self.fd, lib.KVM_SET_USER_MEMORY_REGION, region)
-            except OSError as e:
-                raise LkvmError(f"cannot give {r.size >> 20} MiB to the guest: "
-                                f"{e.strerror}") from None
+            self.set_memory_slot(slot, r.gpa, r.size, r.host)
+        self.next_slot = len(self.mem.regions)   # device memory (a framebuffer) after RAM
         arch.init_vm(self)
         arch.create_irqchip(self)
         self.vcpus = [Vcpu(self, i) for i in range(cfg.cpus)]
@@ -71,6 +66,21 @@ class Vm:
         # (base, size, line), and the PCI bus (virtio's setup makes it).
         self.virtio_mmio: list[tuple[int, int, int]] = []
         self.pci: PciBus | None = None
+        # A linear framebuffer's guest address and pixels (--vnc), for the
+        # arch to tell a kernel about.
+        self.framebuffer: tuple[int, Framebuffer] | None = None
+
+    def set_memory_slot(self, slot: int, gpa: int, size: int, host: int) -> None:
+        """Back [gpa, gpa + size) with host memory at `host`: the guest's
+        accesses there never exit.  Again with another gpa, it moves."""
+        region = ffi.new("struct kvm_userspace_memory_region *", {
+            "slot": slot, "guest_phys_addr": gpa, "memory_size": size,
+            "userspace_addr": host})
+        try:
+            ioctl(self.fd, lib.KVM_SET_USER_MEMORY_REGION, region)
+        except OSError as e:
+            raise LkvmError(f"cannot give {size >> 20} MiB to the guest at {gpa:#x}: "
+                            f"{e.strerror}") from None
 
     # Interrupts.
     def irq_line(self, irq: int, level: int) -> None:

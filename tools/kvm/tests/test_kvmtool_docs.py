@@ -65,12 +65,9 @@ LINES = [
     Line(KVMTOOL_1, RUN_SYNOPSIS, ("run", "-k", "{hello}", "--console", "virtio")),
     Line(KVMTOOL_1, RUN_SYNOPSIS, ("run", "-k", "{hello}", "--console", "hv"),
          pending="no hv console: kvmtool's is powerpc's spapr hvcons"),
-    Line(KVMTOOL_1, RUN_SYNOPSIS, ("run", "-k", "{hello}", "--dev", "/dev/kvm"),
-         pending="cliopts: --dev"),
-    Line(KVMTOOL_1, RUN_SYNOPSIS, ("run", "-k", "{hello}", "--debug"),
-         pending="cliopts: --debug"),
-    Line(KVMTOOL_1, RUN_SYNOPSIS, ("run", "-k", "{hello}", "--debug-single-step"),
-         pending="cliopts: --debug-single-step"),
+    Line(KVMTOOL_1, RUN_SYNOPSIS, ("run", "-k", "{hello}", "--dev", "/dev/kvm")),
+    Line(KVMTOOL_1, RUN_SYNOPSIS, ("run", "-k", "{hello}", "--debug")),
+    Line(KVMTOOL_1, RUN_SYNOPSIS, ("run", "-k", "{hello}", "--debug-single-step")),
     Line(KVMTOOL_1, RUN_SYNOPSIS, ("run", "-k", "{hello}", "--debug-ioport")),
     # kvmtool.1, the other commands.
     Line(KVMTOOL_1, "setup <name>", ("setup", "box"),
@@ -130,8 +127,7 @@ LINES = [
     Line(IO_TESTING, "--9p <directory>,<tag>", ("run", "-k", "{hello}", "--9p", "{dir},tag")),
     # kernel-debugging.txt: KGDB over a second serial port on a pty.
     Line(KERNEL_DEBUGGING, "kvm run -k [vmlinuz] -p \"kgdboc=ttyS1 kgdbwait\" --tty 1",
-         ("run", "-k", "{hello}", "-p", "kgdboc=ttyS1 kgdbwait", "--tty", "1"),
-         pending="cliopts: --tty"),
+         ("run", "-k", "{hello}", "-p", "kgdboc=ttyS1 kgdbwait", "--tty", "1")),
     # README: the first run a new user types.
     Line(README, "./lkvm run --disk linux-0.2.img --kernel ../../arch/x86/boot/bzImage",
          ("run", "--disk", "{disk}", "--kernel", "{hello}")),

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from disk.core import Disk, open_disk
+from disk.iodelay import IoDelay
 from hw.pci import PciBus
 from kvm import msg
 from kvm.config import Config, Nic
@@ -111,8 +112,10 @@ def rng(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioD
 
 
 def blk(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
-    return [Blk(ctx.vm.mem, parse_disk(spec), f"lkvm-disk-{i}")
-            for i, spec in enumerate(cfg.disks)]
+    disks = [parse_disk(spec) for spec in cfg.disks]
+    if cfg.debug_iodelay:
+        disks = [IoDelay(disk, cfg.debug_iodelay) for disk in disks]
+    return [Blk(ctx.vm.mem, disk, f"lkvm-disk-{i}") for i, disk in enumerate(disks)]
 
 
 def p9(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:

@@ -15,6 +15,7 @@ from hw.panic_watch import PanicWatch
 from hw.rtc import Rtc
 from hw.serial8250 import Serial8250
 from include.uapi import ffi, lib
+from kvm import msg
 from kvm.arch import Arch, Boot
 from kvm.cmd import TOP
 from kvm.config import Config
@@ -24,6 +25,7 @@ from x86 import acpi, bios, cpu, ioport, irqchip, mptable, probe
 from x86.bzimage import BzImage
 from x86.cmdline import kernel_cmdline
 from x86.e820 import e820_map
+from x86.firmware import Firmware
 from x86.flat import FlatBinary
 from x86.headers import UAPI_HEADERS
 from x86.layout import (
@@ -112,6 +114,7 @@ class X86(Arch):
     def __init__(self, config: X86Config = X86Config()) -> None:
         super().__init__(config)
         self.supported_cpuid: object = None  # KVM_GET_SUPPORTED_CPUID, once per VM
+        self.uarts: list[Serial8250] = []
 
     def memory_layout(self, ram_size: int) -> list[tuple[int, int]]:
         return ram_layout(ram_size)
@@ -166,7 +169,11 @@ class X86(Arch):
         vm.pio.register(RTC_PORT, 2, Rtc())
         vm.pio.register(acpi.PM_BASE, acpi.PM_LEN, AcpiPm(acpi.S5_SLP_TYP, lambda: vm.stop(0)))
         ioport.register(vm.pio, console_out)
+        self.uarts = uarts
         return uarts[0]
+
+    def serial_port(self, index: int) -> Serial8250 | None:
+        return self.uarts[index] if 0 < index < len(self.uarts) else None
 
     def load_kernel(self, vm: "Vm", cfg: Config, params: str) -> Boot:
         """Load the image with the first loader that recognises it.  A
@@ -174,6 +181,7 @@ class X86(Arch):
         chose (none: the first disk), and where setup_firmware puts the
         ACPI tables."""
         loader = image_loader(cfg.image)
+        msg.debug(f"{cfg.kernel}: a {loader.name}, {len(cfg.image)} bytes")
         # No device tree: each virtio-mmio device is a command line fragment.
         params = " ".join([*(f"virtio_mmio.device={size:#x}@{base:#x}:{line}"
                              for base, size, line in vm.virtio_mmio), params]).strip()
@@ -187,15 +195,23 @@ class X86(Arch):
             raise LkvmError(f"-m {vm.ram_size >> 20}: a {loader.name} is loaded at "
                             f"{KERNEL_ADDR >> 20} MiB and needs RAM above it")
         probe.warn_if_slow(vm.kvm)
-        cmdline = kernel_cmdline(params, cfg.console, with_acpi, cfg.root.cmdline)
+        # --nodefaults: the user's line alone, as kvmtool (the virtio-mmio
+        # fragments stay: they describe devices, as a device tree would).
+        cmdline = params if cfg.nodefaults else \
+            kernel_cmdline(params, cfg.console, with_acpi, cfg.root.cmdline)
+        msg.debug(f"kernel command line: {cmdline}")
         return loader(vm, cfg.image, cfg.initrd, cmdline, mode,
                       ACPI_START if with_acpi else None)
+
+    def load_firmware(self, vm: "Vm", cfg: Config) -> Firmware:
+        return Firmware(vm, cfg.image)
 
     def setup_firmware(self, vm: "Vm", boot: Boot) -> None:
         """What a PC's BIOS leaves for a Linux kernel: the real-mode
         services and memory map, the MP table and the ACPI tables that
-        list the CPUs.  A flat binary gets none of it."""
-        if isinstance(boot, FlatBinary):
+        list the CPUs.  A flat binary gets none of it, nor does the
+        user's firmware: it is the BIOS."""
+        if isinstance(boot, (FlatBinary, Firmware)):
             return
         bios.install(vm.mem, e820_map(vm.mem.layout()))
         cpuid = self.supported_cpuid

@@ -71,7 +71,8 @@ class BzImage:
             hdr.ramdisk_size = len(initrd)
             mem.write(hdr.ramdisk_image, initrd)
         if mode == "64":
-            mem.write(ZERO_PAGE_ADDR, zeropage.build(hdr, vm.mem.layout(), rsdp))
+            mem.write(ZERO_PAGE_ADDR, zeropage.build(hdr, vm.mem.layout(), rsdp,
+                                                     vm.framebuffer))
             longmode.write_gdt(mem, longmode.GDT)
             longmode.write_page_tables(mem)
             self.entry = hdr.code32_start + ENTRY_64
