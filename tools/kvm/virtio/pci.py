@@ -22,7 +22,8 @@ LEGACY_DEVICE = {lib.VIRTIO_ID_NET: lib.VIRTIO_TRANS_ID_NET,
                  lib.VIRTIO_ID_BALLOON: lib.VIRTIO_TRANS_ID_BALLOON,
                  lib.VIRTIO_ID_CONSOLE: lib.VIRTIO_TRANS_ID_CONSOLE,
                  lib.VIRTIO_ID_RNG: lib.VIRTIO_TRANS_ID_RNG,
-                 lib.VIRTIO_ID_9P: lib.VIRTIO_TRANS_ID_9P}
+                 lib.VIRTIO_ID_9P: lib.VIRTIO_TRANS_ID_9P,
+                 lib.VIRTIO_ID_SCSI: lib.VIRTIO_TRANS_ID_SCSI}
 CLASS_OTHER = 0xFF0000            # "unclassified device", PCI code assignment
 ISR_QUEUE = 1                     # virtio 1.x §4.1.4.5: bit 0 = used buffer
 
