@@ -162,8 +162,9 @@ def parser() -> Parser:
     p.add_argument("--balloon", action="store_true",
                    help="a virtio-balloon device, for lkvm balloon and lkvm stat")
     p.add_argument("-d", "--disk", action="append", default=[],
-                   metavar="FILE[,ro|,snapshot][,direct]|DIR|ROOTFS",
-                   help="a virtio-blk disk, or a directory or ~/.lkvm rootfs as the 9p root")
+                   metavar="[scsi:]FILE[,ro|,snapshot][,direct]|scsi:WWPN:TPGT|DIR|ROOTFS",
+                   help="a virtio-blk disk, a virtio-scsi LUN (scsi:), or a directory or "
+                        "~/.lkvm rootfs as the 9p root")
     p.add_argument("--9p", dest="p9", action="append", default=[], metavar="DIR[,TAG[,ro]]",
                    type=guestroot.parse_share,
                    help="share DIR with the guest as 9p mount TAG, read-only with ,ro "
@@ -266,7 +267,7 @@ def configure(argv: list[str], params: str = "") -> Config:
         params=" ".join(filter(None, [args.params, params])), root=root,
         console=args.console, rng=args.rng, balloon=args.balloon,
         # The devices follow the root: its disks, then its shares before --9p's.
-        disks=tuple(root.disks), shares=(*root.shares, *args.p9),
+        disks=tuple(root.disks), shares=(*root.shares, *args.p9), scsi=tuple(root.scsi),
         transport=args.virtio_transport,
         nics=nics if args.network else default_nics(linux),
         vsock=args.vsock, vsock_uds=args.vsock_uds, vsock_backend=args.vsock_backend,

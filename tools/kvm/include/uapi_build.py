@@ -49,9 +49,13 @@ HEADERS = (
     "linux/virtio_pci.h",
     "linux/virtio_ring.h",
     "linux/virtio_rng.h",
+    "linux/virtio_scsi.h",
     "linux/virtio_vsock.h",
     "linux/vhost.h",
     "linux/elf.h",
+    # The SCSI command set, status and sense keys: the kernel exports no header
+    # of them, so the C library's (SCSI-2's part; scsi/cdb.py has the rest).
+    "scsi/scsi.h",
 )
 
 # ... and those of one architecture, which its directory lists in
@@ -140,7 +144,7 @@ CPP_FLAGS = ("-D__attribute__(x)=", "-D__extension__=", "-D__signed__=signed",
 # compiler still gives their sizes and the other fields' offsets.
 INT128 = ("__uint128_t", "__int128_t")
 
-UAPI_FILE = re.compile(r'^# \d+ "(?P<path>[^"]*/(?:linux|asm|asm-generic)/[^"]*)"')
+UAPI_FILE = re.compile(r'^# \d+ "(?P<path>[^"]*/(?:linux|asm|asm-generic|scsi)/[^"]*)"')
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class Config:
     rng: bool = False
     balloon: bool = False
     disks: tuple[str, ...] = ()     # -d FILE[,ro|,snapshot][,direct] specs, the root's first
+    scsi: tuple[str, ...] = ()      # -d scsi: specs without "scsi:", LUN 0 first
     shares: tuple[Share, ...] = ()  # 9p shares, the root's first
     transport: str = "pci"          # virtio-setup's TRANSPORTS
     nics: tuple[Nic, ...] = ()

@@ -2,6 +2,10 @@
 
     -d FILE[,ro|,snapshot][,direct]
                             a virtio-blk disk; the first is root=/dev/vda
+    -d scsi:FILE[,ro|,snapshot][,direct]
+                            a LUN of the virtio-scsi adapter, in order
+                            (sda, sdb, ...); root=/dev/sda without -d FILE
+    -d scsi:WWPN:TPGT       kvmtool's vhost-scsi target (virtio/setup.py)
     -d DIR                  DIR over 9p, booted with the kernel's own init
     -d NAME                 the rootfs ~/.lkvm/NAME over 9p (when NAME is
                             no path here), with the host's / beside it
@@ -24,6 +28,8 @@ ROOT_TAG = "/dev/root"
 HOST_TAG = "hostfs"         # what the guest init mounts on /host
 P9_ROOT = "rw rootflags=trans=virtio,version=9p2000.L,cache=loose rootfstype=9p"
 GUEST_INIT = "init=/virt/init"
+SCSI = "scsi:"
+SCSI_ROOT = "root=/dev/sda rw"
 # What kvmtool adds after a rootfs's init unless --no-dhcp: the kernel
 # configures the first NIC itself, so the guest init need not.
 DHCP = "ip=dhcp"
@@ -40,6 +46,7 @@ class Share:
 @dataclass
 class Root:
     disks: list[str] = field(default_factory=list)     # -d specs for virtio-blk
+    scsi: list[str] = field(default_factory=list)      # -d scsi: specs, "scsi:" left off
     shares: list[Share] = field(default_factory=list)  # the root's own 9p shares
     cmdline: str | None = None  # the root's fragment; None: the arch's disk root
     rootfs: str | None = None   # the ~/.lkvm rootfs booted, if one is
@@ -83,8 +90,15 @@ def disk(spec: str, root: Root, dhcp: bool) -> None:
     root.disks.append(spec)
 
 
+def scsi(spec: str, root: Root, dhcp: bool) -> None:
+    root.scsi.append(spec.removeprefix(SCSI))
+
+
 def reader(spec: str) -> Callable[[str, Root, bool], None]:
-    """How a -d argument is read: a directory, a rootfs name or a disk."""
+    """How a -d argument is read: a directory, a rootfs name, a SCSI LUN
+    or a disk.  virtio/setup.py reads a SCSI spec's file and flags."""
+    if spec.startswith(SCSI):
+        return scsi
     if os.path.isdir(spec):
         return directory
     if rootfs.is_name(spec) and os.path.isdir(os.path.join(lkvm_dir(), spec)):
@@ -106,9 +120,11 @@ def choose(disk_specs: list[str], initrd: bool, linux: bool, dhcp: bool = True) 
     root = Root()
     for spec in disk_specs:
         read = reader(spec)
-        if read is not disk and root.cmdline is not None:
+        if read not in (disk, scsi) and root.cmdline is not None:
             raise LkvmError(f"--disk {spec}: only one directory or rootfs can be the root")
         read(spec, root, dhcp)
+    if root.cmdline is None and not root.disks and root.scsi:
+        root.cmdline = SCSI_ROOT
     if root.cmdline is None and not root.disks and not initrd and linux:
         boot_rootfs(rootfs.DEFAULT, root, dhcp)
     return root

@@ -22,7 +22,8 @@ LEGACY_DEVICE = {lib.VIRTIO_ID_NET: lib.VIRTIO_TRANS_ID_NET,
                  lib.VIRTIO_ID_BALLOON: lib.VIRTIO_TRANS_ID_BALLOON,
                  lib.VIRTIO_ID_CONSOLE: lib.VIRTIO_TRANS_ID_CONSOLE,
                  lib.VIRTIO_ID_RNG: lib.VIRTIO_TRANS_ID_RNG,
-                 lib.VIRTIO_ID_9P: lib.VIRTIO_TRANS_ID_9P}
+                 lib.VIRTIO_ID_9P: lib.VIRTIO_TRANS_ID_9P,
+                 lib.VIRTIO_ID_SCSI: lib.VIRTIO_TRANS_ID_SCSI}
 # A device the spec gives no transitional id (vsock): Linux's legacy
 # driver takes any of 0x1000-0x103f and reads the device from the
 # subsystem id; this one is kvmtool's for vsock.

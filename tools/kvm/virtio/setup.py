@@ -1,13 +1,16 @@
 """Which virtio devices a VM gets and on which transport: one table of
 device makers, run in order (hvc0 first, then the rng, then the disks in
-the order given, so /dev/vda is the first -d, then 9p shares and the
-balloon, then the NICs), and one table of transports.
+the order given, so /dev/vda is the first -d, then the SCSI adapter with
+the -d scsi: LUNs, then 9p shares and the balloon, then the NICs), and
+one table of transports.
 
 Every device gets an I/O thread of its own for its queue notifications:
 a backend that blocks (a 9p open waiting on a lease, a read nobody
 answers) stalls its own device and no other, and a stop abandons it."""
 
 import importlib
+import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -26,6 +29,8 @@ from net.defaults import PREFIX_LEN
 from net.mac import parse_mac
 from net.passt import Passt
 from net.tap import Tap
+from scsi.sbc import BlockLun
+from scsi.target import MAX_LUNS
 from virtio.balloon import Balloon
 from virtio.blk import Blk
 from virtio.console import Console
@@ -34,6 +39,7 @@ from virtio.mmio import REGION_SIZE, VirtioMmio
 from virtio.net import Net
 from virtio.pci import VirtioPci
 from virtio.rng import Rng
+from virtio.scsi import Scsi
 from virtio.vsock import make as make_vsock
 
 TRANSPORTS = {
@@ -43,6 +49,9 @@ TRANSPORTS = {
     "mmio-legacy": lambda dev, ctx: VirtioMmio(dev, ctx, ctx.next_mmio_base(), modern=False),
 }
 DISK_FLAGS = {"ro": "readonly", "snapshot": "snapshot", "direct": "direct"}
+# kvmtool's -d scsi:WWPN:TPGT, a vhost-scsi target set up in configfs.
+WWPN_TPGT = re.compile(r"[^:,/]+:\d+")
+VHOST_SCSI = "/dev/vhost-scsi"
 
 
 @dataclass
@@ -92,11 +101,11 @@ class Context:
         self.devices.clear()
 
 
-def parse_disk(spec: str) -> Disk:
+def parse_disk(spec: str, kind: str = "") -> Disk:
     path, *flags = spec.split(",")
     unknown = [f for f in flags if f not in DISK_FLAGS]
     if not path or unknown:
-        raise LkvmError(f"--disk {spec}: expected file[,ro|,snapshot][,direct]")
+        raise LkvmError(f"--disk {kind}{spec}: expected {kind}file[,ro|,snapshot][,direct]")
     return open_disk(path, **{DISK_FLAGS[f]: True for f in flags})
 
 
@@ -116,6 +125,39 @@ def blk(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioD
     if cfg.debug_iodelay:
         disks = [IoDelay(disk, cfg.debug_iodelay) for disk in disks]
     return [Blk(ctx.vm.mem, disk, f"lkvm-disk-{i}") for i, disk in enumerate(disks)]
+
+
+def vhost_scsi(spec: str) -> None:
+    """kvmtool's vhost-scsi target: lkvm names what it lacks."""
+    if not os.path.exists(VHOST_SCSI):
+        raise LkvmError(f"--disk scsi:{spec}: a vhost-scsi target needs {VHOST_SCSI}, which "
+                        "this host does not have (modprobe vhost_scsi, then set the target "
+                        "up in configfs); -d scsi:FILE serves an image without it")
+    raise LkvmError(f"--disk scsi:{spec}: lkvm does not hand queues to vhost-scsi yet; "
+                    "-d scsi:FILE serves an image from lkvm itself")
+
+
+def scsi_lun(spec: str, index: int) -> BlockLun:
+    if WWPN_TPGT.fullmatch(spec) and not os.path.exists(spec):
+        vhost_scsi(spec)
+    return BlockLun(parse_disk(spec, "scsi:"), f"lkvm-scsi-{index}")
+
+
+def scsi(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
+    """One adapter, its LUNs in the order of the -d scsi: options."""
+    if not cfg.scsi:
+        return []
+    if len(cfg.scsi) > MAX_LUNS:
+        raise LkvmError(f"--disk scsi: at most {MAX_LUNS} LUNs, not {len(cfg.scsi)}")
+    luns: list[BlockLun] = []
+    try:
+        for spec in cfg.scsi:
+            luns.append(scsi_lun(spec, len(luns)))
+    except BaseException:
+        for lun in luns:
+            lun.close()
+        raise
+    return [Scsi(ctx.vm.mem, luns)]
 
 
 def p9(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
@@ -164,7 +206,7 @@ def vsock(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[Virti
     return [dev]
 
 
-DEVICES = (console, rng, blk, p9, balloon, net, vsock)
+DEVICES = (console, rng, blk, scsi, p9, balloon, net, vsock)
 
 
 def attach(vm: object, cfg: Config, console_out: Callable[[bytes], None]) -> Context:
