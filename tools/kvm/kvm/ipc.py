@@ -348,7 +348,7 @@ class IpcServer:
         return U32.pack(os.getpid())
 
     def _vmstate(self, payload: bytes) -> bytes:
-        return U32.pack(VMSTATE_PAUSED if self.vm.paused else VMSTATE_RUNNING)
+        return U32.pack(VMSTATE_PAUSED if self.vm.paused or self.vm.held else VMSTATE_RUNNING)
 
     def _require_running(self) -> None:
         if self.vm.stopping:
