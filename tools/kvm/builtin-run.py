@@ -14,6 +14,7 @@ from kvm.cmd import Parser, size_mib
 from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError
+from kvm.gdb.stub import GdbStub
 from kvm.ipc import IpcServer
 from kvm.kvm import Kvm
 from kvm.memory import check_hugetlbfs
@@ -105,8 +106,22 @@ def parser() -> Parser:
     p.add_argument("--debug-mmio", action="store_true")
     p.add_argument("--debug-exits", action="store_true",
                    help="count the exits lkvm handles and time them; print them at the end")
+    p.add_argument("--gdb", nargs="?", const=GDB_DEFAULT, metavar="[HOST:]PORT",
+                   help=f"serve gdb's remote protocol (default {GDB_DEFAULT})")
+    p.add_argument("--gdb-wait", action="store_true",
+                   help="hold the vCPUs until gdb attaches and continues")
     arch_loader.load().add_options(p)
     return p
+
+
+GDB_DEFAULT = "localhost:1234"
+
+
+def gdb_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) < 1 << 16:
+        raise LkvmError(f"--gdb {text}: give [HOST:]PORT, a port up to 65535 (0: any free one)")
+    return host.strip("[]") or "localhost", int(port)
 
 
 def configure(argv: list[str], params: str = "") -> Config:
@@ -146,6 +161,8 @@ def configure(argv: list[str], params: str = "") -> Config:
         hugetlbfs=args.hugetlbfs,
         debug_ioport=args.debug_ioport, debug_mmio=args.debug_mmio,
         debug_exits=args.debug_exits,
+        gdb=gdb_address(args.gdb or GDB_DEFAULT) if args.gdb or args.gdb_wait else None,
+        gdb_wait=args.gdb_wait,
         arch=arch.configure(args))
 
 
@@ -190,6 +207,12 @@ def build(cfg: Config, devices: Registry) -> Vm:
     arch.setup_firmware(vm, boot)
     for vcpu in vm.vcpus:
         arch.setup_vcpu(vcpu, boot)
+
+    if cfg.gdb is not None:
+        target = arch.gdb_target(vm)
+        if target is None:
+            raise LkvmError("--gdb: no gdb stub for this architecture yet")
+        devices.add(Level.LATE, GdbStub(vm, target, *cfg.gdb, cfg.gdb_wait))
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _: vm.stop(128 + signum))

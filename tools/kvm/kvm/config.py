@@ -48,6 +48,8 @@ class Config:
     debug_ioport: bool = False
     debug_mmio: bool = False
     debug_exits: bool = False       # count and time exits, print them at the end
+    gdb: tuple[str, int] | None = None  # the gdb stub's (host, port)
+    gdb_wait: bool = False          # vCPUs held until gdb continues them
     arch: object = None             # the arch's configure()
 
     @property
