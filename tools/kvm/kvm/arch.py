@@ -153,6 +153,11 @@ class Arch(ABC):
     def inject_nmi(self, vcpu: "Vcpu") -> None:
         """An NMI, or what the arch has like one, with the vCPU parked."""
 
+    def describe_translation(self, vcpu: "Vcpu", addr: int) -> str:
+        """How the vCPU's page tables map a virtual address (lkvm debug
+        --translate), with the vCPU parked."""
+        return "no page-table walk for this architecture yet"
+
     def gdb_target(self, vm: "Vm") -> "GdbTarget | None":
         """Registers, translation and debug hardware for the gdb stub;
         None where the arch has no stub yet."""

@@ -256,3 +256,25 @@ def test_bad_gdb_addresses_are_one_line_errors():
         r = run_lkvm("run", "--gdb", bad, guest("hello"))
         assert r.returncode != 0 and r.stderr.count(b"\n") == 1, r.stderr
         assert b"--gdb" in r.stderr
+
+
+@needs_kvm
+def test_debug_translate_walks_the_tables_the_stub_walks(lkvm_home):
+    bp = symbol("bp_here")
+    with lkvm("--gdb-wait", "--name", "walk") as vm:
+        g = Raw(vm.port)
+        early = run_lkvm("debug", "-n", "walk", "--translate", hex(bp))
+        assert g(b"Z1,%x,1" % bp) == b"OK" and g(b"c").startswith(b"T05")
+        high = run_lkvm("debug", "-n", "walk", "--translate", hex(bp))
+        hole = run_lkvm("debug", "-n", "walk", "--translate", "0x40000000")
+        bad = run_lkvm("debug", "-n", "walk", "--translate", "0x1" + "0" * 16)
+        g.close()
+        status, _, _ = vm.finish()
+    assert early.returncode == 0 and b"(paging off)" in early.stdout, early
+    # The guest's entries, accessed (0x20) and the page dirty (0x40) by now.
+    assert high.stdout.decode() == (
+        f"vCPU 0 linear {bp:#x}: pml4e 0000000000031023  pdpte 0000000000032023  "
+        f"pde 00000000000000e3  physical {bp - HIGH + 0x10000:#x}\n")
+    assert b"unmapped (not present)" in hole.stdout, hole
+    assert bad.returncode != 0 and bad.stderr.count(b"\n") == 1, bad
+    assert status == 0

@@ -223,6 +223,9 @@ class X86(Arch):
     def guest_halted(self, vm: "Vm") -> bool:
         return cpu.guest_halted(vm)
 
+    def describe_translation(self, vcpu: "Vcpu", addr: int) -> str:
+        return cpu.describe_translation(vcpu, addr)
+
     def gdb_target(self, vm: "Vm") -> X86Gdb:
         if not vm.kvm.check_extension(lib.KVM_CAP_SET_GUEST_DEBUG):
             raise LkvmError("--gdb: this host's KVM cannot debug guests (no KVM_SET_GUEST_DEBUG)")
