@@ -4,6 +4,7 @@ byte (xored with 0x20) and a lone 0x03 is an interrupt (Ctrl-C).  What
 arrives comes from the network: any byte sequence must leave the reader
 in a sane state, and no packet may grow past MAX_PACKET."""
 
+import re
 from dataclasses import dataclass
 from enum import Enum, auto
 
@@ -11,7 +12,8 @@ from enum import Enum, auto
 # memory read in hex fits with room to spare.
 MAX_PACKET = 0x4000
 INTERRUPT = 0x03
-ESCAPED = b"$#}*"
+RESERVED = re.compile(rb"[$#}*]")
+ESCAPE = re.compile(rb"}(.)", re.S)
 HEX = b"0123456789abcdefABCDEF"
 
 
@@ -25,6 +27,10 @@ class Event(Enum):
     GARBAGE = auto()     # bytes outside any packet
 
 
+# The bytes that stand alone outside packets.
+SINGLE = {INTERRUPT: Event.INTERRUPT, ord("+"): Event.ACK, ord("-"): Event.NAK}
+
+
 @dataclass
 class Received:
     event: Event
@@ -36,22 +42,13 @@ def checksum(data: bytes) -> int:
 
 
 def unescape(raw: bytes) -> bytes:
-    out = bytearray()
-    it = iter(raw)
-    for b in it:
-        out.append(next(it, 0x20) ^ 0x20 if b == ord("}") else b)
-    return bytes(out)
+    return ESCAPE.sub(lambda m: bytes((m[1][0] ^ 0x20,)), raw)
 
 
 def frame(payload: bytes) -> bytes:
     """A packet to send, with the bytes the protocol reserves escaped."""
-    body = bytearray()
-    for b in payload:
-        if b in ESCAPED:
-            body += bytes((ord("}"), b ^ 0x20))
-        else:
-            body.append(b)
-    return b"$" + bytes(body) + b"#%02x" % checksum(body)
+    body = RESERVED.sub(lambda m: bytes((ord("}"), m[0][0] ^ 0x20)), payload)
+    return b"$" + body + b"#%02x" % checksum(body)
 
 
 class Reader:
@@ -66,31 +63,38 @@ class Reader:
     def feed(self, data: bytes) -> list[Received]:
         events: list[Received] = []
         garbage = False
-        for b in data:
+        i, n = 0, len(data)
+        while i < n:
             if self._sum is not None:
-                self._sum.append(b)
+                take = data[i:i + 2 - len(self._sum)]
+                self._sum += take
+                i += len(take)
                 if len(self._sum) == 2:
                     events.append(self._end())
             elif self._body is not None:
-                if b == ord("#"):
+                # A body runs to its '#'; found by find(), not byte by byte.
+                end = min((j for j in (data.find(b"#", i), data.find(b"$", i)) if j >= 0),
+                          default=n)
+                room = MAX_PACKET - len(self._body)
+                self._oversized |= end - i > room
+                self._body += data[i:i + min(end - i, room)]
+                i = end + 1
+                if end == n:
+                    break
+                if data[end] == ord("#"):
                     self._sum = bytearray()
-                elif b == ord("$"):  # a new start: the old packet was cut off
+                else:  # a new start: the old packet was cut off
                     garbage = True
                     self._body, self._oversized = bytearray(), False
-                elif len(self._body) >= MAX_PACKET:
-                    self._oversized = True
-                else:
-                    self._body.append(b)
-            elif b == ord("$"):
-                self._body, self._oversized = bytearray(), False
-            elif b == INTERRUPT:
-                events.append(Received(Event.INTERRUPT))
-            elif b == ord("+"):
-                events.append(Received(Event.ACK))
-            elif b == ord("-"):
-                events.append(Received(Event.NAK))
             else:
-                garbage = True
+                b = data[i]
+                i += 1
+                if b == ord("$"):
+                    self._body, self._oversized = bytearray(), False
+                elif b in SINGLE:
+                    events.append(Received(SINGLE[b]))
+                else:
+                    garbage = True
         if garbage:
             events.append(Received(Event.GARBAGE))
         return events
