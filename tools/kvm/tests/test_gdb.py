@@ -278,3 +278,23 @@ def test_debug_translate_walks_the_tables_the_stub_walks(lkvm_home):
     assert b"unmapped (not present)" in hole.stdout, hole
     assert bad.returncode != 0 and bad.stderr.count(b"\n") == 1, bad
     assert status == 0
+
+
+@needs_kvm
+def test_watchpoints_take_the_four_debug_registers():
+    counter = symbol("counter")
+    with lkvm("--gdb-wait") as vm:
+        g = Raw(vm.port)
+        for kind in (2, 3, 4):
+            assert g(b"Z%d,%x,8" % (kind, counter)) == b"OK"
+        assert g(b"Z2,%x,8" % counter) == b"OK"          # the same one again
+        assert g(b"Z2,%x,8" % (counter + 4)) == b"E22"   # not aligned to its length
+        assert g(b"Z2,%x,3" % counter) == b"E22"         # no such length
+        assert g(b"Z1,%x,1" % symbol("bp_here")) == b"OK"
+        assert g(b"Z2,%x,4" % counter) == b"E28"         # all four taken
+        assert g(b"z3,%x,8" % counter) == b"OK" and g(b"Z2,%x,4" % counter) == b"OK"
+        assert g(b"Z9,0,1") == b"E22"
+        g.sock.sendall(frame(b"k"))
+        status, _, stderr = vm.finish()
+        g.close()
+    assert status == 0 and b"Traceback" not in stderr
