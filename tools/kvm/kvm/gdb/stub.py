@@ -29,6 +29,8 @@ PROBLEMS = {
     Event.BAD_CHECKSUM: "a packet with a bad checksum refused",
     Event.OVERSIZED: f"a packet over {MAX_PACKET} bytes refused",
 }
+# A gdb that stops reading its replies is dropped after this long.
+SEND_TIMEOUT = 10.0
 ERROR_ARGS = b"E22"    # EINVAL: a malformed or impossible request
 ERROR_MEMORY = b"E14"  # EFAULT: nothing mapped there
 ERROR_FULL = b"E28"    # ENOSPC: no debug register left
@@ -45,6 +47,17 @@ class Client:
         self.acks = True
         self.last = b""  # the last packet sent, for a '-'
         self.said: set[str] = set()
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            # Gone, or not reading for SEND_TIMEOUT: end the connection,
+            # and the next read drops the client.
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def once(self, problem: str) -> None:
         if problem not in self.said:
@@ -181,10 +194,11 @@ class GdbStub:
             return
         where = f"{peer[0]}:{peer[1]}"
         if self.client is not None:
-            msg.warning(f"gdb: refused {where}: {self.client.peer} is attached")
+            self.client.once("other clients refused: one gdb at a time")
             sock.close()
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(SEND_TIMEOUT)
         self.client = Client(sock, where)
         sel.register(sock, selectors.EVENT_READ, self._receive)
         msg.info(f"gdb: {where} attached")
@@ -230,7 +244,7 @@ class GdbStub:
         for r in client.reader.feed(data):
             if r.event == Event.PACKET:
                 if client.acks:
-                    client.sock.sendall(b"+")
+                    client.send(b"+")
                 self._packet(r.payload)
                 if self.client is None:
                     return  # detached or killed
@@ -242,11 +256,11 @@ class GdbStub:
                     self._send(self._stop_reply())
             elif r.event == Event.NAK:
                 if client.last:
-                    client.sock.sendall(client.last)
+                    client.send(client.last)
             elif r.event in PROBLEMS:
                 client.once(PROBLEMS[r.event])
                 if r.event != Event.GARBAGE and client.acks:
-                    client.sock.sendall(b"-")
+                    client.send(b"-")
 
     def _packet(self, payload: bytes) -> None:
         handler = self.commands.get(payload[:1])
@@ -266,10 +280,7 @@ class GdbStub:
     def _send(self, payload: bytes) -> None:
         packet = frame(payload)
         self.client.last = packet
-        try:
-            self.client.sock.sendall(packet)
-        except OSError:
-            pass  # it went away: the next read says so
+        self.client.send(packet)
 
     # Stopping and going.
     def _stop_all(self) -> None:
