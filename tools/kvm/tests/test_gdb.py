@@ -299,3 +299,21 @@ def test_watchpoints_take_the_four_debug_registers():
         status, _, stderr = vm.finish()
         g.close()
     assert status == 0 and b"Traceback" not in stderr
+
+
+@needs_kvm
+def test_a_second_gdb_attaches_after_the_first_detached():
+    limit, bp = symbol("limit"), symbol("bp_here")
+    with lkvm("--gdb-wait") as vm:
+        first = Raw(vm.port)
+        assert first(b"Z1,%x,1" % bp) == b"OK" and first(b"c").startswith(b"T05")
+        assert first(b"M%x,8:ffffffffffffff7f" % limit) == b"OK"  # count for ever
+        assert first(b"D") == b"OK"
+        first.close()
+        second = Raw(vm.port)  # stops the running guest
+        assert second(b"?") == b"T05thread:1;"
+        assert second(b"m%x,8" % limit) == b"ffffffffffffff7f"
+        second.sock.sendall(frame(b"k"))
+        status, _, stderr = vm.finish()
+        second.close()
+    assert status == 0 and b"Warning" not in stderr, stderr

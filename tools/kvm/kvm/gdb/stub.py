@@ -31,6 +31,7 @@ PROBLEMS = {
 }
 # A gdb that stops reading its replies is dropped after this long.
 SEND_TIMEOUT = 10.0
+ERROR_IO = b"E05"     # EIO: KVM refused
 ERROR_ARGS = b"E22"    # EINVAL: a malformed or impossible request
 ERROR_MEMORY = b"E14"  # EFAULT: nothing mapped there
 ERROR_FULL = b"E28"    # ENOSPC: no debug register left
@@ -99,6 +100,7 @@ class GdbStub:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._quit = False
         self._thread: threading.Thread | None = None
+        self._sel = selectors.DefaultSelector()
         for vcpu in vm.vcpus:
             vcpu.exits[lib.KVM_EXIT_DEBUG] = self._debug_exit(vcpu)
             vcpu.exits[lib.KVM_EXIT_INTERNAL_ERROR] = self._internal_error(
@@ -139,8 +141,13 @@ class GdbStub:
     def exit(self) -> None:
         self._quit = True
         self._wake()
-        if self._thread is not None:
+        if self._thread is None:  # never started: a run that failed first
+            self._sel.close()
+            self.listener.close()
+        else:
             self._thread.join(STUCK_SECONDS)
+            if self._thread.is_alive():
+                return  # stuck sending: it and its fds go with the process
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -172,22 +179,24 @@ class GdbStub:
 
     # The thread.
     def _serve(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self.listener, selectors.EVENT_READ, self._accept)
-        sel.register(self._wake_r, selectors.EVENT_READ, self._woken)
+        self._sel.register(self.listener, selectors.EVENT_READ, self._accept)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, self._woken)
         try:
             while not self._quit:
-                for key, _ in sel.select():
-                    key.data(sel)
+                for key, _ in self._sel.select():
+                    try:
+                        key.data()
+                    except Exception as e:  # a bug here must not leave gdb hanging
+                        msg.warning(f"gdb: {e!r}")
         finally:
             if self.client is not None:
                 # The guest ended under gdb: tell it how.
                 self._send(b"W%02x" % (self.vm.exit_status & 0xFF))
-                self._drop(sel)
-            sel.close()
+                self._drop()
+            self._sel.close()
             self.listener.close()
 
-    def _accept(self, sel: selectors.BaseSelector) -> None:
+    def _accept(self) -> None:
         try:
             sock, peer = self.listener.accept()
         except OSError:
@@ -200,19 +209,19 @@ class GdbStub:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(SEND_TIMEOUT)
         self.client = Client(sock, where)
-        sel.register(sock, selectors.EVENT_READ, self._receive)
+        self._sel.register(sock, selectors.EVENT_READ, self._receive)
         msg.info(f"gdb: {where} attached")
         if self.running:  # gdb finds the guest stopped
             self._stop_all()
             self.last_stop = (self.current, Stop())
             self.running = False
 
-    def _drop(self, sel: selectors.BaseSelector) -> None:
-        sel.unregister(self.client.sock)
+    def _drop(self) -> None:
+        self._sel.unregister(self.client.sock)
         self.client.sock.close()
         self.client = None
 
-    def _woken(self, sel: selectors.BaseSelector) -> None:
+    def _woken(self) -> None:
         try:
             os.read(self._wake_r, 64)
         except BlockingIOError:
@@ -228,7 +237,7 @@ class GdbStub:
         if self.client is not None:
             self._send(self._stop_reply())
 
-    def _receive(self, sel: selectors.BaseSelector) -> None:
+    def _receive(self) -> None:
         client = self.client
         try:
             data = client.sock.recv(MAX_PACKET)
@@ -238,7 +247,7 @@ class GdbStub:
             if client.reader.mid_packet:
                 client.once("disconnected in the middle of a packet")
             msg.info(f"gdb: {client.peer} went away; the guest runs on")
-            self._drop(sel)
+            self._drop()
             self._let_go()
             return
         for r in client.reader.feed(data):
@@ -274,6 +283,9 @@ class GdbStub:
             except (ValueError, IndexError):
                 self.client.once(f"malformed packet {payload[:24]!r}")
                 reply = ERROR_ARGS
+            except OSError as e:  # KVM refused (the VM may be ending)
+                self.client.once(f"{payload[:24]!r}: {e.strerror}")
+                reply = ERROR_IO
         if reply is not None:
             self._send(reply)
 
@@ -316,17 +328,13 @@ class GdbStub:
     def _detach(self, _: bytes) -> None:
         self._send(b"OK")
         msg.info(f"gdb: {self.client.peer} detached; the guest runs on")
-        self._drop_client()
+        self._drop()
         self._let_go()
 
     def _kill(self, _: bytes) -> None:
         msg.info(f"gdb: {self.client.peer} killed the guest")
-        self._drop_client()
+        self._drop()
         self.vm.stop(0)
-
-    def _drop_client(self) -> None:
-        self.client.sock.close()
-        self.client = None
 
     def _stop_reply(self) -> bytes:
         vcpu, stop = self.last_stop
