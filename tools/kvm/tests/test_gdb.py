@@ -8,11 +8,14 @@ import shutil
 import socket
 import subprocess
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 
+from include.uapi import lib
 from kvm.gdb.packet import MAX_PACKET, Event, Reader, checksum, frame
-from kvm.gdb.target import HwPoint, Watch
+from kvm.gdb.stub import GdbStub
+from kvm.gdb.target import HwPoint, Stop, Watch
 from tests.helpers import GUESTS, LKVM, TINY_TIMEOUT, guest, run_lkvm
 from tests.test_ipc_guests import read_until
 from x86.gdb import REGISTERS, X86Gdb, dr7
@@ -317,3 +320,43 @@ def test_a_second_gdb_attaches_after_the_first_detached():
         status, _, stderr = vm.finish()
         second.close()
     assert status == 0 and b"Warning" not in stderr, stderr
+
+
+class TrapTarget:
+    """A target whose vCPUs all hit an int3 at TRAP_AT."""
+    TRAP_AT = 0x1234
+    features: dict = {}
+
+    def __init__(self) -> None:
+        self.passed: list[int] = []
+
+    def stop_reason(self, vcpu, hw):
+        return Stop("swbreak", self.TRAP_AT)
+
+    def pass_trap(self, vcpu) -> None:
+        self.passed.append(vcpu.id)
+
+
+class TrapVm:
+    def __init__(self) -> None:
+        self.vcpus = [SimpleNamespace(id=0, exits={lib.KVM_EXIT_INTERNAL_ERROR: None})]
+        self.held: set[int] = set()
+
+    def hold(self, ids: set[int]) -> None:
+        self.held |= ids
+
+
+def test_the_guests_own_int3_goes_back_to_it():
+    """Linux patches its text with int3: with gdb's breakpoints in, such a
+    trap exits to lkvm, and only gdb's own may stop the guest."""
+    vm, target = TrapVm(), TrapTarget()
+    stub = GdbStub(vm, target, "127.0.0.1", 0, wait=False)
+    try:
+        trap = vm.vcpus[0].exits[lib.KVM_EXIT_DEBUG]
+        trap()
+        assert target.passed == [0] and not vm.held
+        stub.sw[TrapTarget.TRAP_AT] = (0, b"\x90")
+        trap()
+        assert target.passed == [0] and vm.held == {0}
+    finally:
+        stub.exit()

@@ -167,6 +167,7 @@ class X86Gdb:
         # KVM_CAP_SET_GUEST_DEBUG2's flags: keep interrupts out of a step
         # where the host can.
         self.block_irq = debug_caps & lib.KVM_GUESTDBG_BLOCKIRQ
+        self._debug: dict[int, object] = {}  # each vCPU's last kvm_guest_debug
 
     def read_registers(self, vcpu: object) -> list[bytes]:
         s = State(vcpu)
@@ -197,11 +198,19 @@ class X86Gdb:
         for i, p in enumerate(hw):
             dbg.arch.debugreg[i] = p.addr
         ioctl(vcpu.fd, lib.KVM_SET_GUEST_DEBUG, dbg)
+        self._debug[vcpu.id] = dbg
+
+    def pass_trap(self, vcpu: object) -> None:
+        """Hand the guest the int3 it hit, rip still on it: KVM delivers
+        it as the guest's own, past the instruction."""
+        dbg = ffi.new("struct kvm_guest_debug *", self._debug[vcpu.id][0])
+        dbg.control |= lib.KVM_GUESTDBG_INJECT_BP
+        ioctl(vcpu.fd, lib.KVM_SET_GUEST_DEBUG, dbg)
 
     def stop_reason(self, vcpu: object, hw: list[HwPoint]) -> Stop:
         d = vcpu.run.debug.arch
         if d.exception == BP_VECTOR:
-            return Stop("swbreak")
+            return Stop("swbreak", d.pc)
         for i, p in enumerate(hw):
             if d.dr6 & 1 << i:
                 return Stop(STOP_NAMES[p.kind], p.addr if p.kind != Watch.EXECUTE else None)

@@ -154,13 +154,17 @@ class GdbStub:
     # From vCPU threads.
     def _debug_exit(self, vcpu: object) -> Callable[[], None]:
         def handler() -> None:
-            self._stopped(vcpu, self.target.stop_reason(vcpu, self.hw))
+            stop = self.target.stop_reason(vcpu, self.hw)
+            if stop.reason == "swbreak" and stop.addr not in self.sw:
+                self.target.pass_trap(vcpu)  # the guest's own
+            else:
+                self._stopped(vcpu, stop)
         return handler
 
     def _internal_error(self, vcpu: object, fatal: Callable[[], None]) -> Callable[[], None]:
         def handler() -> None:
-            if self.target.failed_trap(vcpu) in self.sw:
-                self._stopped(vcpu, Stop("swbreak"))
+            if (pc := self.target.failed_trap(vcpu)) in self.sw:
+                self._stopped(vcpu, Stop("swbreak", pc))
             else:
                 fatal()
         return handler
@@ -340,7 +344,7 @@ class GdbStub:
         vcpu, stop = self.last_stop
         reply = b"T%02xthread:%x;" % (stop.signal, vcpu + 1)
         if stop.reason:
-            addr = b"" if stop.addr is None else b"%x" % stop.addr
+            addr = b"%x" % stop.addr if stop.reason.endswith("watch") else b""
             reply += stop.reason.encode() + b":" + addr + b";"
         return reply
 

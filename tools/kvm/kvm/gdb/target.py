@@ -25,7 +25,8 @@ class HwPoint:
 @dataclass(frozen=True)
 class Stop:
     """Why a vCPU stopped, as a stop reply names it: 'swbreak',
-    'hwbreak', 'watch', 'rwatch', 'awatch', or '' for a finished step."""
+    'hwbreak', 'watch', 'rwatch', 'awatch', or '' for a finished step;
+    addr is the data address of a watch, the trap's of a swbreak."""
     reason: str = ""
     addr: int | None = None
     signal: int = 5  # SIGTRAP; SIGINT (2) for a Ctrl-C
@@ -53,6 +54,10 @@ class GdbTarget(Protocol):
 
     def stop_reason(self, vcpu: object, hw: list[HwPoint]) -> Stop:
         """Decode the debug exit the vCPU just had."""
+
+    def pass_trap(self, vcpu: object) -> None:
+        """Give the guest the software trap it just hit, one it planted
+        itself (Linux patches its text with int3)."""
 
     def failed_trap(self, vcpu: object) -> int | None:
         """Where a trap instruction the host could not emulate stopped the
