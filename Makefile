@@ -49,12 +49,13 @@ endif
 UAPI_SO   := $(KVMDIR)/include/_uapi.so.stamp
 GUESTS    := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/*.S))
 A64GUESTS := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/arm64/*.S))
+GDBGUEST  := $(GUESTDIR)/long64.elf
 INIT      := $(KVMDIR)/guest/init
 BIOS      := $(KVMDIR)/x86/bios/bios.bin
 PYC       := $(BUILD)/pyc.stamp
 
 .PHONY: all deps check check-e2e test lint run bench clean help kvmconfig guest-kernel
-all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(A64GUESTS) $(BIOS) $(INIT) $(PYC)
+all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(A64GUESTS) $(GDBGUEST) $(BIOS) $(INIT) $(PYC)
 
 deps: $(BUILD)/deps.stamp
 $(BUILD)/deps.stamp: scripts/install-deps.sh Makefile
@@ -91,6 +92,15 @@ $(GUESTDIR)/%.bin: $(GUESTDIR)/%.S $(wildcard $(GUESTDIR)/*.inc) $(BUILD)/deps.s
 
 $(BIOS): $(BIOS:.bin=.S) $(BUILD)/deps.stamp
 	$(flat_binary)
+
+# The gdb tests' guest with its symbols, as an x86-64 ELF so that gdb takes
+# the target's architecture from it (tests/test_gdb.py relocates them).
+$(GDBGUEST): $(GDBGUEST:.elf=.S) $(BUILD)/deps.stamp
+	$(say) AS $@
+	$(Q)as --32 -o $(@:.elf=.o) $<
+	$(Q)ld -m elf_i386 -Ttext=0 -o $@ $(@:.elf=.o)
+	$(Q)objcopy -O elf64-x86-64 $@
+	$(Q)rm -f $(@:.elf=.o)
 
 # The arm64 test guests: Images linked at 0 (their header carries the
 # rest), run in the arm64 test host.  arm64's ld writes no raw binary.

@@ -3,7 +3,8 @@
 
 Unpacks /usr/src/linux-source-<version>.tar.xz into the cache, configures
 it with `kvmconfig.py --base tinyconfig --strict`, runs `make bzImage`,
-and prints the bzImage's path last.  The result lives in
+and prints the bzImage's path last; its vmlinux (symbols for gdb) is kept
+beside it.  The result lives in
 ${LKVM_CACHE:-$HOME/.cache/lkvm}/kernel/<source version>-<fragment hash>/,
 so a second run with the same source and fragments only prints the path.
 """
@@ -136,7 +137,9 @@ def build(tarball: Path, jobs: int, force: bool) -> Path:
     tree = unpack(tarball, version, cache / "src")
     out = cache / "kernel" / f"{version}-{fragment_hash(tree)}"
     bzimage = out / "bzImage"
-    if bzimage.is_file() and not force:
+    # A cached kernel without its vmlinux (built before it was kept) is
+    # built again, once.
+    if bzimage.is_file() and (out / "vmlinux").is_file() and not force:
         say(f"cached: {out}")
         return bzimage
     objtree = out / "build"
@@ -150,6 +153,9 @@ def build(tarball: Path, jobs: int, force: bool) -> Path:
     # Copy then rename: a bzImage in the cache is always a complete one.
     shutil.copy2(objtree / "arch" / "x86" / "boot" / "bzImage",
                  out / "bzImage.tmp")
+    # Its symbols, beside it, for gdb (lkvm run --gdb): copied first, as
+    # the bzImage is what says the build is complete.
+    shutil.copy2(objtree / "vmlinux", out / "vmlinux")
     os.replace(out / "bzImage.tmp", bzimage)
     # The object tree is a few hundred MB; the cache keeps only the result.
     shutil.rmtree(objtree)

@@ -17,6 +17,7 @@ from kvm.cmd import Parser, size_mib
 from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError, UsageError
+from kvm.gdb.stub import GdbStub
 from kvm.ipc import IpcServer
 from kvm.kvm import KVM_DEV, Kvm
 from kvm.memory import check_hugetlbfs
@@ -88,13 +89,14 @@ SYNOPSIS = "lkvm run [<options>] [<kernel image>]"
 GROUPS = (
     ("Basic options:", ("--name", "--cpus", "--mem", "--disk", "--balloon", "--vnc", "--gtk",
                         "--sdl", "--rng", "--nodefaults", "--9p", "--console", "--vsock",
+                        "--vsock-uds", "--vsock-backend",
                         "--dev", "--tty", "--sandbox", "--hugetlbfs", "--virtio-legacy",
                         "--virtio-transport", "--loglevel")),
     ("Kernel options:", ("--kernel", "--initrd", "--params", "--firmware", "--flash")),
     ("Networking options:", ("--network", "--no-dhcp")),
     ("VFIO options:", ("--vfio-pci",)),
     ("Debug options:", ("--debug", "--debug-single-step", "--debug-ioport", "--debug-mmio",
-                        "--debug-iodelay", "--debug-exits")),
+                        "--debug-iodelay", "--debug-exits", "--gdb", "--gdb-wait")),
 )
 
 
@@ -216,8 +218,22 @@ def parser() -> Parser:
                    help="stop after every guest instruction and dump the registers")
     p.add_argument("--debug-exits", action="store_true",
                    help="count the exits lkvm handles and time them; print them at the end")
+    p.add_argument("--gdb", nargs="?", const=GDB_DEFAULT, metavar="[HOST:]PORT",
+                   help=f"serve gdb's remote protocol (default {GDB_DEFAULT})")
+    p.add_argument("--gdb-wait", action="store_true",
+                   help="hold the vCPUs until gdb attaches and continues")
     arch_loader.load().add_options(p.add_argument_group("Arch-specific options:"))
     return p
+
+
+GDB_DEFAULT = "localhost:1234"
+
+
+def gdb_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 <= int(port) < 1 << 16:
+        raise LkvmError(f"--gdb {text}: give [HOST:]PORT, a port up to 65535 (0: any free one)")
+    return host.strip("[]") or "localhost", int(port)
 
 
 def configure(argv: list[str], params: str = "") -> Config:
@@ -278,6 +294,8 @@ def configure(argv: list[str], params: str = "") -> Config:
         debug_iodelay=args.debug_iodelay, firmware=bool(args.firmware),
         ttys=tuple(dict.fromkeys(args.tty)), single_step=args.debug_single_step,
         vnc=args.vnc,
+        gdb=gdb_address(args.gdb or GDB_DEFAULT) if args.gdb or args.gdb_wait else None,
+        gdb_wait=args.gdb_wait,
         arch=arch.configure(args))
 
 
@@ -374,6 +392,12 @@ def build(cfg: Config, devices: Registry) -> Vm:
         arch.setup_vcpu(vcpu, boot)
         if cfg.single_step:
             guestdebug.single_step(vcpu)
+
+    if cfg.gdb is not None:
+        target = arch.gdb_target(vm)
+        if target is None:
+            raise LkvmError("--gdb: no gdb stub for this architecture yet")
+        devices.add(Level.LATE, GdbStub(vm, target, *cfg.gdb, cfg.gdb_wait))
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _: vm.stop(128 + signum))

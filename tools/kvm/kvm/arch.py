@@ -18,6 +18,7 @@ from kvm.errors import LkvmError
 
 if TYPE_CHECKING:
     from kvm.config import Config
+    from kvm.gdb.target import GdbTarget
     from kvm.vcpu import Vcpu
     from kvm.vm import Vm
 
@@ -169,6 +170,16 @@ class Arch(ABC):
     @abstractmethod
     def inject_nmi(self, vcpu: "Vcpu") -> None:
         """An NMI, or what the arch has like one, with the vCPU parked."""
+
+    def describe_translation(self, vcpu: "Vcpu", addr: int) -> str:
+        """How the vCPU's page tables map a virtual address (lkvm debug
+        --translate), with the vCPU parked."""
+        return "no page-table walk for this architecture yet"
+
+    def gdb_target(self, vm: "Vm") -> "GdbTarget | None":
+        """Registers, translation and debug hardware for the gdb stub;
+        None where the arch has no stub yet."""
+        return None
 
     def guest_halted(self, vm: "Vm") -> bool:
         """Whether the guest stopped every CPU for good (asked with the

@@ -60,6 +60,8 @@ class Config:
     single_step: bool = False       # a register dump after every guest instruction
     vnc: bool = False               # a VESA framebuffer served over VNC
     ttys: tuple[int, ...] = ()      # terminals on a pty of their own (--tty): 0 the console
+    gdb: tuple[str, int] | None = None  # the gdb stub's (host, port)
+    gdb_wait: bool = False          # vCPUs held until gdb continues them
     arch: object = None             # the arch's configure()
 
     @property

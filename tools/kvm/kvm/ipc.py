@@ -27,6 +27,8 @@ from kvm.ioctl import ioctl
 
 # Message types, kvmtool's numbers (include/kvm/kvm-ipc.h).
 BALLOON, DEBUG, STAT, PAUSE, RESUME, STOP, PID, VMSTATE = range(1, 9)
+TRANSLATE = 9  # lkvm's own: u32 cpu, u32 padding, u64 guest virtual address
+TRANSLATE_PARAMS = struct.Struct("<I4xQ")
 VMSTATE_RUNNING, VMSTATE_PAUSED = 0, 1
 
 HEADER = struct.Struct("<II")  # requests: type, length; replies: status, length
@@ -157,6 +159,7 @@ class IpcServer:
             RESUME: (self._resume, 0),
             STOP: (self._stop, 0),
             DEBUG: (self._debug, DEBUG_PARAMS.size),
+            TRANSLATE: (self._translate, TRANSLATE_PARAMS.size),
             # Unless a balloon device brings its own.
             BALLOON: (self._no_balloon, S32.size),
             STAT: (self._no_balloon, 0),
@@ -348,7 +351,7 @@ class IpcServer:
         return U32.pack(os.getpid())
 
     def _vmstate(self, payload: bytes) -> bytes:
-        return U32.pack(VMSTATE_PAUSED if self.vm.paused else VMSTATE_RUNNING)
+        return U32.pack(VMSTATE_PAUSED if self.vm.paused or self.vm.held else VMSTATE_RUNNING)
 
     def _require_running(self) -> None:
         if self.vm.stopping:
@@ -397,6 +400,23 @@ class IpcServer:
                 return b""
             return "".join(f"\n #\n # vCPU #{v.id}'s dump:\n #\n{self.vm.arch.dump_vcpu(v)}\n"
                            for v in vcpus).encode()
+        finally:
+            if not was_paused:
+                self.vm.resume()
+
+    def _translate(self, payload: bytes) -> bytes:
+        cpu, addr = TRANSLATE_PARAMS.unpack(payload)
+        vcpus = self.vm.vcpus
+        if cpu >= len(vcpus):
+            raise IpcError(errno.EINVAL, f"no vCPU {cpu}: guest '{self.name}' has "
+                           f"{len(vcpus)}")
+        # The walk needs the vCPU's control registers: park it like a dump.
+        self._require_running()
+        was_paused = self.vm.paused
+        self.vm.pause()
+        try:
+            self._require_running()
+            return (self.vm.arch.describe_translation(vcpus[cpu], addr) + "\n").encode()
         finally:
             if not was_paused:
                 self.vm.resume()

@@ -62,6 +62,9 @@ class Vm:
         self._pause_lock = threading.Condition()
         self._control = threading.Lock()  # one pauser at a time: the user or the halt check
         self._parked = 0
+        # The vCPUs a debugger (kvm/gdb) holds: parked like a pause, over
+        # the user's pause and resume, until the debugger lets them go.
+        self._held: set[int] = set()
         # What the arch describes to the guest: the virtio-mmio devices as
         # (base, size, line), and the PCI bus (virtio's setup makes it).
         self.virtio_mmio: list[tuple[int, int, int]] = []
@@ -159,8 +162,8 @@ class Vm:
         """Ask the arch with every vCPU parked: KVM holds a vCPU's state
         while it sits in KVM_RUN, halted or not."""
         with self._control:  # a user's pause or resume waits for the check
-            if self.paused:
-                return False  # the user paused it; leave it so
+            if self.paused or self._held:
+                return False  # the user or a debugger stopped it; leave it so
             if not self._park():
                 return False  # a vCPU waits on a stuck device: not in HLT
             try:
@@ -218,13 +221,45 @@ class Vm:
             self._parking = False
             self._pause_lock.notify_all()
 
-    def vcpu_checkpoint(self, vcpu: Vcpu) -> None:
-        """Where a kicked vCPU thread learns why: stop, pause, or go on."""
+    @property
+    def held(self) -> bool:
+        """Whether a debugger holds any vCPU: the guest is stopped."""
+        return bool(self._held)
+
+    def hold(self, ids: set[int]) -> None:
+        """Park the vCPUs `ids` for a debugger until release(); callable
+        from a vCPU thread, so it does not wait (wait_held() does)."""
         with self._pause_lock:
-            if self._parking and not self.stopping:
+            self._held |= ids
+            for vcpu in self.vcpus:
+                if vcpu.id in ids:
+                    vcpu.kick()
+
+    def wait_held(self) -> bool:
+        """Wait until every vCPU is parked (those held and, when they
+        are not all held, those a pause parks); False if one does not come
+        within STUCK_SECONDS or the VM is stopping."""
+        with self._pause_lock:
+            return self._pause_lock.wait_for(
+                lambda: self._parked == len(self.vcpus) or self.stopping,
+                STUCK_SECONDS) and not self.stopping
+
+    def release(self, ids: set[int]) -> None:
+        with self._pause_lock:
+            self._held -= ids
+            self._pause_lock.notify_all()
+
+    def vcpu_checkpoint(self, vcpu: Vcpu) -> None:
+        """Where a kicked vCPU thread learns why: stop, pause, a
+        debugger's hold, or go on."""
+        def stays() -> bool:
+            return (self._parking or vcpu.id in self._held) and not self.stopping
+
+        with self._pause_lock:
+            if stays():
                 self._parked += 1
                 self._pause_lock.notify_all()
-                self._pause_lock.wait_for(lambda: not self._parking or self.stopping)
+                self._pause_lock.wait_for(lambda: not stays())
                 self._parked -= 1
             if self.stopping:
                 raise VcpuStop

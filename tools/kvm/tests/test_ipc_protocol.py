@@ -41,6 +41,7 @@ class FakeVm:
         self.vcpus = [FakeVcpu(i) for i in range(cpus)]
         self.arch = FakeArch()
         self.paused = self.stopping = False
+        self.held = False  # by a debugger (kvm/gdb)
         self.pauses = 0
         self.exit_status: int | None = None
 

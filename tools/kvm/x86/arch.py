@@ -27,6 +27,7 @@ from x86.cmdline import kernel_cmdline
 from x86.e820 import e820_map
 from x86.firmware import Firmware
 from x86.flat import FlatBinary
+from x86.gdb import X86Gdb
 from x86.headers import UAPI_HEADERS
 from x86.layout import (
     ACPI_START,
@@ -237,6 +238,14 @@ class X86(Arch):
 
     def guest_halted(self, vm: "Vm") -> bool:
         return cpu.guest_halted(vm)
+
+    def describe_translation(self, vcpu: "Vcpu", addr: int) -> str:
+        return cpu.describe_translation(vcpu, addr)
+
+    def gdb_target(self, vm: "Vm") -> X86Gdb:
+        if not vm.kvm.check_extension(lib.KVM_CAP_SET_GUEST_DEBUG):
+            raise LkvmError("--gdb: this host's KVM cannot debug guests (no KVM_SET_GUEST_DEBUG)")
+        return X86Gdb(vm.kvm.check_extension(lib.KVM_CAP_SET_GUEST_DEBUG2))
 
 
 def image_loader(image: bytes) -> type:

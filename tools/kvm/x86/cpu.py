@@ -135,6 +135,14 @@ def dump(vcpu: object) -> str:
     return "\n".join(out)
 
 
+def describe_translation(vcpu: object, addr: int) -> str:
+    """A virtual address through the vCPU's page tables, walked as the
+    dump and the gdb stub walk them."""
+    s = vcpu.get(lib.KVM_GET_SREGS, "struct kvm_sregs")
+    return f"vCPU {vcpu.id} linear {addr:#x}: " + describe_walk(
+        pagetable.walk(vcpu.vm.mem, s.cr0, s.cr3, s.cr4, s.efer, addr))
+
+
 def describe_walk(w: pagetable.Walk) -> str:
     steps = [f"{name} {entry:016x}" for name, entry in w.entries]
     end = f"physical {w.physical:#x}" if w.physical is not None else "unmapped"
