@@ -5,10 +5,11 @@ busybox init as x86's L1, and a root that arm64 code can run.
 The x86 host's / is no use to arm64 code, so L1's root is a tree in the cache
 made from arm64 packages (Python and what it needs to run, busybox for the
 shell and tools), shared read-only over 9p. lkvm's checkout is shared beside
-it at its own path, with the bindings cross-compiled for arm64 laid over it
-(their file name carries the architecture, so they sit beside the x86 ones
-the checkout has), and so is the test host's cache, where the L2 guests'
-kernel and initramfs are.
+it at its own path, with what lkvm builds cross-compiled for arm64 laid over
+it: the bindings (their file name carries the architecture, so they sit
+beside the x86 ones the checkout has) and the guest init (in place of x86's,
+at the path lkvm copies it from into a rootfs); and so is the test host's
+cache, where the L2 guests' kernel and initramfs are.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ ROOT_PACKAGES = ("python3", "python3-cffi-backend", "python3-libfdt", "busybox-s
 UAPI_BUILD = Path(__file__).resolve().parents[2] / "include" / "uapi_build.py"
 CROSS_CC = "aarch64-linux-gnu-gcc"
 CHECKOUT = UAPI_BUILD.parents[3]
+# The guest init, static as the Makefile builds x86's: it runs before the
+# rootfs's links into the host's files lead anywhere.
+GUEST_INIT = CHECKOUT / "tools" / "kvm" / "guest" / "init"
+INIT_FLAGS = ("-static", "-Os", "-Wall", "-Wextra")
 
 
 def _applets() -> list[str]:
@@ -82,12 +87,21 @@ def _root() -> Path:
     return cache.build(cache.root() / "l1" / f"root-{ARCH}-{key}", make)
 
 
-def _uapi() -> Path:
-    """A directory shaped like the checkout holding only the arm64 bindings."""
+def _cross(what: str, command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise TestHostError(f"building {what} for arm64 failed:\n{done.stderr.strip()}")
+
+
+def _builds() -> Path:
+    """A directory shaped like the checkout holding only its arm64 builds:
+    the bindings and the guest init."""
     headers = debs.unpacked("linux-libc-dev", ARCH) / "usr" / "include"
     python = debs.unpacked("libpython3.11-dev", ARCH) / "usr" / "include"
+    init_c = GUEST_INIT.with_suffix(".c")
     key = cache.digest(
-        UAPI_BUILD.read_bytes(), version("cffi"), headers.parents[1].name, python.parents[1].name
+        UAPI_BUILD.read_bytes(), version("cffi"), headers.parents[1].name, python.parents[1].name,
+        init_c.read_bytes(), *INIT_FLAGS,
     )
     include = UAPI_BUILD.parent.relative_to(CHECKOUT)
 
@@ -98,16 +112,16 @@ def _uapi() -> Path:
         # must be the one arm64's python3 runs.
         if sys.version_info[:2] != (3, 11):
             raise TestHostError("the arm64 host's Python is 3.11: build its bindings with 3.11")
-        build = [
+        _cross("the bindings", [
             sys.executable, str(UAPI_BUILD), str(tmp / include), "--arch", "aarch64",
             "--cc", CROSS_CC, "-I", str(headers / "aarch64-linux-gnu"), "-I", str(headers),
             "--python-include", str(python / "python3.11"), "--python-include", str(python),
-        ]  # fmt: skip
-        done = subprocess.run(build, capture_output=True, text=True, timeout=600)
-        if done.returncode:
-            raise TestHostError(f"building the arm64 bindings failed:\n{done.stderr.strip()}")
+        ])  # fmt: skip
+        init = tmp / GUEST_INIT.relative_to(CHECKOUT)
+        init.parent.mkdir(parents=True)
+        _cross("the guest init", [CROSS_CC, *INIT_FLAGS, "-o", str(init), str(init_c)])
 
-    return cache.build(cache.root() / "l1" / f"uapi-{ARCH}-{key}", make)
+    return cache.build(cache.root() / "l1" / f"builds-{ARCH}-{key}", make)
 
 
 def prepare(config: HostConfig) -> L1Assets:
@@ -120,6 +134,6 @@ def prepare(config: HostConfig) -> L1Assets:
         return L1Assets(
             image,
             initrd(kernel_dir, busybox_dir, MODULES),
-            {"hostfs": _root(), "lkvm": CHECKOUT, "uapi": _uapi(), "cache": cache.root()},
+            {"hostfs": _root(), "lkvm": CHECKOUT, "arch": _builds(), "cache": cache.root()},
             (f"testhost_lkvm={CHECKOUT}", f"testhost_cache={cache.root()}"),
         )
