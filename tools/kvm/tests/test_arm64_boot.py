@@ -3,7 +3,9 @@ this machine is no arm64 one).  First the tiny Image of tests/guests/arm64,
 which checks the device tree in x0, writes to the UART and powers off with
 PSCI; timed with the host's clock, as the guest's own disagrees there."""
 
+import json
 import os
+import shlex
 import subprocess
 import time
 
@@ -153,3 +155,119 @@ def test_arm64_9p_share(arm64host) -> None:
     assert marks.get("HOST rc") == "0", out
     assert marks.get("MARK 9p") == "from-host", out
     assert marks.get("HOST file") == "from-guest", out
+
+
+# rdinit of the sandbox's initramfs: Debian's kernel has virtio and 9p as
+# modules, so it cannot mount a 9p root itself. This init loads them, mounts
+# the root lkvm shares as the kernel would (tag /dev/root), and hands over to
+# the rootfs's own init, lkvm's guest init, which finds lkvm_sandbox= and
+# lkvm_status= in the environment it keeps.
+ROOT_INIT = r"""#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+while read -r ko; do insmod "/lib/modules/$ko"; done < /etc/modules
+mkdir -p /newroot
+mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose /dev/root /newroot ||
+	echo "MARK no 9p root"
+umount /proc /sys /dev
+exec switch_root /newroot /virt/init
+"""
+# What the sandbox runs: where it is, on what, and an exit status of its own.
+SANDBOX_COMMAND = ('echo "MARK pwd=$(pwd)"; echo "MARK arch=$(uname -m)"; '
+                   'echo "MARK hostfs=$(ls /host/bin/busybox)"; exit 7')
+SANDBOX_HOST = """
+rm -rf "$HOME/.lkvm/arm64box"
+python3 {lkvm} setup arm64box || exit 1
+python3 {lkvm} sandbox -k {kernel} -i {initrd} -d arm64box -m 256 -c 1 \
+    -p "rdinit=/rootinit quiet" -- sh -c {command} </dev/null
+echo "HOST rc=$?"
+echo "HOST init=$(od -An -N2 -j18 -tx1 "$HOME/.lkvm/arm64box/virt/init" | tr -d ' ')"
+"""
+EM_AARCH64 = "b700"  # e_machine of an arm64 ELF, little-endian
+
+
+def test_arm64_sandbox_on_a_9p_root(arm64host) -> None:
+    """`lkvm setup` then `lkvm sandbox` on that rootfs, shared as the 9p
+    root: the command runs in the guest, in the caller's directory under
+    /host, with the host's programs, and its exit status is lkvm's."""
+    initrd = make_initrd("", {"rootinit": ROOT_INIT}, arch="arm64",
+                         extra_modules=("9p", "9pnet_virtio"))
+    script = SANDBOX_HOST.format(lkvm=LKVM, kernel=arm64_guest_kernel(), initrd=initrd,
+                                 command=shlex.quote(SANDBOX_COMMAND))
+    r, marks = run_script(arm64host, script, "sandbox on a 9p root")
+    out = r.stdout + r.stderr
+    assert "Your new rootfs named arm64box has been created" in r.stdout, out
+    assert marks.get("HOST init") == EM_AARCH64, out     # lkvm put arm64's init in
+    assert marks.get("MARK arch") == "aarch64", out
+    assert marks.get("MARK pwd") == "/host" + KVMDIR, out
+    assert marks.get("MARK hostfs") == "/host/bin/busybox", out
+    assert marks.get("HOST rc") == "7", out
+
+
+# The guest waits for a line on its console, says what it got, and stays up
+# until lkvm stop ends it.
+IPC_SCRIPT = r"""
+echo "MARK ready"
+read -r line
+echo "MARK got=$line"
+exec sleep 600
+"""
+# Run in the host: the guest's console through two FIFOs, so the script can
+# wait for what it prints and type into it; each IPC command's status and
+# what lkvm list says after it.
+IPC_HOST = """
+cd "$HOME" && rm -f in out && mkfifo in out || exit 1
+timeout 240 python3 {lkvm} run -k {kernel} -i {initrd} -m 256 -c 2 -p quiet --name arm64ipc \
+    <in >out 2>&1 &
+lkvm=$!
+exec 3>in 4<out
+upto() {{
+    while read -r line <&4; do
+        echo "$line"
+        case "$line" in *"$1"*) return 0;; esac
+    done
+    echo "HOST eof before $1"
+    exit 1
+}}
+state() {{ echo "HOST $1=$(python3 {lkvm} list -i --json | tr -d ' \\n')"; }}
+upto "MARK ready"
+state booted
+python3 {lkvm} pause -n arm64ipc; echo "HOST pause=$?"
+state paused
+echo typed-while-paused >&3
+python3 {lkvm} resume -n arm64ipc; echo "HOST resume=$?"
+state resumed
+upto "MARK got="
+python3 {lkvm} stop -n arm64ipc; echo "HOST stop=$?"
+wait $lkvm; echo "HOST rc=$?"
+cat <&4
+state stopped
+"""
+
+
+def test_arm64_pause_resume_stop(arm64host) -> None:
+    """A running arm64 guest driven through its IPC socket as a user does:
+    lkvm list shows it running, pause stops it (list: paused), input typed
+    meanwhile reaches it once resume has restarted it, and stop ends lkvm
+    with status 0 and takes it off the list."""
+    initrd = make_initrd(IPC_SCRIPT, arch="arm64")
+    script = IPC_HOST.format(lkvm=LKVM, kernel=arm64_guest_kernel(),
+                             initrd=initrd)
+    r, marks = run_script(arm64host, script, "pause, resume and stop")
+    out = r.stdout + r.stderr
+
+    def states(when: str) -> list[tuple[str, str]]:
+        return [(g["name"], g["state"]) for g in json.loads(marks[f"HOST {when}"])]
+
+    assert states("booted") == [("arm64ipc", "running")], out
+    assert marks.get("HOST pause") == "0" and "Guest arm64ipc paused" in r.stdout, out
+    assert states("paused") == [("arm64ipc", "paused")], out
+    assert marks.get("HOST resume") == "0", out
+    assert states("resumed") == [("arm64ipc", "running")], out
+    assert marks.get("MARK got") == "typed-while-paused", out
+    assert marks.get("HOST stop") == "0", out
+    assert marks.get("HOST rc") == "0", out
+    assert states("stopped") == [], out
