@@ -215,13 +215,13 @@ read -r line
 echo "MARK got=$line"
 exec sleep 600
 """
-# Run in the host: the guest's console through two FIFOs, so the script can
-# wait for what it prints and type into it; each IPC command's status and
-# what lkvm list says after it.
-IPC_HOST = """
+# Run in the host, before a script that drives a running guest: lkvm in the
+# background with the guest's console on two FIFOs, fd 3 typing into it and
+# fd 4 reading it; upto TEXT passes the console's lines on until one holds
+# TEXT; state WHEN tells what lkvm list says.
+BACKGROUND = """
 cd "$HOME" && rm -f in out && mkfifo in out || exit 1
-timeout 240 python3 {lkvm} run -k {kernel} -i {initrd} -m 256 -c 2 -p quiet --name arm64ipc \
-    <in >out 2>&1 &
+timeout 240 python3 {lkvm} run -k {kernel} -i {initrd} -m 256 -p quiet {args} <in >out 2>&1 &
 lkvm=$!
 exec 3>in 4<out
 upto() {{
@@ -233,6 +233,9 @@ upto() {{
     exit 1
 }}
 state() {{ echo "HOST $1=$(python3 {lkvm} list -i --json | tr -d ' \\n')"; }}
+"""
+# Each IPC command's status and what lkvm list says after it.
+IPC_HOST = """
 upto "MARK ready"
 state booted
 python3 {lkvm} pause -n arm64ipc; echo "HOST pause=$?"
@@ -248,14 +251,17 @@ state stopped
 """
 
 
+def in_background(initrd, args: str) -> str:
+    return BACKGROUND.format(lkvm=LKVM, kernel=arm64_guest_kernel(), initrd=initrd, args=args)
+
+
 def test_arm64_pause_resume_stop(arm64host) -> None:
     """A running arm64 guest driven through its IPC socket as a user does:
     lkvm list shows it running, pause stops it (list: paused), input typed
     meanwhile reaches it once resume has restarted it, and stop ends lkvm
     with status 0 and takes it off the list."""
     initrd = make_initrd(IPC_SCRIPT, arch="arm64")
-    script = IPC_HOST.format(lkvm=LKVM, kernel=arm64_guest_kernel(),
-                             initrd=initrd)
+    script = in_background(initrd, "-c 2 --name arm64ipc") + IPC_HOST.format(lkvm=LKVM)
     r, marks = run_script(arm64host, script, "pause, resume and stop")
     out = r.stdout + r.stderr
 
@@ -271,3 +277,49 @@ def test_arm64_pause_resume_stop(arm64host) -> None:
     assert marks.get("HOST stop") == "0", out
     assert marks.get("HOST rc") == "0", out
     assert states("stopped") == [], out
+
+
+INFLATE_MIB = 64
+# The guest on virtio's console (its driver is a module, so the kernel's
+# console= cannot open it before init): which console the kernel uses, the
+# hardware RNG's source and 16 bytes of it, then how far MemTotal drops
+# once the host has inflated the balloon (polled, boundedly: the driver
+# inflates in its own time).
+DEVICES_SCRIPT = rf"""
+exec >/dev/hvc0 2>&1 </dev/hvc0
+echo "MARK console=$(cat /sys/class/tty/console/active)"
+echo "MARK rng=$(cat /sys/class/misc/hw_random/rng_current)"
+echo "MARK random=$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
+kb() {{ awk '/^MemTotal:/ {{ print $2 }}' /proc/meminfo; }}
+t0=$(kb)
+echo "MARK ready"
+i=0
+while [ "$(kb)" -gt $((t0 - {INFLATE_MIB} * 1024)) ] && [ $i -lt 600 ]; do
+    i=$((i + 1)); sleep 0.2
+done
+echo "MARK inflated=$(( (t0 - $(kb)) / 1024 ))"
+poweroff -f
+"""
+DEVICES_HOST = """
+upto "MARK ready"
+python3 {lkvm} balloon -n arm64dev -i {mib}; echo "HOST balloon=$?"
+upto "MARK inflated="
+wait $lkvm; echo "HOST rc=$?"
+"""
+
+
+def test_arm64_console_rng_balloon(arm64host) -> None:
+    """--console virtio, --rng and --balloon on arm64 as on x86: the guest
+    talks to the user on hvc0, reads random bytes from virtio-rng, and
+    gives up what `lkvm balloon` inflates."""
+    initrd = make_initrd(DEVICES_SCRIPT, arch="arm64")
+    script = in_background(initrd, "-c 1 --name arm64dev --console virtio --rng --balloon")
+    script += DEVICES_HOST.format(lkvm=LKVM, mib=INFLATE_MIB)
+    r, marks = run_script(arm64host, script, "virtio console, rng and balloon")
+    out = r.stdout + r.stderr
+    assert marks.get("MARK console") == "hvc0", out
+    assert marks.get("MARK rng", "").startswith("virtio_rng"), out
+    assert len(marks.get("MARK random", "")) == 32, out
+    assert marks.get("HOST balloon") == "0", out
+    assert int(marks.get("MARK inflated", "0")) >= INFLATE_MIB, out
+    assert marks.get("HOST rc") == "0", out
