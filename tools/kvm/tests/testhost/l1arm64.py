@@ -14,6 +14,7 @@ cache, where the L2 guests' kernel and initramfs are.
 
 from __future__ import annotations
 
+import compileall
 import shutil
 import subprocess
 import sys
@@ -72,10 +73,23 @@ def _applets() -> list[str]:
     return done.stdout.split()
 
 
+def _compile_python(tmp: Path) -> None:
+    """Bytecode for the root's Python modules, which Debian's maintainer
+    scripts would have made: without it every python3 start in L1 compiles
+    the standard library modules it imports (4 of the 14 s a tiny guest's
+    `lkvm run` took there). The host's Python writes it, with the paths L1
+    sees; it is the root's version wherever the bindings build (_builds()
+    needs 3.11), and another version's bytecode would only go unused."""
+    for lib in sorted((tmp / "usr" / "lib").glob("python3*")):
+        # A few files Debian never compiles either (2to3's test data) fail;
+        # they stay source, as they are there.
+        compileall.compile_dir(lib, quiet=2, workers=0, stripdir=str(tmp), prependdir="/")
+
+
 def _root() -> Path:
     """The arm64 root tree, with busybox's applets linked where no package
     put a file of the same name (which applets there are follows from
-    busybox's version, part of the key)."""
+    busybox's version, part of the key), and its Python modules compiled."""
     pkgs = debs.closure(ROOT_PACKAGES, ARCH)
 
     def make(tmp: Path) -> None:
@@ -85,8 +99,9 @@ def _root() -> Path:
             if not link.exists() and not link.is_symlink():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to("/bin/busybox")
+        _compile_python(tmp)
 
-    key = cache.digest(*(f"{p}={v}" for p, v in pkgs))
+    key = cache.digest(*(f"{p}={v}" for p, v in pkgs), f"pyc-{sys.version_info[:2]}")
     return cache.build(cache.root() / "l1" / f"root-{ARCH}-{key}", make)
 
 
