@@ -4,7 +4,8 @@
 #   make check      ruff and the tests (tiny guests on /dev/kvm, Linux boots)
 #   make check-e2e  [N=20] the e2e tier N times: pass/fail/hang counts
 #   make run        boot the default guest
-#   make kvmconfig  [KERNEL=<tree>] [O=<objdir>] [BASE=tinyconfig] [STRICT=1]:
+#   make kvmconfig  [KERNEL=<tree>] [O=<objdir>] [BASE=tinyconfig] [STRICT=1]
+#                   [ARCH=arm64]:
 #                   a kernel .config that boots under lkvm
 #   make guest-kernel  the tests' kernel, built once into the cache
 #   make bench      benchmarks against a C baseline and QEMU
@@ -142,7 +143,8 @@ check-e2e: all guest-kernel
 
 kvmconfig: $(VENV)/.stamp
 	$(Q)$(PY) scripts/kvmconfig.py $(if $(KERNEL),--srctree $(KERNEL)) \
-		$(if $(O),-O $(O)) $(if $(BASE),--base $(BASE)) $(if $(STRICT),--strict)
+		$(if $(O),-O $(O)) $(if $(BASE),--base $(BASE)) $(if $(STRICT),--strict) \
+		$(if $(ARCH),--arch $(ARCH))
 
 guest-kernel: $(VENV)/.stamp
 	$(Q)scripts/install-deps.sh $(KERNEL_PKGS)

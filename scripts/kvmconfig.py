@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -37,7 +38,38 @@ LKVM_FRAGMENT = LKVM_TOP / "scripts" / "lkvm.config"
 KVM_GUEST_FRAGMENT = Path("kernel/configs/kvm_guest.config")
 # "auto" is the tree's .config when there is one, else defconfig.
 BASES = ("auto", "config", "defconfig", "tinyconfig")
-ARCH = "x86"
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What differs between the arches lkvm boots: the kernel's name for
+    it (ARCH=, arch/<name>), its 64-bit defconfig, lkvm's fragment for it,
+    and the cross compiler's prefix Kconfig probes with from another host
+    (Debian's, which make installs for arm64)."""
+
+    name: str
+    defconfig: str
+    fragment: Path
+    cross: str
+
+
+ARCHES = {
+    "x86": Arch("x86", "x86_64_defconfig", LKVM_FRAGMENT, "x86_64-linux-gnu-"),
+    "arm64": Arch("arm64", "defconfig", LKVM_TOP / "scripts" / "lkvm-arm64.config",
+                  "aarch64-linux-gnu-"),
+}
+# Other names the kernel's make takes, and `uname -m`'s.
+ARCH_NAMES = {"x86_64": "x86", "aarch64": "arm64"}
+
+
+def arch_named(name: str) -> Arch:
+    arch = ARCHES.get(ARCH_NAMES.get(name, name))
+    if arch is None:
+        raise Error(f"lkvm boots no ARCH={name} (one of: {', '.join(ARCHES)})")
+    return arch
+
+
+HOST = ARCHES.get(ARCH_NAMES.get(platform.machine(), ""), ARCHES["x86"])
 
 _ASSIGNMENT = re.compile(r"^CONFIG_(\w+)=(.*)$")
 _UNSET = re.compile(r"^# CONFIG_(\w+) is not set$")
@@ -65,12 +97,13 @@ class Outcome:
 # --- finding the tree ------------------------------------------------------
 
 def is_kernel_tree(path: Path) -> bool:
-    return (path / "Kconfig").is_file() and (path / "arch" / ARCH).is_dir()
+    return (path / "Kconfig").is_file() and (path / "arch" / "x86").is_dir()
 
 
 def find_srctree(explicit: str | None, start: Path = LKVM_TOP) -> Path:
     """The tree given on the command line, else the kernel checkout lkvm
-    sits in (the first directory above it with Kconfig and arch/x86)."""
+    sits in (the first directory above it with Kconfig and arch/x86, which
+    every kernel tree has)."""
     if explicit:
         tree = Path(explicit)
         if not (tree / "Kconfig").is_file():
@@ -96,15 +129,19 @@ def kernel_version(srctree: Path) -> str:
     return ".".join(n for n in numbers if n) + fields.get("EXTRAVERSION", "")
 
 
-def kernel_env(srctree: Path) -> dict[str, str]:
+def kernel_env(srctree: Path, arch: Arch = HOST) -> dict[str, str]:
     """The variables the kernel's Makefile exports to its Kconfig.
 
     Kconfig probes the toolchain with $(shell,$(CC) ...), so tool names
-    the user set (CC=clang) are kept, as the kernel's make would.
+    the user set (CC=clang, CROSS_COMPILE=...) are kept, as the kernel's
+    make would; for another arch than the host's, its cross compiler.
     """
-    env = {"srctree": str(srctree), "ARCH": ARCH, "SRCARCH": ARCH,
-           "SUBARCH": ARCH, "KERNELVERSION": kernel_version(srctree)}
-    tools = {"CC": "gcc", "LD": "ld", "NM": "nm", "OBJCOPY": "objcopy",
+    host = HOST.name
+    env = {"srctree": str(srctree), "ARCH": arch.name, "SRCARCH": arch.name,
+           "SUBARCH": host, "KERNELVERSION": kernel_version(srctree)}
+    cross = os.environ.get("CROSS_COMPILE", "" if arch is HOST else arch.cross)
+    tools = {"CC": f"{cross}gcc", "LD": f"{cross}ld", "NM": f"{cross}nm",
+             "OBJCOPY": f"{cross}objcopy",
              "HOSTCC": "gcc", "HOSTCXX": "g++", "RUSTC": "rustc",
              "BINDGEN": "bindgen", "PAHOLE": "pahole", "CLANG_FLAGS": "",
              "USERCFLAGS": "", "USERLDFLAGS": ""}
@@ -144,8 +181,8 @@ def _kconfig_process_state(env: dict[str, str], cwd: Path) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def load_kconfig(srctree: Path, objtree: Path) -> kconfiglib.Kconfig:
-    with _kconfig_process_state(kernel_env(srctree), objtree):
+def load_kconfig(srctree: Path, objtree: Path, arch: Arch = HOST) -> kconfiglib.Kconfig:
+    with _kconfig_process_state(kernel_env(srctree, arch), objtree):
         try:
             return kconfig_compat.Kconfig("Kconfig", warn_to_stderr=False)
         except kconfiglib.KconfigError as e:
@@ -194,32 +231,34 @@ def merge(kconf: kconfiglib.Kconfig, fragments: list[Path],
     _checkpoint(kconf, scratch)
 
 
-def _arch_fragments(srctree: Path, name: str) -> list[Path]:
+def _arch_fragments(srctree: Path, name: str, arch: Arch) -> list[Path]:
     # Where the kernel's `make <name>.config` looks for fragments.
     candidates = [srctree / "kernel" / "configs" / name,
-                  srctree / "arch" / ARCH / "configs" / name]
+                  srctree / "arch" / arch.name / "configs" / name]
     return [p for p in candidates if p.is_file()]
 
 
-def defconfig(kconf: kconfiglib.Kconfig, srctree: Path, scratch: Path) -> None:
-    """`make defconfig` on an x86_64 host."""
-    _load(kconf, srctree / "arch" / ARCH / "configs" / "x86_64_defconfig",
+def defconfig(kconf: kconfiglib.Kconfig, srctree: Path, scratch: Path,
+              arch: Arch = HOST) -> None:
+    """`make defconfig`, for a 64-bit kernel."""
+    _load(kconf, srctree / "arch" / arch.name / "configs" / arch.defconfig,
           replace=True)
     _checkpoint(kconf, scratch)
 
 
-def tinyconfig(kconf: kconfiglib.Kconfig, srctree: Path, scratch: Path) -> None:
+def tinyconfig(kconf: kconfiglib.Kconfig, srctree: Path, scratch: Path,
+               arch: Arch = HOST) -> None:
     """`make tinyconfig`: allnoconfig with tiny-base.config, then tiny.config."""
     kconf.warn = False  # n is invalid for string/int symbols: ignored, fine
     for sym in kconf.unique_defined_syms:
         sym.set_value(2 if sym.is_allnoconfig_y else 0)
     kconf.warn = True
-    merge(kconf, _arch_fragments(srctree, "tiny-base.config"), scratch)
-    merge(kconf, _arch_fragments(srctree, "tiny.config"), scratch)
+    merge(kconf, _arch_fragments(srctree, "tiny-base.config", arch), scratch)
+    merge(kconf, _arch_fragments(srctree, "tiny.config", arch), scratch)
 
 
 def apply_base(kconf: kconfiglib.Kconfig, base: str, srctree: Path,
-               config: Path, scratch: Path) -> str:
+               config: Path, scratch: Path, arch: Arch = HOST) -> str:
     """Set up the starting configuration; returns what it was."""
     if base == "auto":
         base = "config" if config.is_file() else "defconfig"
@@ -227,9 +266,9 @@ def apply_base(kconf: kconfiglib.Kconfig, base: str, srctree: Path,
         _load(kconf, config, replace=True)
         return str(config)
     if base == "defconfig":
-        defconfig(kconf, srctree, scratch)
+        defconfig(kconf, srctree, scratch, arch)
     else:
-        tinyconfig(kconf, srctree, scratch)
+        tinyconfig(kconf, srctree, scratch, arch)
     return base
 
 
@@ -277,15 +316,15 @@ def explain(sym: kconfiglib.Symbol, wanted: str) -> str:
     return f"kconfiglib gave it {sym.str_value!r}"
 
 
-def outcomes(kconf: kconfiglib.Kconfig,
-             fragments: list[Path]) -> list[Outcome]:
+def outcomes(kconf: kconfiglib.Kconfig, fragments: list[Path],
+             arch: Arch = HOST) -> list[Outcome]:
     result = []
     for fragment in fragments:
         for name, wanted in read_fragment(fragment).items():
             sym = kconf.syms.get(name)
             if sym is None or not sym.nodes:
                 result.append(Outcome(fragment.name, name, wanted, None,
-                                      f"not defined for ARCH={ARCH}"))
+                                      f"not defined for ARCH={arch.name}"))
                 continue
             outcome = Outcome(fragment.name, name, wanted, sym.str_value)
             if not outcome.ok:
@@ -352,19 +391,20 @@ def prepare_objtree(objtree: Path) -> None:
 
 
 def kvmconfig(srctree: Path, objtree: Path, base: str,
-              lkvm_fragment: Path = LKVM_FRAGMENT) -> list[Outcome]:
-    """Build and write objtree/.config; returns the per-option outcomes."""
+              lkvm_fragment: Path | None = None, arch: Arch = HOST) -> list[Outcome]:
+    """Build and write objtree/.config for `arch` (with its lkvm fragment
+    unless given another); returns the per-option outcomes."""
     prepare_objtree(objtree)
     config = objtree / ".config"
-    kconf = load_kconfig(srctree, objtree)
-    fragments = fragments_for(srctree, lkvm_fragment)
+    kconf = load_kconfig(srctree, objtree, arch)
+    fragments = fragments_for(srctree, lkvm_fragment or arch.fragment)
     with tempfile.TemporaryDirectory(prefix="kvmconfig.") as scratch:
-        started = apply_base(kconf, base, srctree, config, Path(scratch))
+        started = apply_base(kconf, base, srctree, config, Path(scratch), arch)
         # One `make` step per fragment, as `make kvm_guest.config` would.
         for fragment in fragments[:-1]:
             merge(kconf, [fragment], Path(scratch))
         _load(kconf, fragments[-1], replace=False)
-    results = outcomes(kconf, fragments)
+    results = outcomes(kconf, fragments, arch)
     try:
         changed = write_atomically(kconf, config)
     except OSError as e:
@@ -395,6 +435,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--base", default="auto",
                    help="starting point: auto (the existing .config, else "
                         "defconfig), config, defconfig or tinyconfig")
+    p.add_argument("--arch", default=HOST.name,
+                   help="the kernel's ARCH: x86 or arm64 (default: the host's)")
     p.add_argument("--strict", action="store_true",
                    help="fail when an option of lkvm.config did not stick")
     args = p.parse_args(argv)
@@ -406,13 +448,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        arch = arch_named(args.arch)
         srctree = find_srctree(args.srctree)
         objtree = Path(args.objtree).resolve() if args.objtree else srctree
-        results = kvmconfig(srctree, objtree, args.base)
+        results = kvmconfig(srctree, objtree, args.base, arch=arch)
     except Error as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
-    missed = [o for o in results if o.fragment == LKVM_FRAGMENT.name
+    missed = [o for o in results if o.fragment == arch.fragment.name
               and not o.ok]
     if args.strict and missed:
         print(f"{PROG}: {len(missed)} option(s) lkvm needs did not stick",

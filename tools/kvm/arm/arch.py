@@ -28,6 +28,7 @@ from arm.layout import (
     VIRTIO_MMIO_START,
 )
 from hw.panic_watch import PanicWatch
+from hw.pci import Ecam
 from hw.pl031 import Pl031
 from hw.serial8250 import Serial8250
 from include.uapi import lib
@@ -59,7 +60,7 @@ class Arm64(Arch):
     MAX_CPUS = GicV3.MAX_CPUS
     LEGACY_IRQS = tuple(range(RTC_SPI + 1, NR_SPIS))
     PCI_MMIO = (PCI_MMIO_START, PCI_MMIO_END)
-    PCI_ECAM = PCI_ECAM
+    PCI_CONFIG = Ecam(PCI_ECAM)
     VIRTIO_MMIO_START = VIRTIO_MMIO_START
 
     config: ArmConfig

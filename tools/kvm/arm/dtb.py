@@ -62,7 +62,12 @@ def build(m: Machine) -> bytes:
     uart = f"/uart@{UART_BASE:x}"
     with dt.node("", {"compatible": "linux,dummy-virt", "model": "lkvm",
                       "#address-cells": 2, "#size-cells": 2, "interrupt-parent": PHANDLE_GIC}):
-        chosen: dict[str, Value] = {"bootargs": m.cmdline, "stdout-path": uart}
+        # lkvm places the BARs as firmware would, and Linux is to keep them
+        # (as pci=conf1 makes it do on x86): left to itself it reassigns
+        # every BAR in an order of its own, which swaps two devices' BARs
+        # through addresses the other still holds.
+        chosen: dict[str, Value] = {"bootargs": m.cmdline, "stdout-path": uart,
+                                    "linux,pci-probe-only": 1}
         if m.initrd:
             chosen |= {"linux,initrd-start": u64_cells(m.initrd[0]),
                        "linux,initrd-end": u64_cells(m.initrd[1])}

@@ -48,16 +48,18 @@ def vmms(kernel: str, vmlinux: str, initrd: str) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
-def time_to_marker(cmd: list[str]) -> float:
+def time_to_marker(cmd: list[str], timeout: float = TIMEOUT,
+                   env: dict[str, str] | None = None) -> float:
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=os.environ | (env or {}))
     try:
         seen = b""
         while MARKER not in seen:
-            left = start + TIMEOUT - time.monotonic()
+            left = start + timeout - time.monotonic()
             if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
-                raise RuntimeError(f"{cmd[0]}: no marker in {TIMEOUT} s")
+                raise RuntimeError(f"{cmd[0]}: no marker in {timeout} s")
             chunk = proc.stdout.read1(4096)
             if not chunk:
                 raise RuntimeError(f"{cmd[0]} ended before the marker")

@@ -1,6 +1,6 @@
-"""A PCI bus: configuration through mechanism #1 at 0xCF8/0xCFC (x86) or
-through ECAM, a window of guest physical memory (the arch says which), a
-host bridge at 00:00.0, BARs placed by lkvm (the guest may size and move
+"""A PCI bus: configuration space reached the way the arch declares
+(mechanism #1 at 0xCF8/0xCFC on x86, ECAM, a window of guest physical
+memory, on arm64), a host bridge at 00:00.0, BARs placed by lkvm (the guest may size and move
 them), and the MSI-X capability with its table and pending bits.
 
 Linux booted with `pci=conf1` finds devices through the ports, keeps the
@@ -11,6 +11,7 @@ PCI_INTERRUPT_LINE; on a device tree it finds the ECAM host bridge there.
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from include.uapi import lib
 from kvm.errors import LkvmError
@@ -126,23 +127,25 @@ class HostBridge(PciDevice):
         super().__init__(INTEL_VENDOR, I440FX_DEVICE, CLASS_BRIDGE_HOST)
 
 
+class ConfigAccess(Protocol):
+    """How the guest reaches configuration space, as its arch declares it
+    (the Arch contract's PCI_CONFIG)."""
+
+    def attach(self, bus: "PciBus") -> None:
+        """Put `bus`'s configuration space where the guest looks for it."""
+
+
 class PciBus:
     """Bus 0 with up to 32 single-function devices."""
 
     def __init__(self, vm: object, mmio_start: int, mmio_end: int,
-                 ecam: int | None = None) -> None:
-        """Configuration through the ports, or through ECAM at `ecam`."""
+                 config: ConfigAccess) -> None:
         self.vm = vm
-        self.address = 0
         self.slots: list[PciDevice | None] = [None] * MAX_SLOTS
         self.next_mmio, self.mmio_end = mmio_start, mmio_end
         self.next_io = IO_BAR_START
         self._moving = threading.Lock()
-        if ecam is None:
-            vm.pio.register(CONFIG_ADDRESS, CONFIG_PORT_SIZE, _AddressPort(self))
-            vm.pio.register(CONFIG_DATA, CONFIG_PORT_SIZE, _DataPort(self))
-        else:
-            vm.mmio.register(ecam, ECAM_BUS_SIZE, _Ecam(self))
+        config.attach(self)
         self.add(HostBridge())
 
     def add(self, dev: PciDevice) -> int:
@@ -195,38 +198,59 @@ class PciBus:
         return [(slot, dev.irq_line) for slot, dev in enumerate(self.slots)
                 if dev is not None and dev.config[lib.PCI_INTERRUPT_PIN]]
 
-    def _target(self) -> tuple[PciDevice, int] | None:
-        a = self.address
-        bus, slot, fn = a >> 16 & 0xFF, a >> 11 & 0x1F, a >> 8 & 0x7
-        if not a & CONFIG_ENABLE or bus or fn or self.slots[slot] is None:
-            return None
-        return self.slots[slot], a & 0xFC
+
+class Conf1:
+    """Configuration mechanism #1 (x86): the guest latches a register's
+    address at port 0xCF8 and moves its data through 0xCFC."""
+
+    def attach(self, bus: PciBus) -> None:
+        latch = _AddressPort()
+        bus.vm.pio.register(CONFIG_ADDRESS, CONFIG_PORT_SIZE, latch)
+        bus.vm.pio.register(CONFIG_DATA, CONFIG_PORT_SIZE, _DataPort(bus, latch))
+
+
+@dataclass(frozen=True)
+class Ecam:
+    """Configuration space as memory at `base` (arm64's generic host
+    bridge): 4 KiB per function."""
+    base: int
+
+    def attach(self, bus: PciBus) -> None:
+        bus.vm.mmio.register(self.base, ECAM_BUS_SIZE, _Ecam(bus))
 
 
 class _AddressPort:
-    def __init__(self, bus: PciBus) -> None:
-        self.bus = bus
+    def __init__(self) -> None:
+        self.address = 0
 
     def read(self, offset: int, size: int) -> int:
-        return self.bus.address >> 8 * offset & ((1 << 8 * size) - 1)
+        return self.address >> 8 * offset & ((1 << 8 * size) - 1)
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == 0 and size == 4:
-            self.bus.address = value
+            self.address = value
 
 
 class _DataPort:
-    def __init__(self, bus: PciBus) -> None:
+    def __init__(self, bus: PciBus, latch: _AddressPort) -> None:
         self.bus = bus
+        self.latch = latch
+
+    def _target(self) -> tuple[PciDevice, int] | None:
+        a = self.latch.address
+        bus, slot, fn = a >> 16 & 0xFF, a >> 11 & 0x1F, a >> 8 & 0x7
+        if not a & CONFIG_ENABLE or bus or fn or self.bus.slots[slot] is None:
+            return None
+        return self.bus.slots[slot], a & 0xFC
 
     def read(self, offset: int, size: int) -> int:
-        hit = self.bus._target()
+        hit = self._target()
         if hit is None or offset + size > 4:
             return (1 << 8 * size) - 1
         return hit[0].read_config(hit[1] + offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
-        hit = self.bus._target()
+        hit = self._target()
         if hit is not None and offset + size <= 4:
             hit[0].write_config(hit[1] + offset, size, value)
 

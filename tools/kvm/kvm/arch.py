@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 from kvm.errors import LkvmError
 
 if TYPE_CHECKING:
+    from hw.pci import ConfigAccess
     from kvm.config import Config
     from kvm.gdb.target import GdbTarget
     from kvm.vcpu import Vcpu
@@ -56,9 +57,9 @@ class Arch(ABC):
     LEGACY_IRQS: ClassVar[tuple[int, ...]]
     # The guest physical window for PCI BARs: [start, end).
     PCI_MMIO: ClassVar[tuple[int, int]]
-    # Where PCI configuration space is: None for the ports 0xCF8/0xCFC,
-    # else the guest physical address of bus 0's ECAM window.
-    PCI_ECAM: ClassVar[int | None]
+    # How the guest reaches PCI configuration space (hw/pci.py: the ports
+    # of mechanism #1, an ECAM window, or the arch's own).
+    PCI_CONFIG: ClassVar["ConfigAccess"]
     # Where virtio-mmio devices go, one region after another.
     VIRTIO_MMIO_START: ClassVar[int]
     # Whether a guest can stop every CPU for good without an exit (x86's

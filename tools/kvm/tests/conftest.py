@@ -3,7 +3,6 @@ first directory above the tests package there), so tests import lkvm's
 packages by their names."""
 
 import os
-import platform
 import shutil
 import tempfile
 
@@ -12,8 +11,8 @@ import pytest
 from tests.helpers import FUZZ_COUNTS
 from tests.p9share import Share
 from tests.testhost.fixture import kvmconfig_bzimage, l2host
-from tests.testhost.hosts import HOSTS, HostConfig
-from tests.testhost.runner import L1, RERUNS, Direct
+from tests.testhost.hosts import HOSTS
+from tests.testhost.runner import RERUNS, arm64_host
 
 __all__ = ["kvmconfig_bzimage", "l2host"]
 
@@ -38,13 +37,10 @@ def lkvm_home(monkeypatch: pytest.MonkeyPatch) -> str:
 def arm64host():
     """This machine where it is an arm64 one with KVM, else the arm64 L1,
     one boot for every test that runs there (each boot is seconds of TCG)."""
-    if platform.machine() == "aarch64" and os.access("/dev/kvm", os.R_OK | os.W_OK):
-        yield Direct()
-        return
+    host = arm64_host()
     spec = HOSTS["arm64"]
-    if shutil.which(spec.qemu) is None:
+    if host.in_l1 and shutil.which(spec.qemu) is None:
         pytest.skip(f"no {spec.qemu} for the arm64 test host: install {spec.package}")
-    host = L1(HostConfig(arch="arm64"))
     try:
         yield host
     finally:

@@ -79,4 +79,4 @@ class FakeVm:
 
 def context(vm: FakeVm) -> Context:
     return Context(vm, FakeRouting(), lambda why: None,
-                   PciBus(vm, *X86.PCI_MMIO), X86.VIRTIO_MMIO_START)
+                   PciBus(vm, *X86.PCI_MMIO, X86.PCI_CONFIG), X86.VIRTIO_MMIO_START)

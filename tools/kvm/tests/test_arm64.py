@@ -80,6 +80,7 @@ def test_dt_node_by_node():
     assert chosen["stdout-path"] == f'"/uart@{UART_BASE:x}"'
     assert cells(chosen["linux,initrd-start"]) == [0, RAM_START + 200 * MIB]
     assert cells(chosen["linux,initrd-end"]) == [0, RAM_START + 201 * MIB]
+    assert cells(chosen["linux,pci-probe-only"]) == [1]   # the BARs as lkvm placed them
     mem = dt[f"memory@{RAM_START:x}"]
     assert mem["device_type"] == '"memory"'
     assert cells(mem["reg"]) == [0, RAM_START, 0, 256 * MIB]

@@ -3,7 +3,9 @@ this machine is no arm64 one).  First the tiny Image of tests/guests/arm64,
 which checks the device tree in x0, writes to the UART and powers off with
 PSCI; timed with the host's clock, as the guest's own disagrees there."""
 
+import json
 import os
+import shlex
 import subprocess
 import time
 
@@ -33,10 +35,10 @@ def marks_of(stdout: str) -> dict[str, str]:
                 if line.startswith(("MARK ", "HOST ")) and "=" in line)
 
 
-def run_script(host, script: str, what: str):
+def run_script(host, script: str, what: str, timeout: float = 0):
     """A host script booting an arm64 guest: its result and its marks."""
     start = time.monotonic()
-    r = host.run(["sh", "-c", script], timeout=LINUX_TIMEOUT, cwd=KVMDIR)
+    r = host.run(["sh", "-c", script], timeout=timeout or LINUX_TIMEOUT, cwd=KVMDIR)
     print(f"arm64 {what}: {time.monotonic() - start:.1f} s")
     return r, marks_of(r.stdout)
 
@@ -60,6 +62,12 @@ echo "MARK model=$(cat /proc/device-tree/model)"
 poweroff -f
 """
 LINUX_TIMEOUT = 300  # about 11 s quiet for a minimal VMM in an idle host
+# Bounds, not expectations, for a script that boots a guest and drives it
+# with lkvm's commands (each a Python start, seconds in the emulated host):
+# one took 95 s, another 264 s with the machine loaded six times
+# over; lkvm's own bound ends a stuck guest well before the script's.
+DRIVEN_TIMEOUT = 900
+LKVM_TIMEOUT = 720
 
 
 def test_debian_arm64_kernel_two_cpus(arm64host) -> None:
@@ -153,3 +161,182 @@ def test_arm64_9p_share(arm64host) -> None:
     assert marks.get("HOST rc") == "0", out
     assert marks.get("MARK 9p") == "from-host", out
     assert marks.get("HOST file") == "from-guest", out
+
+
+# Run in the host first: a HOME of the script's own, removed when the script
+# ends, with any guest it left running, so ~/.lkvm and the files beside it
+# are the test's alone (the host may be this arm64 machine).
+PRIVATE_HOME = """
+box=$(mktemp -d -p "$HOME") || exit 1
+export HOME="$box"
+lkvm=
+trap 'kill $lkvm 2>/dev/null; rm -rf "$box"' EXIT
+"""
+# rdinit of the sandbox's initramfs: Debian's kernel has virtio and 9p as
+# modules, so it cannot mount a 9p root itself. This init loads them, mounts
+# the root lkvm shares as the kernel would (tag /dev/root), and hands over to
+# the rootfs's own init, lkvm's guest init, which finds lkvm_sandbox= and
+# lkvm_status= in the environment it keeps.
+ROOT_INIT = r"""#!/bin/sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+while read -r ko; do insmod "/lib/modules/$ko"; done < /etc/modules
+mkdir -p /newroot
+mount -t 9p -o trans=virtio,version=9p2000.L,cache=loose /dev/root /newroot ||
+	echo "MARK no 9p root"
+umount /proc /sys /dev
+exec switch_root /newroot /virt/init
+"""
+# What the sandbox runs: where it is, on what, and an exit status of its own.
+SANDBOX_COMMAND = ('echo "MARK pwd=$(pwd)"; echo "MARK arch=$(uname -m)"; '
+                   'echo "MARK hostfs=$(ls /host/bin/busybox)"; exit 7')
+SANDBOX_HOST = PRIVATE_HOME + """
+python3 {lkvm} setup arm64box || exit 1
+python3 {lkvm} sandbox -k {kernel} -i {initrd} -d arm64box -m 256 -c 1 \
+    -p "rdinit=/rootinit quiet" -- sh -c {command} </dev/null
+echo "HOST rc=$?"
+echo "HOST init=$(od -An -N2 -j18 -tx1 "$HOME/.lkvm/arm64box/virt/init" | tr -d ' ')"
+"""
+EM_AARCH64 = "b700"  # e_machine of an arm64 ELF, little-endian
+
+
+def test_arm64_sandbox_on_a_9p_root(arm64host) -> None:
+    """`lkvm setup` then `lkvm sandbox` on that rootfs, shared as the 9p
+    root: the command runs in the guest, in the caller's directory under
+    /host, with the host's programs, and its exit status is lkvm's."""
+    initrd = make_initrd("", {"rootinit": ROOT_INIT}, arch="arm64",
+                         extra_modules=("9p", "9pnet_virtio"))
+    script = SANDBOX_HOST.format(lkvm=LKVM, kernel=arm64_guest_kernel(), initrd=initrd,
+                                 command=shlex.quote(SANDBOX_COMMAND))
+    r, marks = run_script(arm64host, script, "sandbox on a 9p root", DRIVEN_TIMEOUT)
+    out = r.stdout + r.stderr
+    assert "Your new rootfs named arm64box has been created" in r.stdout, out
+    assert marks.get("HOST init") == EM_AARCH64, out     # lkvm put arm64's init in
+    assert marks.get("MARK arch") == "aarch64", out
+    assert marks.get("MARK pwd") == "/host" + KVMDIR, out
+    assert marks.get("MARK hostfs") == "/host/bin/busybox", out
+    assert marks.get("HOST rc") == "7", out
+
+
+# The guest waits for a line on its console, says what it got, and stays up
+# until lkvm stop ends it.
+IPC_SCRIPT = r"""
+echo "MARK ready"
+read -r line
+echo "MARK got=$line"
+exec sleep 600
+"""
+# Run in the host, before a script that drives a running guest: in a HOME
+# of its own, lkvm in the background with the guest's console on two FIFOs, fd 3 typing into it and
+# fd 4 reading it; upto TEXT passes the console's lines on until one holds
+# TEXT; state WHEN tells what lkvm list says.
+BACKGROUND = PRIVATE_HOME + """
+cd "$HOME" && mkfifo in out || exit 1
+timeout {lkvm_timeout} python3 {lkvm} run -k {kernel} -i {initrd} -m 256 -p quiet {args} \
+    <in >out 2>&1 &
+lkvm=$!
+exec 3>in 4<out
+upto() {{
+    while read -r line <&4; do
+        echo "$line"
+        case "$line" in *"$1"*) return 0;; esac
+    done
+    echo "HOST eof before $1"
+    exit 1
+}}
+state() {{ echo "HOST $1=$(python3 {lkvm} list -i --json | tr -d ' \\n')"; }}
+"""
+# Each IPC command's status and what lkvm list says after it.
+IPC_HOST = """
+upto "MARK ready"
+state booted
+python3 {lkvm} pause -n arm64ipc; echo "HOST pause=$?"
+state paused
+echo typed-while-paused >&3
+python3 {lkvm} resume -n arm64ipc; echo "HOST resume=$?"
+state resumed
+upto "MARK got="
+python3 {lkvm} stop -n arm64ipc; echo "HOST stop=$?"
+wait $lkvm; echo "HOST rc=$?"
+cat <&4
+state stopped
+"""
+
+
+def in_background(initrd, args: str) -> str:
+    return BACKGROUND.format(lkvm=LKVM, kernel=arm64_guest_kernel(), initrd=initrd, args=args,
+                             lkvm_timeout=LKVM_TIMEOUT)
+
+
+def test_arm64_pause_resume_stop(arm64host) -> None:
+    """A running arm64 guest driven through its IPC socket as a user does:
+    lkvm list shows it running, pause stops it (list: paused), input typed
+    meanwhile reaches it once resume has restarted it, and stop ends lkvm
+    with status 0 and takes it off the list."""
+    initrd = make_initrd(IPC_SCRIPT, arch="arm64")
+    script = in_background(initrd, "-c 2 --name arm64ipc") + IPC_HOST.format(lkvm=LKVM)
+    r, marks = run_script(arm64host, script, "pause, resume and stop", DRIVEN_TIMEOUT)
+    out = r.stdout + r.stderr
+
+    def states(when: str) -> list[tuple[str, str]]:
+        return [(g["name"], g["state"]) for g in json.loads(marks[f"HOST {when}"])]
+
+    assert states("booted") == [("arm64ipc", "running")], out
+    assert marks.get("HOST pause") == "0" and "Guest arm64ipc paused" in r.stdout, out
+    assert states("paused") == [("arm64ipc", "paused")], out
+    assert marks.get("HOST resume") == "0", out
+    assert states("resumed") == [("arm64ipc", "running")], out
+    assert marks.get("MARK got") == "typed-while-paused", out
+    assert marks.get("HOST stop") == "0", out
+    assert marks.get("HOST rc") == "0", out
+    assert states("stopped") == [], out
+
+
+INFLATE_MIB = 64
+# The guest on virtio's console (its driver is a module, so the kernel's
+# console= cannot open it before init): which console the kernel uses, the
+# hardware RNG's source and 16 bytes of it, then how far MemTotal drops
+# once the host has inflated the balloon (polled, boundedly: the driver
+# inflates in its own time).
+DEVICES_SCRIPT = rf"""
+exec >/dev/hvc0 2>&1 </dev/hvc0
+echo "MARK console=$(cat /sys/class/tty/console/active)"
+echo "MARK rng=$(cat /sys/class/misc/hw_random/rng_current)"
+echo "MARK random=$(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
+kb() {{ awk '/^MemTotal:/ {{ print $2 }}' /proc/meminfo; }}
+t0=$(kb)
+echo "MARK ready"
+i=0
+while [ "$(kb)" -gt $((t0 - {INFLATE_MIB} * 1024)) ] && [ $i -lt 600 ]; do
+    i=$((i + 1)); sleep 0.2
+done
+echo "MARK inflated=$(( (t0 - $(kb)) / 1024 ))"
+poweroff -f
+"""
+DEVICES_HOST = """
+upto "MARK ready"
+python3 {lkvm} balloon -n arm64dev -i {mib}; echo "HOST balloon=$?"
+upto "MARK inflated="
+wait $lkvm; echo "HOST rc=$?"
+"""
+
+
+def test_arm64_console_rng_balloon(arm64host) -> None:
+    """--console virtio, --rng and --balloon on arm64 as on x86: the guest
+    talks to the user on hvc0, reads random bytes from virtio-rng, and
+    gives up what `lkvm balloon` inflates."""
+    initrd = make_initrd(DEVICES_SCRIPT, arch="arm64")
+    script = in_background(initrd, "-c 1 --name arm64dev --console virtio --rng --balloon")
+    script += DEVICES_HOST.format(lkvm=LKVM, mib=INFLATE_MIB)
+    r, marks = run_script(arm64host, script, "virtio console, rng and balloon",
+                          DRIVEN_TIMEOUT)
+    out = r.stdout + r.stderr
+    assert marks.get("MARK console") == "hvc0", out
+    assert marks.get("MARK rng", "").startswith("virtio_rng"), out
+    assert len(marks.get("MARK random", "")) == 32, out
+    assert marks.get("HOST balloon") == "0", out
+    assert int(marks.get("MARK inflated", "0")) >= INFLATE_MIB, out
+    assert marks.get("HOST rc") == "0", out

@@ -111,6 +111,8 @@ def make_tree(root: Path, kconfig: str = TOP_KCONFIG) -> Path:
         "kernel/configs/tiny-base.config": "CONFIG_EMBEDDED=y\n",
         "kernel/configs/tiny.config": "# CONFIG_64BIT is not set\n",
         "arch/x86/configs/tiny.config": "# CONFIG_SLOW is not set\n",
+        "arch/arm64/Kconfig": ARCH_KCONFIG,
+        "arch/arm64/configs/defconfig": "CONFIG_MODULES=y\nCONFIG_VIRTIO_BLK=m\n",
     }
     for name, text in files.items():
         path = root / name
@@ -194,6 +196,16 @@ def test_lkvm_fragment_has_what_lkvm_devices_need() -> None:
         assert wanted[name] == "y"
 
 
+def test_arm64_fragment_asks_for_all_but_x86s_own() -> None:
+    """lkvm-arm64.config repeats lkvm.config's devices; they must not drift."""
+    x86_only = {"X86_MPPARSE", "VIRTIO_MMIO_CMDLINE_DEVICES"}
+    x86 = kvmconfig.read_fragment(kvmconfig.ARCHES["x86"].fragment)
+    arm64 = kvmconfig.read_fragment(kvmconfig.ARCHES["arm64"].fragment)
+    assert {k: v for k, v in x86.items() if k not in x86_only}.items() <= arm64.items()
+    for name in ("SERIAL_OF_PLATFORM", "RTC_DRV_PL031", "PCI_HOST_GENERIC", "ARM_GIC_V3"):
+        assert arm64[name] == "y"
+
+
 def test_find_srctree_walks_up_from_lkvm(tree: Path) -> None:
     lkvm = tree / "tools" / "kvm"
     lkvm.mkdir(parents=True)
@@ -226,6 +238,18 @@ def test_defconfig_base_applies_both_fragments(tree: Path, fragment: Path,
     assert results["S390_GUEST"].got is None
     assert results["S390_GUEST"].why == "not defined for ARCH=x86"
     assert all(results[n].ok for n in ("VIRTIO_BLK", "VIRTIO_NET", "EPOLL"))
+
+
+def test_arm64_from_its_defconfig(tree: Path, fragment: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    arm64 = kvmconfig.arch_named("arm64")
+    results = kvmconfig.kvmconfig(tree, out, "defconfig", fragment, arm64)
+    values = read_config(out / ".config")
+    assert values["VIRTIO_BLK"] == "y"      # arm64's defconfig said m, kvm_guest y
+    assert values["SCSI"] == "n"            # x86's defconfig set m
+    assert "Linux/arm64 " in (out / ".config").read_text()
+    assert {o.name: o for o in results}["S390_GUEST"].why == "not defined for ARCH=arm64"
+    assert kvmconfig.arch_named("x86_64") is kvmconfig.ARCHES["x86"]
 
 
 def test_tinyconfig_base(tree: Path, fragment: Path, tmp_path: Path) -> None:
@@ -305,12 +329,13 @@ def test_strict_passes_when_lkvm_options_stick(tree: Path,
 
 
 @pytest.mark.parametrize("case", ["no-kconfig", "parse-error", "bad-objtree",
-                                  "bad-base"])
+                                  "bad-base", "bad-arch"])
 def test_bad_input_is_one_line_and_nonzero(case: str, tree: Path,
                                            tmp_path: Path) -> None:
     argv = ["--srctree", str(tree), "-O", str(tmp_path / "o")]
     expect = {"no-kconfig": "no Kconfig", "parse-error": "Kconfig:3:",
-              "bad-objtree": "cannot write to", "bad-base": "unknown --base"}
+              "bad-objtree": "cannot write to", "bad-base": "unknown --base",
+              "bad-arch": "lkvm boots no ARCH=mips (one of: x86, arm64)"}
     if case == "no-kconfig":
         argv[1] = str(tmp_path)
     elif case == "parse-error":
@@ -318,14 +343,40 @@ def test_bad_input_is_one_line_and_nonzero(case: str, tree: Path,
     elif case == "bad-objtree":
         (tmp_path / "file").write_text("")
         argv[3] = str(tmp_path / "file" / "o")
-    else:
+    elif case == "bad-base":
         argv += ["--base", "allyesconfig"]
+    else:
+        argv += ["--arch", "mips"]
     proc = subprocess.run([sys.executable, str(SCRIPTS / "kvmconfig.py"),
                            *argv], capture_output=True, text=True, check=False)
     assert proc.returncode != 0
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith("lkvm kvmconfig: ")
     assert expect[case] in proc.stderr
+
+
+# What lkvm's arm64 machine needs built in for a console, its interrupts and
+# timer, its CPUs, the 9p root and its devices, on either base.
+ARM64_BUILT_IN = ("SERIAL_OF_PLATFORM", "SERIAL_8250_CONSOLE", "ARM_GIC_V3", "ARM_GIC",
+                  "ARM_ARCH_TIMER", "ARM_PSCI_FW", "RTC_DRV_PL031", "PCI_HOST_GENERIC",
+                  "VIRTIO_MMIO", "VIRTIO_PCI", "NET_9P_VIRTIO", "9P_FS", "VIRTIO_BLK",
+                  "VIRTIO_CONSOLE", "HW_RANDOM_VIRTIO", "VIRTIO_BALLOON", "DEVTMPFS")
+
+
+@pytest.mark.parametrize("base", ["defconfig", "tinyconfig"])
+def test_arm64_config_from_the_real_tree(base: str, tmp_path: Path) -> None:
+    """`make kvmconfig ARCH=arm64` on Debian's linux-source: every option of
+    lkvm-arm64.config sticks (what --strict checks) and the machine's
+    drivers are built in, not modules lkvm could not load."""
+    tree = _linux_source()
+    if tree is None:
+        pytest.skip("no unpacked linux-source tree (run make guest-kernel)")
+    out = tmp_path / "arm64"
+    argv = ["--srctree", str(tree), "-O", str(out), "--arch", "arm64", "--base", base]
+    assert kvmconfig.main([*argv, "--strict"]) == 0
+    values = read_config(out / ".config")
+    assert values["ARM64"] == "y" and "X86" not in values
+    assert [n for n in ARM64_BUILT_IN if values.get(n) != "y"] == []
 
 
 # --- make guest-kernel --------------------------------------------------------

@@ -1,12 +1,16 @@
 """PCI configuration through ECAM, as arm64 guests reach it: bus 0's
 configuration space as a window of MMIO, each access naming its slot,
-function and register in its offset; the ports 0xCF8/0xCFC stay x86's."""
+function and register in its offset; the ports 0xCF8/0xCFC stay x86's.
+Which of them a VM gets is what its arch declares, and nothing else."""
 
 import pytest
 
-from hw.pci import CONFIG_DATA, ECAM_BUS_SIZE, INTEL_VENDOR, PciBus, PciDevice
+from arm.arch import Arm64
+from arm.layout import PCI_ECAM
+from hw.pci import CONFIG_DATA, ECAM_BUS_SIZE, INTEL_VENDOR, Ecam, PciBus, PciDevice
 from include.uapi import lib
 from tests.fakevm import FakeVm
+from x86.arch import X86
 
 ECAM = 0x30000000
 MMIO = (0x10000000, 0x30000000)
@@ -32,7 +36,7 @@ def vm():
 
 @pytest.fixture
 def bus(vm):
-    return PciBus(vm, *MMIO, ecam=ECAM)
+    return PciBus(vm, *MMIO, Ecam(ECAM))
 
 
 def test_host_bridge_and_empty_slots(vm, bus):
@@ -65,6 +69,27 @@ def test_bar_sizing_and_moving_through_ecam(vm, bus):
     assert vm.mmio.read(cfg(slot, lib.PCI_VENDOR_ID), 2) == VIRTIO_VENDOR
 
 
-def test_conf1_without_ecam(vm):
-    PciBus(vm, *MMIO)
-    assert vm.pio.find(CONFIG_DATA) is not None and vm.mmio.find(ECAM) is None
+def test_each_arch_declares_its_mechanism():
+    x86, arm64 = FakeVm(), FakeVm()
+    PciBus(x86, *MMIO, X86.PCI_CONFIG)
+    assert x86.pio.find(CONFIG_DATA) is not None and x86.mmio.find(ECAM) is None
+    PciBus(arm64, *MMIO, Arm64.PCI_CONFIG)
+    assert arm64.mmio.find(PCI_ECAM) is not None and arm64.pio.find(CONFIG_DATA) is None
+
+
+class OwnAccess:
+    """An arch's own way (powerpc's firmware calls, say): the bus leaves
+    the guest's address spaces to it."""
+
+    def __init__(self) -> None:
+        self.buses = []
+
+    def attach(self, bus: PciBus) -> None:
+        self.buses.append(bus)
+
+
+def test_an_arch_of_its_own_gets_neither_ports_nor_ecam(vm):
+    own = OwnAccess()
+    bus = PciBus(vm, *MMIO, own)
+    assert own.buses == [bus]
+    assert vm.pio.find(CONFIG_DATA) is None and vm.mmio.find(ECAM) is None

@@ -213,7 +213,7 @@ def attach(vm: object, cfg: Config, console_out: Callable[[bytes], None]) -> Con
     """Create the devices the configuration asks for on its transport; the
     registry's init starts their threads, its exit ends them."""
     ctx = Context(vm, IrqRouting(vm), lambda why: vm.stop(1, why),
-                  PciBus(vm, *vm.arch.PCI_MMIO, vm.arch.PCI_ECAM), vm.arch.VIRTIO_MMIO_START)
+                  PciBus(vm, *vm.arch.PCI_MMIO, vm.arch.PCI_CONFIG), vm.arch.VIRTIO_MMIO_START)
     vm.pci = ctx.pci
     try:
         for make in DEVICES:

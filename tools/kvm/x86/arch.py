@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from hw.acpi_pm import AcpiPm
 from hw.i8042 import I8042
 from hw.panic_watch import PanicWatch
+from hw.pci import Conf1
 from hw.rtc import Rtc
 from hw.serial8250 import Serial8250
 from include.uapi import ffi, lib
@@ -83,7 +84,7 @@ class X86(Arch):
     LEGACY_IRQS = (5, 6, 7, 9, 10, 11)
     # Where devices go in the 32-bit gap: PCI BARs first, virtio-mmio after.
     PCI_MMIO = (GAP_START, VIRTIO_MMIO_START)
-    PCI_ECAM = None  # Linux takes pci=conf1
+    PCI_CONFIG = Conf1()  # Linux takes pci=conf1
     HALT_CHECK = True
     VIRTIO_MMIO_START = VIRTIO_MMIO_START
 

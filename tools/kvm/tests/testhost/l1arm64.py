@@ -5,14 +5,16 @@ busybox init as x86's L1, and a root that arm64 code can run.
 The x86 host's / is no use to arm64 code, so L1's root is a tree in the cache
 made from arm64 packages (Python and what it needs to run, busybox for the
 shell and tools), shared read-only over 9p. lkvm's checkout is shared beside
-it at its own path, with the bindings cross-compiled for arm64 laid over it
-(their file name carries the architecture, so they sit beside the x86 ones
-the checkout has), and so is the test host's cache, where the L2 guests'
-kernel and initramfs are.
+it at its own path, with what lkvm builds cross-compiled for arm64 laid over
+it: the bindings (their file name carries the architecture, so they sit
+beside the x86 ones the checkout has) and the guest init (in place of x86's,
+at the path lkvm copies it from into a rootfs); and so is the test host's
+cache, where the L2 guests' kernel and initramfs are.
 """
 
 from __future__ import annotations
 
+import compileall
 import shutil
 import subprocess
 import sys
@@ -44,6 +46,9 @@ MODULES = {
 # L1's userspace: python3 with the cffi backend lkvm's bindings load, libfdt
 # for the device trees lkvm writes, and busybox for /bin/sh and the usual tools.
 ROOT_PACKAGES = ("python3", "python3-cffi-backend", "python3-libfdt", "busybox-static")
+# ... and beside it, only for the benchmark, QEMU (about 32 MB to download,
+# 150 MB unpacked; 87 packages more than the root's).
+QEMU_PACKAGES = ("qemu-system-arm",)
 
 # What cross-compiling the bindings takes: the uapi headers of the same
 # kernel release as the host's (the cross toolchain's own are older), and
@@ -51,6 +56,10 @@ ROOT_PACKAGES = ("python3", "python3-cffi-backend", "python3-libfdt", "busybox-s
 UAPI_BUILD = Path(__file__).resolve().parents[2] / "include" / "uapi_build.py"
 CROSS_CC = "aarch64-linux-gnu-gcc"
 CHECKOUT = UAPI_BUILD.parents[3]
+# The guest init, static as the Makefile builds x86's: it runs before the
+# rootfs's links into the host's files lead anywhere.
+GUEST_INIT = CHECKOUT / "tools" / "kvm" / "guest" / "init"
+INIT_FLAGS = ("-static", "-Os", "-Wall", "-Wextra")
 
 
 def _applets() -> list[str]:
@@ -64,10 +73,23 @@ def _applets() -> list[str]:
     return done.stdout.split()
 
 
+def _compile_python(tmp: Path) -> None:
+    """Bytecode for the root's Python modules, which Debian's maintainer
+    scripts would have made: without it every python3 start in L1 compiles
+    the standard library modules it imports (4 of the 14 s a tiny guest's
+    `lkvm run` took there). The host's Python writes it, with the paths L1
+    sees; it is the root's version wherever the bindings build (_builds()
+    needs 3.11), and another version's bytecode would only go unused."""
+    for lib in sorted((tmp / "usr" / "lib").glob("python3*")):
+        # A few files Debian never compiles either (2to3's test data) fail;
+        # they stay source, as they are there.
+        compileall.compile_dir(lib, quiet=2, workers=0, stripdir=str(tmp), prependdir="/")
+
+
 def _root() -> Path:
     """The arm64 root tree, with busybox's applets linked where no package
     put a file of the same name (which applets there are follows from
-    busybox's version, part of the key)."""
+    busybox's version, part of the key), and its Python modules compiled."""
     pkgs = debs.closure(ROOT_PACKAGES, ARCH)
 
     def make(tmp: Path) -> None:
@@ -77,17 +99,27 @@ def _root() -> Path:
             if not link.exists() and not link.is_symlink():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to("/bin/busybox")
+        _compile_python(tmp)
 
-    key = cache.digest(*(f"{p}={v}" for p, v in pkgs))
+    key = cache.digest(*(f"{p}={v}" for p, v in pkgs), f"pyc-{sys.version_info[:2]}")
     return cache.build(cache.root() / "l1" / f"root-{ARCH}-{key}", make)
 
 
-def _uapi() -> Path:
-    """A directory shaped like the checkout holding only the arm64 bindings."""
+def _cross(what: str, command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise TestHostError(f"building {what} for arm64 failed:\n{done.stderr.strip()}")
+
+
+def _builds() -> Path:
+    """A directory shaped like the checkout holding only its arm64 builds:
+    the bindings and the guest init."""
     headers = debs.unpacked("linux-libc-dev", ARCH) / "usr" / "include"
     python = debs.unpacked("libpython3.11-dev", ARCH) / "usr" / "include"
+    init_c = GUEST_INIT.with_suffix(".c")
     key = cache.digest(
-        UAPI_BUILD.read_bytes(), version("cffi"), headers.parents[1].name, python.parents[1].name
+        UAPI_BUILD.read_bytes(), version("cffi"), headers.parents[1].name, python.parents[1].name,
+        init_c.read_bytes(), *INIT_FLAGS,
     )
     include = UAPI_BUILD.parent.relative_to(CHECKOUT)
 
@@ -98,16 +130,29 @@ def _uapi() -> Path:
         # must be the one arm64's python3 runs.
         if sys.version_info[:2] != (3, 11):
             raise TestHostError("the arm64 host's Python is 3.11: build its bindings with 3.11")
-        build = [
+        _cross("the bindings", [
             sys.executable, str(UAPI_BUILD), str(tmp / include), "--arch", "aarch64",
             "--cc", CROSS_CC, "-I", str(headers / "aarch64-linux-gnu"), "-I", str(headers),
             "--python-include", str(python / "python3.11"), "--python-include", str(python),
-        ]  # fmt: skip
-        done = subprocess.run(build, capture_output=True, text=True, timeout=600)
-        if done.returncode:
-            raise TestHostError(f"building the arm64 bindings failed:\n{done.stderr.strip()}")
+        ])  # fmt: skip
+        init = tmp / GUEST_INIT.relative_to(CHECKOUT)
+        init.parent.mkdir(parents=True)
+        _cross("the guest init", [CROSS_CC, *INIT_FLAGS, "-o", str(init), str(init_c)])
 
-    return cache.build(cache.root() / "l1" / f"uapi-{ARCH}-{key}", make)
+    return cache.build(cache.root() / "l1" / f"builds-{ARCH}-{key}", make)
+
+
+def qemu() -> Path:
+    """QEMU for arm64, the boot benchmark's baseline in this host: the
+    packages qemu-system-arm needs beyond the root's, unpacked into the
+    cache, which L1 sees at the same path. Run its usr/bin binaries with
+    LD_LIBRARY_PATH at its library directories."""
+    with cache.locked():
+        root = {p for p, _ in debs.closure(ROOT_PACKAGES, ARCH)}
+        pkgs = [(p, v) for p, v in debs.closure(QEMU_PACKAGES, ARCH) if p not in root]
+        key = cache.digest(*(f"{p}={v}" for p, v in pkgs))
+        return cache.build(cache.root() / "l1" / f"qemu-{ARCH}-{key}",
+                           lambda tmp: debs.install(pkgs, ARCH, tmp))
 
 
 def prepare(config: HostConfig) -> L1Assets:
@@ -120,6 +165,6 @@ def prepare(config: HostConfig) -> L1Assets:
         return L1Assets(
             image,
             initrd(kernel_dir, busybox_dir, MODULES),
-            {"hostfs": _root(), "lkvm": CHECKOUT, "uapi": _uapi(), "cache": cache.root()},
+            {"hostfs": _root(), "lkvm": CHECKOUT, "arch": _builds(), "cache": cache.root()},
             (f"testhost_lkvm={CHECKOUT}", f"testhost_cache={cache.root()}"),
         )

@@ -8,7 +8,8 @@
 #   testhost_ctl   the control port's device
 #   testhost_lkvm  where lkvm's checkout goes when the root is not the host's
 #                  / (another architecture's L1): the "lkvm" share with the
-#                  "uapi" share, that architecture's bindings, laid over it
+#                  "arch" share, that architecture's builds (the bindings,
+#                  the guest init), laid over it
 #   testhost_cache where the test host's cache goes, read-only, when the root
 #                  is not the host's / (the L2 kernels and initramfs)
 
@@ -41,10 +42,10 @@ mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay 
 	fail "cannot mount the overlay root"
 
 if [ -n "$testhost_lkvm" ]; then
-	mkdir -p /lkvm /uapi "/newroot$testhost_lkvm" &&
+	mkdir -p /lkvm /arch "/newroot$testhost_lkvm" &&
 		mount -t 9p -o "ro,cache=loose,$p9" lkvm /lkvm &&
-		mount -t 9p -o "ro,cache=loose,$p9" uapi /uapi &&
-		mount -t overlay -o lowerdir=/uapi:/lkvm overlay "/newroot$testhost_lkvm" ||
+		mount -t 9p -o "ro,cache=loose,$p9" arch /arch &&
+		mount -t overlay -o lowerdir=/arch:/lkvm overlay "/newroot$testhost_lkvm" ||
 		fail "cannot mount lkvm's checkout"
 fi
 if [ -n "$testhost_cache" ]; then

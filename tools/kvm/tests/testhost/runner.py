@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -101,14 +102,24 @@ class L1:
             self._session.close()
 
 
-def run_bench(script: str, args: list[str], timeout: float) -> object:
-    """Run a benchmark `script` with `args` where Linux guests can run (in
-    L1 when this host's KVM can't) and return its last line of output,
-    parsed as JSON.  Its stderr passes through; a failed run ends the
-    caller with a message."""
-    host = L1() if probe.needed() else Direct()
+def arm64_host() -> "Direct | L1":
+    """This machine where it is an arm64 one with KVM, else the arm64 L1."""
+    if platform.machine() == "aarch64" and os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return Direct()
+    return L1(HostConfig(arch="arm64"))
+
+
+def run_bench(script: str, args: list[str], timeout: float, arch: str = "amd64") -> object:
+    """Run a benchmark `script` with `args` where Linux guests of `arch` can
+    run (in an L1 when this host's KVM can't) and return its last line of
+    output, parsed as JSON.  Its stderr passes through; a failed run ends
+    the caller with a message."""
+    if arch == "arm64":     # whose Python is Debian's arm64 python3
+        host, python = arm64_host(), "python3"
+    else:
+        host, python = L1() if probe.needed() else Direct(), sys.executable
     try:
-        r = host.run([sys.executable, os.path.abspath(script), *args], timeout=timeout)
+        r = host.run([python, os.path.abspath(script), *args], timeout=timeout)
     finally:
         host.close()
     sys.stderr.write(r.stderr)
