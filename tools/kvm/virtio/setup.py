@@ -10,6 +10,7 @@ answers) stalls its own device and no other, and a stop abandons it."""
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 from disk.core import Disk, open_disk
 from hw.pci import PciBus
@@ -23,7 +24,7 @@ from net.backend import Backend
 from net.defaults import PREFIX_LEN
 from net.mac import parse_mac
 from net.passt import Passt
-from net.tap import Tap
+from net.tap import open_tap
 from virtio.balloon import Balloon
 from virtio.blk import Blk
 from virtio.console import Console
@@ -128,21 +129,24 @@ def balloon(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[Vir
     return [ctx.balloon]
 
 
-def user_mode(nic: Nic) -> Backend:
-    return Passt(nic.guest_ip, nic.host_ip, PREFIX_LEN, nic.host_mac)
+def user_mode(nic: Nic) -> list[Backend]:
+    return [Passt(nic.guest_ip, nic.host_ip, PREFIX_LEN, nic.host_mac)]
 
 
-BACKENDS: dict[str, Callable[[Nic], Backend]] = {"user": user_mode, "tap": Tap}
+# Each mode's back end: one per queue pair.
+BACKENDS: dict[str, Callable[[Nic], list[Backend]]] = {"user": user_mode, "tap": open_tap}
 
 
 def net(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> Iterator[VirtioDevice]:
     """One virtio-net per NIC, each handed over as soon as it exists, so
     that a later one failing still ends the back ends started before it."""
     for nic in cfg.nics:
-        backend = BACKENDS[nic.mode](nic)
-        dev = Net(ctx.vm.mem, backend, parse_mac(nic.guest_mac))
+        backends = BACKENDS[nic.mode](nic)
+        dev = Net(ctx.vm.mem, backends, parse_mac(nic.guest_mac))
         # Frames arriving are the device's work too, on its own thread.
-        ctx.iothread(dev).add(backend.fileno(), dev.receive, counter=False)
+        for pair, backend in enumerate(backends):
+            ctx.iothread(dev).add(backend.fileno(), partial(dev.receive, pair),
+                                  counter=False)
         if nic.trans:
             ctx.transports[dev] = nic.trans
         yield dev
