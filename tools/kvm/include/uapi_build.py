@@ -49,6 +49,7 @@ HEADERS = (
     "linux/virtio_ring.h",
     "linux/virtio_rng.h",
     "linux/virtio_vsock.h",
+    "linux/vhost.h",
     "linux/elf.h",
 )
 

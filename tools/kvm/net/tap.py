@@ -33,12 +33,12 @@ from include.uapi import ffi, lib
 from kvm import msg
 from kvm.config import Nic
 from kvm.errors import LkvmError
+from net import vhost
 from net.backend import MAX_FRAME, LinkDown
 from net.defaults import PREFIX_LEN
 from net.features import GUEST_OFFLOADS, HOST_OFFLOADS, bit
 
 TUN = "/dev/net/tun"
-VHOST_NET = "/dev/vhost-net"
 # struct ifreq as TUNSETIFF and TUNGETIFF use it: the name (IFNAMSIZ),
 # then the flags in its union; 40 bytes in all.
 IFREQ = struct.Struct("16sH22x")
@@ -73,12 +73,9 @@ def configure_host(ifname: str, host_ip: str) -> None:
 
 
 def check_vhost(nic: Nic) -> None:
-    if not nic.vhost:
-        return
-    if not os.path.exists(VHOST_NET):
-        raise LkvmError(f"vhost=1 needs {VHOST_NET}, which this host does not have "
+    if nic.vhost and not vhost.available():
+        raise LkvmError(f"vhost=1 needs {vhost.VHOST_NET}, which this host does not have "
                         "(modprobe vhost_net); leave vhost= out to use lkvm's own queues")
-    raise LkvmError("vhost=1: lkvm does not hand queues to vhost-net yet; leave vhost= out")
 
 
 def tun_ioctl(fd: int, request: int, arg: bytes | int, what: str) -> bytes | int:
@@ -141,6 +138,10 @@ def open_tap(nic: Nic) -> list["TapQueue"]:
     check_vhost(nic)
     fds, ifname, flags = attach(nic)
     offloads = HOST_OFFLOADS | GUEST_OFFLOADS if flags & lib.IFF_VNET_HDR else 0
+    if nic.vhost and not offloads:
+        for fd in fds:
+            os.close(fd)
+        raise LkvmError(f"fd={nic.fd}: vhost=1 needs a tap with IFF_VNET_HDR")
     queues = [TapQueue(fd, ifname, offloads) for fd in fds]
     try:
         for q in queues:
@@ -192,6 +193,10 @@ class TapQueue:
                 raise LinkDown(f"tap {self.ifname} is gone")
             frames.append(frame)
         return frames
+
+    def set_header_size(self, size: int) -> None:
+        """The vnet header each frame has: ours, or the driver's under vhost."""
+        fcntl.ioctl(self.fd, lib.TUNSETVNETHDRSZ, INT.pack(size))
 
     def set_offloads(self, offloads: int) -> None:
         flags = sum(tun for feature, tun in TUN_OFFLOADS.items() if offloads & feature)

@@ -31,10 +31,12 @@ class VirtioMmio(Transport):
         self.align = 4096
         ctx.vm.mmio.register(base, REGION_SIZE, self)
         ctx.vm.virtio_mmio.append((base, REGION_SIZE, self.irq))
-        iothread = ctx.iothread(dev)
+        self.iothread = ctx.iothread(dev)
+        self.kicks: list[int] = []      # each queue's doorbell, as an ioeventfd
         for q in range(len(dev.queues)):
             efd = ctx.vm.ioeventfd(base + lib.VIRTIO_MMIO_QUEUE_NOTIFY, 4, False, q)
-            iothread.add(efd, lambda q=q: dev.notify(q))
+            self.iothread.add(efd, lambda q=q: dev.notify(q))
+            self.kicks.append(efd)
 
     # Interrupts: a level line, up while any status bit is.
     def signal_queue(self, index: int) -> None:

@@ -45,6 +45,7 @@ from kvm.cstruct import packer, to_bytes
 from net.backend import MAX_FRAME, Backend, LinkDown
 from net.ctrl import Control
 from net.features import GUEST_OFFLOADS, STATUS_OFFSET, bit, usable
+from net.vhost import VHOST_FEATURES, VhostNet
 from virtio.device import VirtioDevice
 from virtio.iov import prefix, scatter, total
 from virtio.queue import Chain, QueueError, Virtqueue
@@ -72,10 +73,12 @@ class Net(VirtioDevice):
     device_id = lib.VIRTIO_ID_NET
     name = "net"
 
-    def __init__(self, mem: object, backends: Sequence[Backend], mac: bytes) -> None:
+    def __init__(self, mem: object, backends: Sequence[Backend], mac: bytes,
+                 vhost: Sequence[VhostNet] = ()) -> None:
         self.num_queues = 2 * len(backends) + 1
         super().__init__(mem)
         self.backends = list(backends)
+        self.vhost = list(vhost)        # one per pair with vhost=1, serving its rings
         offloads = backends[0].offloads
         self.features = BASE_FEATURES | offloads | \
             (bit("CTRL_GUEST_OFFLOADS") if offloads & GUEST_OFFLOADS else 0) | \
@@ -89,6 +92,42 @@ class Net(VirtioDevice):
         self.ctrl = Control(self)
         self.on_reset()
 
+    def offered(self) -> int:
+        """Without what vhost-net would have to do and cannot."""
+        lacks = VHOST_FEATURES & ~self.vhost[0].features if self.vhost else 0
+        return super().offered() & ~lacks
+
+    def set_status(self, value: int) -> None:
+        with self.lock:
+            go = value & ~self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK
+            super().set_status(value)
+            if go and self.vhost and self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK:
+                self._start_vhost()
+
+    def _start_vhost(self) -> None:
+        """Hand each pair the driver set up to its vhost-net; the tap's
+        vnet header becomes the driver's, which vhost-net leaves to it."""
+        t = self.transport
+        for p, vhost in enumerate(self.vhost):
+            rings = self.queues[2 * p], self.queues[2 * p + 1]
+            if not all(r.enabled for r in rings):
+                continue
+            try:
+                self.backends[p].set_header_size(self.hdr.size)
+                vhost.start(self.driver_features, rings, (t.kicks[2 * p], t.kicks[2 * p + 1]),
+                            self.backends[p].fileno(), t.iothread,
+                            lambda i, p=p: t.signal_queue(2 * p + i))
+            except OSError as e:
+                vhost.stop(t.iothread)
+                self.fail(f"vhost-net refused the queues: {e.strerror}")
+                return
+
+    def _stop_vhost(self) -> None:
+        for p, vhost in enumerate(self.vhost):
+            if vhost.taken:
+                vhost.stop(self.transport.iothread)
+                self.backends[p].set_header_size(HDR.size)
+
     def negotiated(self, features: int) -> None:
         # The header has num_buffers unless a legacy driver left out
         # mergeable buffers (virtio 1.x §5.1.6).
@@ -101,6 +140,7 @@ class Net(VirtioDevice):
         self.set_guest_offloads(self.active & GUEST_OFFLOADS)
 
     def on_reset(self) -> None:
+        self._stop_vhost()
         self.active = 0
         self.mergeable = False
         self.hdr = HDR_MRG
@@ -131,7 +171,7 @@ class Net(VirtioDevice):
         if index == self.ctrl_index:
             if self.active & bit("CTRL_VQ"):
                 self.ctrl.serve(queue)
-        elif index < 2 * self.pairs:
+        elif index < 2 * self.pairs and not (self.vhost and self.vhost[index // 2].running):
             (self._fill if index % 2 == RX else self._transmit)(index // 2, queue)
 
     # Transmit.
@@ -255,5 +295,7 @@ class Net(VirtioDevice):
             self.transport.signal_config()
 
     def close(self) -> None:
+        for vhost in self.vhost:
+            vhost.close()
         for backend in self.backends:
             backend.close()

@@ -92,6 +92,11 @@ class VirtioPci(PciDevice, Transport):
             self.iothread.add(efd, lambda q=q: self.dev.notify(q))
             self.notifiers.append((efd, point))
 
+    @property
+    def kicks(self) -> list[int]:
+        """Each queue's doorbell, as an ioeventfd (the same across BAR moves)."""
+        return [efd for efd, _ in self.notifiers]
+
     def _bar_moved(self, index: int, old: int, new: int) -> None:
         """The doorbells follow BAR 0 with the eventfds they had: the I/O
         thread goes on waiting on them, and a guest moving the BAR over

@@ -25,6 +25,7 @@ from net.defaults import PREFIX_LEN
 from net.mac import parse_mac
 from net.passt import Passt
 from net.tap import open_tap
+from net.vhost import VhostNet
 from virtio.balloon import Balloon
 from virtio.blk import Blk
 from virtio.console import Console
@@ -137,12 +138,28 @@ def user_mode(nic: Nic) -> list[Backend]:
 BACKENDS: dict[str, Callable[[Nic], list[Backend]]] = {"user": user_mode, "tap": open_tap}
 
 
+def vhosts(mem: object, backends: list[Backend]) -> list[VhostNet]:
+    """A vhost-net per queue pair; none, and no back end, if one fails."""
+    made: list[VhostNet] = []
+    try:
+        for backend in backends:
+            made.append(VhostNet(mem, f"vhost=1 on tap {backend.ifname}"))
+    except BaseException:
+        for v in made:
+            v.close()
+        for backend in backends:
+            backend.close()
+        raise
+    return made
+
+
 def net(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> Iterator[VirtioDevice]:
     """One virtio-net per NIC, each handed over as soon as it exists, so
     that a later one failing still ends the back ends started before it."""
     for nic in cfg.nics:
         backends = BACKENDS[nic.mode](nic)
-        dev = Net(ctx.vm.mem, backends, parse_mac(nic.guest_mac))
+        dev = Net(ctx.vm.mem, backends, parse_mac(nic.guest_mac),
+                  vhosts(ctx.vm.mem, backends) if nic.vhost else ())
         # Frames arriving are the device's work too, on its own thread.
         for pair, backend in enumerate(backends):
             ctx.iothread(dev).add(backend.fileno(), partial(dev.receive, pair),
