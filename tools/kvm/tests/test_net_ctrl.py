@@ -7,6 +7,8 @@ pairs), and frames on the pairs the guest turned on."""
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from include.uapi import lib
 from net.features import GUEST_OFFLOADS, HOST_OFFLOADS, STATUS_OFFSET, bit
@@ -247,6 +249,36 @@ def test_the_guest_offloads_command_changes_what_the_back_end_hands_over():
         assert command(ctrl, *set_offloads, struct.pack("<Q", bad)) == ERR
     assert command(ctrl, *set_offloads, b"\0" * 4) == ERR
     assert be.guest_offloads == bit("GUEST_CSUM")
+
+
+CLASSES = [lib.VIRTIO_NET_CTRL_RX, lib.VIRTIO_NET_CTRL_MAC, lib.VIRTIO_NET_CTRL_VLAN,
+           lib.VIRTIO_NET_CTRL_ANNOUNCE, lib.VIRTIO_NET_CTRL_MQ,
+           lib.VIRTIO_NET_CTRL_GUEST_OFFLOADS]
+
+
+@settings(deadline=None, database=None, max_examples=3000,
+          suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(CLASSES) | st.integers(0, 255), st.integers(0, 7) | st.integers(0, 255),
+       st.binary(max_size=48), st.lists(st.integers(0, 48), max_size=3),
+       st.lists(st.integers(0, 3), max_size=3))
+def test_any_control_request_is_answered_and_breaks_nothing(cls, cmd, data, cuts, ins):
+    """Well-formed or not, split anywhere, with any device-writable tail:
+    answered OK or ERR in its first writable byte (or given back with
+    nothing written when it has none), and the device stays sane."""
+    bes = [OffloadBackend(), OffloadBackend()]
+    dev, _, (rx0, tx0, rx1, tx1, ctrl) = net_for(bes)
+    raw = bytes([cls, cmd]) + data
+    cuts = sorted(cuts)
+    out = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True) if b > a]
+    ctrl.add(out, ins)
+    ctrl.kick()
+    ((_, written, answer),) = ctrl.collect()
+    assert not dev.broken
+    if any(ins):
+        assert written == 1 and answer[0] in (OK, ERR)    # in the first writable byte
+    else:
+        assert written == 0
+    assert 1 <= dev.pairs <= 2 and bes[0].guest_offloads & ~GUEST_OFFLOADS == 0
 
 
 # Queue pairs.
