@@ -23,6 +23,7 @@ class Nic:
     vhost: bool = False
     trans: str | None = None        # this NIC's transport over --virtio-transport
     fd: int | None = None           # an open tap fd lkvm was handed
+    mq: int = 1                     # queue pairs: the tap's queues
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
 """What virtio-net asks of a network back end, whatever carries the
-frames (a user-mode stack's socket, a tap device, later vhost): take a
-frame, hand over the frames that arrived, and say when the link is gone.
+frames (a user-mode stack's socket, a tap device's queue): take a frame,
+hand over the frames that arrived, and say when the link is gone.  A
+back end with offloads takes and gives each frame after the ten bytes
+of a struct virtio_net_hdr; one of several queues (a multiqueue tap)
+can be turned off while the guest uses fewer.
 
 The device's I/O thread polls fileno() and calls recv() when it is
 readable; send() runs on the same thread, on the guest's transmit kicks.
@@ -18,6 +21,10 @@ class LinkDown(Exception):
 
 
 class Backend(Protocol):
+    # The VIRTIO_NET_F_* offloads it takes (net/features.py): 0, or all of
+    # HOST_OFFLOADS and GUEST_OFFLOADS with a virtio_net_hdr on each frame.
+    offloads: int
+
     def fileno(self) -> int:
         """An fd that polls readable when recv() has frames (or news of
         the link going down) for the device."""
@@ -28,6 +35,13 @@ class Backend(Protocol):
     def recv(self) -> list[bytes]:
         """The frames that arrived, a bounded number, without blocking;
         [] when none has.  Raises LinkDown."""
+
+    def set_offloads(self, offloads: int) -> None:
+        """Hand the guest only the GUEST_* offloads in `offloads`."""
+
+    def enable(self, on: bool) -> None:
+        """Carry frames on this queue or, while the guest uses fewer queue
+        pairs, none: the peer sends them to the other queues."""
 
     def close(self) -> None:
         """Release the back end (and end whatever process serves it)."""

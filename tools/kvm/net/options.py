@@ -2,7 +2,7 @@
 one NIC per option, the option repeatable:
 
     mode=user|tap|none  guest_ip  host_ip  guest_mac  host_mac
-    script  downscript  tapif  vhost=0|1  trans=pci|mmio  fd
+    script  downscript  tapif  vhost=0|1  trans=pci|mmio  fd  mq=N
 
 A -n without mode= is a tap, as in kvmtool; mode=none makes no NIC.
 The n-th NIC's default guest MAC ends in 0x15 + n, so several NICs
@@ -22,8 +22,9 @@ from net.mac import parse_mac
 
 MODES = ("user", "tap", "none")
 TRANSPORTS = ("pci", "mmio", "pci-legacy", "mmio-legacy")
-TAP_ONLY = ("script", "downscript", "tapif", "vhost", "fd")
+TAP_ONLY = ("script", "downscript", "tapif", "vhost", "fd", "mq")
 IFNAMSIZ = 16       # linux/if.h
+MAX_QUEUES = 256    # a tap's most (the kernel's MAX_TAP_QUEUES)
 
 
 class BadSetting(ValueError):
@@ -59,6 +60,13 @@ def number(value: str) -> int:
     return int(value)
 
 
+def queues(value: str) -> int:
+    n = number(value)
+    if not 1 <= n <= MAX_QUEUES:
+        raise BadSetting(f"{value} is not a queue count from 1 to {MAX_QUEUES}")
+    return n
+
+
 def flag(value: str) -> bool:
     if value not in ("0", "1"):
         raise BadSetting(f"{value} is not 0 or 1")
@@ -85,7 +93,7 @@ def path(value: str) -> str:
 SETTINGS: dict[str, Callable[[str], object]] = {
     "mode": one_of(MODES), "guest_ip": ip, "host_ip": ip, "guest_mac": mac, "host_mac": mac,
     "script": path, "downscript": path, "tapif": ifname, "vhost": flag,
-    "trans": one_of(TRANSPORTS), "fd": number,
+    "trans": one_of(TRANSPORTS), "fd": number, "mq": queues,
 }
 
 
@@ -119,6 +127,8 @@ def parse_nic(spec: str, index: int) -> Nic | None:
         raise fail(spec, f"{tap[0]}= is for mode=tap")
     if "fd" in values and "tapif" in values:
         raise fail(spec, "give the tap either as fd= or as tapif=, not both")
+    if "fd" in values and values.get("mq", 1) > 1:
+        raise fail(spec, "mq= opens queues of its own: not with fd=")
     return replace(Nic(), **values)
 
 

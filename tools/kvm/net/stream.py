@@ -18,6 +18,8 @@ SEND_TIMEOUT = 5        # seconds a peer may keep its socket buffer full
 
 
 class StreamBackend:
+    offloads = 0        # whole frames only, as the protocol carries them
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         # Blocking sends with a kernel timeout (reads pass MSG_DONTWAIT):
@@ -57,6 +59,12 @@ class StreamBackend:
             pos += LENGTH.size + n
         del self.inbuf[:pos]  # at most one partial frame stays
         return frames
+
+    def set_offloads(self, offloads: int) -> None:
+        """Nothing to hand on: no offload is ever offered over a stream."""
+
+    def enable(self, on: bool) -> None:
+        """Nothing to turn off: a stream is one queue."""
 
     def why(self, what: str) -> str:
         """What to tell the user when the link goes down; a back end that

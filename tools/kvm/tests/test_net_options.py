@@ -35,9 +35,9 @@ def test_every_setting_lands_in_its_field():
     (nic,) = parse_networks(["mode=tap,guest_ip=10.1.1.2,host_ip=10.1.1.1,"
                              "guest_mac=02:AA:bb:cc:dd:ee,host_mac=02:00:00:00:00:01,"
                              "script=/bin/up,downscript=/bin/down,tapif=tap7,vhost=1,"
-                             "trans=mmio"])
+                             "trans=mmio,mq=4"])
     assert nic == Nic("tap", "10.1.1.2", "10.1.1.1", "02:aa:bb:cc:dd:ee", "02:00:00:00:00:01",
-                      "/bin/up", "/bin/down", "tap7", True, "mmio", None)
+                      "/bin/up", "/bin/down", "tap7", True, "mmio", None, 4)
     assert parse_networks(["mode=tap,fd=5"])[0].fd == 5
 
 
@@ -67,6 +67,10 @@ def test_mode_none_makes_no_nic():
     ("mode=tap,tapif=" + "t" * 16, "tapif: t+ is not an interface name"),
     ("mode=tap,tapif=/dev/tap7", "tapif: /dev/tap7 is not an interface name"),
     ("mode=tap,tapif=tap0,fd=3", "either as fd= or as tapif="),
+    ("mode=tap,mq=0", "mq: 0 is not a queue count from 1 to 256"),
+    ("mode=tap,mq=257", "mq: 257 is not a queue count from 1 to 256"),
+    ("mode=user,mq=2", "mq= is for mode=tap"),
+    ("mode=tap,fd=3,mq=2", "mq= opens queues of its own: not with fd="),
 ])
 def test_bad_settings_are_refused(spec, message):
     with pytest.raises(LkvmError, match=message) as e:
@@ -130,13 +134,25 @@ def test_a_linux_guest_gets_kvmtools_nic_and_a_flat_binary_none():
 # The makers: one virtio-net per NIC, on its transport.
 class FakeBackend:
     """A back end with a real fd for the I/O thread's epoll."""
+    offloads = 0
 
     def __init__(self, nic: Nic) -> None:
         self.nic = nic
         self.ours, self.theirs = socket.socketpair()
+        self.polled = 0
+
+    def recv(self) -> list[bytes]:
+        self.polled += 1
+        return []
 
     def fileno(self) -> int:
         return self.ours.fileno()
+
+    def set_offloads(self, offloads: int) -> None:
+        pass
+
+    def enable(self, on: bool) -> None:
+        pass
 
     def close(self) -> None:
         self.ours.close()
@@ -147,11 +163,11 @@ class FakeBackend:
 def made(monkeypatch):
     backends: list[FakeBackend] = []
 
-    def make(nic: Nic) -> FakeBackend:
+    def make(nic: Nic) -> list[FakeBackend]:
         if nic.guest_ip == "0.0.0.0":
             raise LkvmError("this one fails")
         backends.append(FakeBackend(nic))
-        return backends[-1]
+        return backends[-1:]
     monkeypatch.setattr(setup, "IrqRouting", lambda vm: FakeRouting())
     monkeypatch.setitem(setup.BACKENDS, "user", make)
     return backends
@@ -173,8 +189,9 @@ def test_each_nic_is_a_virtio_net_on_its_transport(made):
                      for i in range(6)) == bytes.fromhex("020000000007")
         assert [b.nic for b in made] == list(nics)
         # The back end's fd is served by the device's own I/O thread.
-        assert all(ctx.threads[d].handlers[b.fileno()][0] == d.receive
-                   for d, b in zip(devs, made, strict=True))
+        for d, b in zip(devs, made, strict=True):
+            ctx.threads[d].handlers[b.fileno()][0]()
+            assert b.polled == 1
     finally:
         ctx.exit()
         vm.close()
@@ -204,7 +221,7 @@ def test_passt_dying_mid_run_takes_the_link_down_once_and_lkvm_goes_on(monkeypat
     dev.transport.signal_config = config_irq.set
     ctx.init()
     try:
-        os.kill(dev.backend.proc.pid, signal.SIGKILL)
+        os.kill(dev.backends[0].proc.pid, signal.SIGKILL)
         assert config_irq.wait(5)
         assert not dev.read_config(STATUS_OFFSET, 2) & lib.VIRTIO_NET_S_LINK_UP
         assert ctx.threads[dev].thread.is_alive()
@@ -220,7 +237,8 @@ def test_the_default_nic_is_kvmtools():
     assert dataclasses.asdict(Nic()) == {
         "mode": "user", "guest_ip": "192.168.33.15", "host_ip": "192.168.33.1",
         "guest_mac": "02:15:15:15:15:15", "host_mac": "02:01:01:01:01:01", "script": None,
-        "downscript": None, "tapif": None, "vhost": False, "trans": None, "fd": None}
+        "downscript": None, "tapif": None, "vhost": False, "trans": None, "fd": None,
+        "mq": 1}
 
 
 # A tiny guest's own view: it scans PCI for legacy virtio-nets and

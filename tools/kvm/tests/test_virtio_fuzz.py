@@ -5,9 +5,10 @@ could do: queue sizes that are not powers of two, rings outside RAM or
 misaligned, descriptors pointing into the hole or past RAM, lengths that
 wrap, loops, indirect tables inside indirect tables, readable descriptors
 where writable ones belong, available indexes running ahead, feature bits
-never offered, blk headers with any type and sector, and balloon page
+never offered, blk headers with any type and sector, balloon page
 numbers inside and outside RAM, with target changes and stats requests
-in between.  The device must answer with an error status or mark itself
+in between, and virtio-net control commands of any class and command
+with frames arriving between kicks.  The device must answer with an error status or mark itself
 NEEDS_RESET; any other exception fails the test, and every access goes
 through GuestMemory.view, which refuses anything outside RAM.  10,000
 cases per device, 100,000 with --slow.
@@ -27,12 +28,15 @@ from disk.raw import RawDisk
 from include.uapi import lib
 from kvm.ipc import BALLOON, STAT, U32, IpcError
 from tests.helpers import record_fuzz_cases
+from tests.test_net_ctrl import OffloadBackend
+from tests.test_virtio_net import MAC
 from virtio import balloon as balloon_mod
 from virtio.balloon import PAGE_SHIFT, PFN, STATS, Balloon
 from virtio.blk import OUTHDR, RANGE, Blk
 from virtio.console import Console
 from virtio.device import S_FEATURES_OK
 from virtio.mock import F_INDIRECT, F_NEXT, F_WRITE, HIGH_RAM, HOLE, LOW_RAM, Driver, mock_memory
+from virtio.net import Net
 from virtio.queue import DESC, USED_ELEM, USED_IDX, USED_RING
 from virtio.rng import Rng
 
@@ -57,6 +61,9 @@ SECTORS = [0, 1, 127, 128, 2**32, 2**63 - 1, 2**64 - 1]
 PFNS = [BUFS >> PAGE_SHIFT, (BUFS >> PAGE_SHIFT) + 1, RINGS >> PAGE_SHIFT, 0,
         (LOW_RAM >> PAGE_SHIFT) - 1, HOLE[0] >> PAGE_SHIFT, HOLE[1] >> PAGE_SHIFT,
         (HOLE[1] + HIGH_RAM >> PAGE_SHIFT) - 1, HOLE[1] + HIGH_RAM >> PAGE_SHIFT, 0xFFFFFFFF]
+NET_CLASSES = [lib.VIRTIO_NET_CTRL_RX, lib.VIRTIO_NET_CTRL_MAC, lib.VIRTIO_NET_CTRL_VLAN,
+               lib.VIRTIO_NET_CTRL_ANNOUNCE, lib.VIRTIO_NET_CTRL_MQ,
+               lib.VIRTIO_NET_CTRL_GUEST_OFFLOADS, 0xFF]
 
 
 class Reader:
@@ -112,6 +119,9 @@ def hostile_case(dev, data: bytes) -> None:
     for addr in (BUFS, BUFS + 0x1000):
         if isinstance(dev, Balloon):
             dev.mem.write(addr, b"".join(PFN.pack(r.value(PFNS, 4)) for _ in range(4)))
+        elif isinstance(dev, Net):     # a control command, or a header to transmit
+            dev.mem.write(addr, bytes([r.pick(NET_CLASSES), r.int(1) % 8]) +
+                          r.int(16).to_bytes(16, "little"))
         elif r.int(1) % 2:
             dev.mem.write(addr, OUTHDR.pack(r.pick(BLK_TYPES), 0, r.value(SECTORS, 8)))
         else:
@@ -126,6 +136,10 @@ def hostile_case(dev, data: bytes) -> None:
         struct.pack_into("<H", avail, 2, idx)
     if isinstance(dev, Console) and r.int(1) % 2:
         dev.receive(b"keys")
+    if isinstance(dev, Net) and r.int(1) % 2:
+        pair = r.int(1) % 2
+        dev.backends[pair].inbox.append(r.int(12).to_bytes(12, "little") * r.pick([1, 8, 4096]))
+        dev.receive(pair)
     dev.notify(index)
     if isinstance(dev, Balloon):
         balloon_requests(dev, r)
@@ -183,6 +197,9 @@ DEVICES = {
     "blk-snapshot": lambda mem, path: Blk(mem, open_disk(path, snapshot=True), "fuzz"),
     "blk-qcow2": lambda mem, path: Blk(mem, open_disk(qcow2_beside(path)), "fuzz"),
     "balloon": lambda mem, path: Balloon(mem),
+    # Two queue pairs on a back end with offloads: every queue kind, and
+    # the control queue where MQ puts it or not.
+    "net": lambda mem, path: Net(mem, [OffloadBackend(), OffloadBackend()], MAC),
 }
 
 

@@ -34,6 +34,8 @@ WAIT = 5.0  # seconds passt gets to answer
 
 
 class FakeBackend:
+    offloads = 0
+
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.inbox: list[bytes] = []
@@ -54,14 +56,20 @@ class FakeBackend:
         out, self.inbox = self.inbox, []
         return out
 
+    def set_offloads(self, offloads: int) -> None:
+        self.guest_offloads = offloads
+
+    def enable(self, on: bool) -> None:
+        self.enabled = on
+
     def close(self) -> None:
         self.closed += 1
 
 
 def net_for(backend, features=None):
-    dev = Net(mock_memory(), backend, MAC)
+    dev = Net(mock_memory(), [backend], MAC)
     drv = Driver(dev)
-    rx, tx = drv.start(features)
+    rx, tx, _ = drv.start(features)
     return dev, drv, rx, tx
 
 
@@ -110,17 +118,17 @@ def test_receive_waits_for_enough_buffers():
     frame = os.urandom(3000)
     rx.add([], [1000])
     deliver(dev, be, frame)
-    assert rx.collect() == [] and len(dev.pending) == 1   # the buffer went back unused
+    assert rx.collect() == [] and len(dev.pending[0]) == 1   # the buffer went back unused
     rx.add([], [4000])
     rx.kick()
     used = rx.collect()
-    assert len(used) == 2 and not dev.pending
+    assert len(used) == 2 and not dev.pending[0]
     assert b"".join(d[:w] for _, w, d in used)[HDR_MRG.size:] == frame
 
 
 def test_receive_without_mergeable_drops_what_one_buffer_cannot_hold():
     be = FakeBackend()
-    no_mrg = Net(mock_memory(), be, MAC).offered() & ~(1 << lib.VIRTIO_NET_F_MRG_RXBUF)
+    no_mrg = Net(mock_memory(), [be], MAC).offered() & ~(1 << lib.VIRTIO_NET_F_MRG_RXBUF)
     dev, _, rx, _ = net_for(be, no_mrg)
     rx.add([], [1600])
     small = os.urandom(1500)
@@ -132,9 +140,9 @@ def test_receive_without_mergeable_drops_what_one_buffer_cannot_hold():
 
 def test_legacy_header_without_mergeable_is_ten_bytes():
     be = FakeBackend()
-    dev = Net(mock_memory(), be, MAC)
+    dev = Net(mock_memory(), [be], MAC)
     dev.modern = False
-    rx, tx = Driver(dev).start(dev.offered() & ~(1 << lib.VIRTIO_NET_F_MRG_RXBUF))
+    rx, tx, _ = Driver(dev).start(dev.offered() & ~(1 << lib.VIRTIO_NET_F_MRG_RXBUF))
     rx.add([], [1600])
     deliver(dev, be, b"x" * 60)
     ((_, written, _),) = rx.collect()
@@ -148,7 +156,7 @@ def test_pending_frames_are_bounded():
     be = FakeBackend()
     dev, _, _, _ = net_for(be)
     deliver(dev, be, *[b"z" * 60] * (PENDING_FRAMES + 10))
-    assert len(dev.pending) == PENDING_FRAMES and dev.dropped == 10
+    assert len(dev.pending[0]) == PENDING_FRAMES and dev.dropped == 10
 
 
 @pytest.mark.parametrize("out,ins", [
@@ -328,8 +336,8 @@ class Guest:
 
     def __init__(self) -> None:
         self.backend = Passt()
-        self.dev = Net(mock_memory(), self.backend, MAC)
-        self.rx, self.tx = Driver(self.dev).start()
+        self.dev = Net(mock_memory(), [self.backend], MAC)
+        self.rx, self.tx, _ = Driver(self.dev).start()
         for _ in range(64):
             self.rx.add([], [4096])
 

@@ -451,9 +451,6 @@ class KickTransport(MockTransport):
         super().__init__()
         self.kicks = [os.eventfd(0) for _ in range(3)]
 
-    def kick_fd(self, index: int) -> int:
-        return self.kicks[index]
-
 
 def test_vhost_gets_the_memory_table_rings_and_eventfds():
     kernel = FakeVhostKernel()

@@ -31,15 +31,12 @@ class VirtioMmio(Transport):
         self.align = 4096
         ctx.vm.mmio.register(base, REGION_SIZE, self)
         ctx.vm.virtio_mmio.append((base, REGION_SIZE, self.irq))
-        iothread = ctx.iothread(dev)
-        self.kick_fds = [ctx.vm.ioeventfd(base + lib.VIRTIO_MMIO_QUEUE_NOTIFY, 4, False, q)
-                         for q in range(len(dev.queues))]
-        for q, efd in enumerate(self.kick_fds):
-            iothread.add(efd, lambda q=q: dev.notify(q))
-
-    def kick_fd(self, index: int) -> int:
-        """Queue `index`'s ioeventfd, for a vhost back end to wait on."""
-        return self.kick_fds[index]
+        self.iothread = ctx.iothread(dev)
+        self.kicks: list[int] = []      # each queue's doorbell, as an ioeventfd
+        for q in range(len(dev.queues)):
+            efd = ctx.vm.ioeventfd(base + lib.VIRTIO_MMIO_QUEUE_NOTIFY, 4, False, q)
+            self.iothread.add(efd, lambda q=q: dev.notify(q))
+            self.kicks.append(efd)
 
     # Interrupts: a level line, up while any status bit is.
     def signal_queue(self, index: int) -> None:

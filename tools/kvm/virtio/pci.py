@@ -97,9 +97,10 @@ class VirtioPci(PciDevice, Transport):
             self.iothread.add(efd, lambda q=q: self.dev.notify(q))
             self.notifiers.append((efd, point))
 
-    def kick_fd(self, index: int) -> int:
-        """Queue `index`'s ioeventfd, for a vhost back end to wait on."""
-        return self.notifiers[index][0]
+    @property
+    def kicks(self) -> list[int]:
+        """Each queue's doorbell, as an ioeventfd (the same across BAR moves)."""
+        return [efd for efd, _ in self.notifiers]
 
     def _bar_moved(self, index: int, old: int, new: int) -> None:
         """The doorbells follow BAR 0 with the eventfds they had: the I/O

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 from disk.core import Disk, open_disk
 from disk.iodelay import IoDelay
@@ -28,7 +29,8 @@ from net.backend import Backend
 from net.defaults import PREFIX_LEN
 from net.mac import parse_mac
 from net.passt import Passt
-from net.tap import Tap
+from net.tap import open_tap
+from net.vhost import VhostNet
 from scsi.sbc import BlockLun
 from scsi.target import MAX_LUNS
 from virtio.balloon import Balloon
@@ -175,21 +177,40 @@ def balloon(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[Vir
     return [ctx.balloon]
 
 
-def user_mode(nic: Nic) -> Backend:
-    return Passt(nic.guest_ip, nic.host_ip, PREFIX_LEN, nic.host_mac)
+def user_mode(nic: Nic) -> list[Backend]:
+    return [Passt(nic.guest_ip, nic.host_ip, PREFIX_LEN, nic.host_mac)]
 
 
-BACKENDS: dict[str, Callable[[Nic], Backend]] = {"user": user_mode, "tap": Tap}
+# Each mode's back end: one per queue pair.
+BACKENDS: dict[str, Callable[[Nic], list[Backend]]] = {"user": user_mode, "tap": open_tap}
+
+
+def vhosts(mem: object, backends: list[Backend]) -> list[VhostNet]:
+    """A vhost-net per queue pair; none, and no back end, if one fails."""
+    made: list[VhostNet] = []
+    try:
+        for backend in backends:
+            made.append(VhostNet(mem, f"vhost=1 on tap {backend.ifname}"))
+    except BaseException:
+        for v in made:
+            v.close()
+        for backend in backends:
+            backend.close()
+        raise
+    return made
 
 
 def net(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> Iterator[VirtioDevice]:
     """One virtio-net per NIC, each handed over as soon as it exists, so
     that a later one failing still ends the back ends started before it."""
     for nic in cfg.nics:
-        backend = BACKENDS[nic.mode](nic)
-        dev = Net(ctx.vm.mem, backend, parse_mac(nic.guest_mac))
+        backends = BACKENDS[nic.mode](nic)
+        dev = Net(ctx.vm.mem, backends, parse_mac(nic.guest_mac),
+                  vhosts(ctx.vm.mem, backends) if nic.vhost else ())
         # Frames arriving are the device's work too, on its own thread.
-        ctx.iothread(dev).add(backend.fileno(), dev.receive, counter=False)
+        for pair, backend in enumerate(backends):
+            ctx.iothread(dev).add(backend.fileno(), partial(dev.receive, pair),
+                                  counter=False)
         if nic.trans:
             ctx.transports[dev] = nic.trans
         yield dev

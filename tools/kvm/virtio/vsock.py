@@ -498,7 +498,7 @@ class VhostVsock(Cid):
         if not all(q.enabled for q in queues.values()):
             self.fail("driver ready before its receive and transmit queues")
             return
-        kicks = {q: self.transport.kick_fd(q) for q in queues}
+        kicks = {q: self.transport.kicks[q] for q in queues}
         if self.iothread is not None:
             for efd in kicks.values():
                 if efd in self.iothread.handlers:
