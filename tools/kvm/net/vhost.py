@@ -19,18 +19,16 @@ doorbells back to the I/O thread; the control queue is always lkvm's.
 """
 
 import os
-import struct
 from collections.abc import Callable
 from typing import Protocol
 
 from include.uapi import ffi, lib
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
+from virtio.vhost import host_address, memory_table
 
 VHOST_NET = "/dev/vhost-net"
 RX, TX = 0, 1          # a vhost-net instance's rings (the kernel's VHOST_NET_VQ_*)
-MEMORY = struct.Struct("<II")           # struct vhost_memory: nregions, padding
-REGION = struct.Struct("<QQQQ")         # guest_phys_addr, memory_size, userspace_addr, flags
 # Features vhost-net itself must implement for lkvm to offer them: the
 # ring's and the header's; the offloads are the tap's.
 VHOST_FEATURES = (1 << lib.VIRTIO_RING_F_INDIRECT_DESC | 1 << lib.VIRTIO_RING_F_EVENT_IDX |
@@ -59,12 +57,6 @@ def available() -> bool:
     return os.path.exists(VHOST_NET)
 
 
-def host_address(mem: object, gpa: int, length: int) -> int:
-    """Where lkvm maps guest range gpa+length (it must lie in one region)."""
-    region = mem.region(gpa, length)
-    return region.host + gpa - region.gpa
-
-
 class VhostNet:
     def __init__(self, mem: object, what: str) -> None:
         self.mem = mem
@@ -86,10 +78,7 @@ class VhostNet:
             raise LkvmError(f"{what}: {VHOST_NET}: {e.strerror}") from None
 
     def set_mem_table(self) -> None:
-        regions = self.mem.regions
-        table = bytearray(MEMORY.pack(len(regions), 0) + b"".join(
-            REGION.pack(r.gpa, r.size, r.host, 0) for r in regions))
-        ioctl(self.fd, lib.VHOST_SET_MEM_TABLE, ffi.from_buffer(table))
+        ioctl(self.fd, lib.VHOST_SET_MEM_TABLE, memory_table(self.mem))
 
     def _vring(self, request: int, ctype: str, **fields: int) -> None:
         ioctl(self.fd, request, ffi.new(f"struct {ctype} *", fields))

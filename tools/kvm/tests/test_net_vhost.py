@@ -7,7 +7,6 @@ of it given back at reset."""
 
 import os
 import socket
-import struct
 
 import pytest
 
@@ -111,8 +110,9 @@ def test_the_memory_table_is_the_guests_ram(wired):
                                          "VHOST_SET_MEM_TABLE"]
         table = calls[2][1]
         regions = dev.mem.regions
-        assert struct.unpack_from("<I", table)[0] == len(regions)
-        assert [struct.unpack_from("<QQQ", table, 8 + 32 * i) for i in range(len(regions))] \
+        assert table["nregions"] == len(regions)
+        assert [(t.guest_phys_addr, t.memory_size, t.userspace_addr)
+                for t in table["regions"][0:len(regions)]] \
             == [(r.gpa, r.size, r.host) for r in regions]
     finally:
         ctx.exit()
