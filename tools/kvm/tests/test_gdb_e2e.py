@@ -32,7 +32,7 @@ read go
 echo "guest: got $go"
 """
 # gdb's shell expands $HOME.
-GDB = ["info threads", "p/x $cr3", "info registers rip", "x/s linux_banner", "stepi",
+GDB = ["info threads", "p/x $cr3", "info registers rip", "x/s (char *)&linux_banner", "stepi",
        "detach", "shell echo go > $HOME/console-in"]
 
 
