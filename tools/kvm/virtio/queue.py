@@ -13,6 +13,13 @@ publishing the used index, and a full fence wherever the device writes
 one word and then reads one the driver writes (the available event
 index before looking at the ring again, the used index before asking
 whether the driver wants an interrupt).
+
+The ring's index, flags and event words are read and written as whole
+16-bit words through a 16-bit view of the ring: two byte accesses could
+see half an update the driver makes meanwhile (a used event 0x00ff
+becoming 0x0100 read as 0x01ff), and decide against an interrupt or a
+kick that was due, leaving the driver to wait for ever.  The words are
+the host's order, little-endian on every host lkvm runs on.
 """
 
 from dataclasses import dataclass
@@ -73,7 +80,7 @@ class Virtqueue:
         self.vector = lib.VIRTIO_MSI_NO_VECTOR
         self.last_avail = 0
         self.used_idx = 0
-        self._desc = self._avail = self._used = None
+        self._desc = self._avail = self._used = self._used16 = None
 
     def activate(self) -> None:
         """Check the driver's queue set-up and map the rings."""
@@ -88,21 +95,22 @@ class Virtqueue:
         desc, avail, used = ring_sizes(size)
         try:
             self._desc = self.mem.view(self.desc_addr, desc)
-            self._avail = self.mem.view(self.avail_addr, avail)
+            self._avail = self.mem.view(self.avail_addr, avail).cast("H")
             self._used = self.mem.view(self.used_addr, used)
         except GuestError as e:
             raise QueueError(f"queue rings outside RAM: {e}") from None
+        self._used16 = self._used.cast("H")
         self.last_avail = self.used_idx = 0  # a fresh queue starts at 0, whatever RAM says
         self.enabled = True
 
     @staticmethod
-    def _u16(view: memoryview, off: int) -> int:
-        return view[off] | view[off + 1] << 8
+    def _u16(words: memoryview, off: int) -> int:
+        """The word at byte offset `off` of a ring's 16-bit view, in one load."""
+        return words[off >> 1]
 
     @staticmethod
-    def _put16(view: memoryview, off: int, value: int) -> None:
-        view[off] = value & 0xFF
-        view[off + 1] = value >> 8 & 0xFF
+    def _put16(words: memoryview, off: int, value: int) -> None:
+        words[off >> 1] = value
 
     def pop(self) -> Chain | None:
         """The next available chain, or None when the ring is empty."""
@@ -111,7 +119,7 @@ class Virtqueue:
         if idx == self.last_avail and self.event_idx:
             # Tell the driver where to kick next, then look again: it may
             # have added a buffer before seeing the new event index.
-            self._put16(self._used, USED_RING + USED_ELEM_SIZE * self.size, self.last_avail)
+            self._put16(self._used16, USED_RING + USED_ELEM_SIZE * self.size, self.last_avail)
             mb()
             idx = self._u16(avail, AVAIL_IDX)
         if idx == self.last_avail:
@@ -173,7 +181,7 @@ class Virtqueue:
                             head, written)
         release()  # the element is visible before the index that publishes it
         self.used_idx = (self.used_idx + 1) & 0xFFFF
-        self._put16(self._used, USED_IDX, self.used_idx)
+        self._put16(self._used16, USED_IDX, self.used_idx)
 
     def needs_interrupt(self, old_used: int) -> bool:
         """Whether the driver asked to hear of the entries pushed since the
