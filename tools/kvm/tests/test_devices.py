@@ -67,3 +67,18 @@ def test_a_failed_virtio_setup_closes_what_it_made(monkeypatch):
         setup.attach(vm, cfg, print)
     vm.close()
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_bad_later_disk_closes_the_earlier_ones(monkeypatch, tmp_path):
+    """-d good.img -d /dev/null: the first image, opened and locked before
+    the second is refused, is closed again, its lock with it."""
+    monkeypatch.setattr(setup, "IrqRouting", lambda vm: FakeRouting())
+    image = tmp_path / "good.img"
+    image.write_bytes(bytes(64 * 1024))
+    cfg = Config(name="t", cpus=1, ram_mib=64, disks=(str(image), "/dev/null"))
+    vm = FakeVm()
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(LkvmError, match="/dev/null"):
+        setup.attach(vm, cfg, print)
+    vm.close()
+    assert sorted(os.listdir("/proc/self/fd")) == before

@@ -11,9 +11,10 @@ answers) stalls its own device and no other, and a stop abandons it."""
 import importlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Protocol, TypeVar
 
 from disk.core import Disk, open_disk
 from disk.iodelay import IoDelay
@@ -103,6 +104,28 @@ class Context:
         self.devices.clear()
 
 
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+T = TypeVar("T")
+C = TypeVar("C", bound=Closeable)
+
+
+def open_all(items: Sequence[T], opener: Callable[[T], C]) -> list[C]:
+    """opener(item) for each item; when one fails, the ones opened before
+    it are closed before the error goes up."""
+    made: list[C] = []
+    try:
+        for item in items:
+            made.append(opener(item))
+    except BaseException:
+        for thing in made:
+            thing.close()
+        raise
+    return made
+
+
 def parse_disk(spec: str, kind: str = "") -> Disk:
     path, *flags = spec.split(",")
     unknown = [f for f in flags if f not in DISK_FLAGS]
@@ -123,7 +146,7 @@ def rng(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioD
 
 
 def blk(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
-    disks = [parse_disk(spec) for spec in cfg.disks]
+    disks = open_all(cfg.disks, parse_disk)
     if cfg.debug_iodelay:
         disks = [IoDelay(disk, cfg.debug_iodelay) for disk in disks]
     return [Blk(ctx.vm.mem, disk, f"lkvm-disk-{i}") for i, disk in enumerate(disks)]
@@ -151,14 +174,7 @@ def scsi(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[Virtio
         return []
     if len(cfg.scsi) > MAX_LUNS:
         raise LkvmError(f"--disk scsi: at most {MAX_LUNS} LUNs, not {len(cfg.scsi)}")
-    luns: list[BlockLun] = []
-    try:
-        for spec in cfg.scsi:
-            luns.append(scsi_lun(spec, len(luns)))
-    except BaseException:
-        for lun in luns:
-            lun.close()
-        raise
+    luns = open_all(range(len(cfg.scsi)), lambda i: scsi_lun(cfg.scsi[i], i))
     return [Scsi(ctx.vm.mem, luns)]
 
 
