@@ -139,10 +139,12 @@ CPP_FLAGS = ("-D__attribute__(x)=", "-D__extension__=", "-D__signed__=signed",
              "-D__inline__=inline", "-D__asm__(x)=", "-D__restrict=")
 
 # GCC's 128-bit integers (arm64's FP/SIMD and pointer authentication
-# registers): pycparser must know their names to parse, and cffi has no such
-# type, so fields of them are left out; their structs stay partial, so the
-# compiler still gives their sizes and the other fields' offsets.
+# registers, and linux/types.h's __s128/__u128 from 6.11 on): pycparser must
+# know the typedef names to parse, and cffi has no such type, so fields of
+# them, and typedefs of them, are left out; their structs stay partial, so
+# the compiler still gives their sizes and the other fields' offsets.
 INT128 = ("__uint128_t", "__int128_t")
+INT128_TYPES = frozenset({"__int128", *INT128})
 
 UAPI_FILE = re.compile(r'^# \d+ "(?P<path>[^"]*/(?:linux|asm|asm-generic|scsi)/[^"]*)"')
 
@@ -240,19 +242,19 @@ def fix_array_lengths(node: c_ast.Node) -> None:
             node.dim = c_ast.ID("...")
 
 
-def is_int128(decl: c_ast.Node) -> bool:
+def is_int128(decl: c_ast.Node, int128: set[str]) -> bool:
     tdecl = decl.type
     while isinstance(tdecl, c_ast.ArrayDecl):
         tdecl = tdecl.type
     names = getattr(getattr(tdecl, "type", None), "names", [])
-    return any(n in INT128 for n in names)
+    return any(n in int128 for n in names)
 
 
-def drop_int128_fields(node: c_ast.Node) -> None:
+def drop_int128_fields(node: c_ast.Node, int128: set[str]) -> None:
     for _, child in node.children():
-        drop_int128_fields(child)
+        drop_int128_fields(child, int128)
     if isinstance(node, (c_ast.Struct, c_ast.Union)) and node.decls:
-        node.decls = [d for d in node.decls if not is_int128(d)]
+        node.decls = [d for d in node.decls if not is_int128(d, int128)]
 
 
 def anonymous_body(node: c_ast.Node) -> c_ast.Node | None:
@@ -273,13 +275,17 @@ class Declarations:
         self.cdefs: list[str] = []
         self.prelude: list[str] = []
         self.enumerators: set[str] = set()
+        self.int128 = set(INT128_TYPES)   # grows by the headers' typedefs of them
 
     def add(self, node: c_ast.Node) -> None:
         if isinstance(node, c_ast.FuncDef) or \
                 isinstance(getattr(node, "type", None), c_ast.FuncDecl):
             return
+        if isinstance(node, c_ast.Typedef) and is_int128(node, self.int128):
+            self.int128.add(node.name)
+            return
         fix_array_lengths(node)
-        drop_int128_fields(node)
+        drop_int128_fields(node, self.int128)
         body = node.type
         if isinstance(node, c_ast.Typedef):
             body = node.type.type if isinstance(node.type, c_ast.TypeDecl) else None

@@ -92,3 +92,17 @@ def test_arm64_bindings_parse_without_x86_headers():
     cdefs = "\n".join(uapi_build.declarations(target, []).cdefs)
     assert "struct kvm_vcpu_init" in cdefs
     assert "struct boot_params" not in cdefs
+
+
+def test_typedefs_of_128_bit_integers_are_left_out():
+    """6.11's linux/types.h typedefs __s128 and __u128, which cffi cannot
+    declare: the typedefs and fields of them are dropped, their structs
+    kept partial."""
+    decls = uapi_build.Declarations()
+    src = ("typedef int __int128_t;\ntypedef signed __int128 __s128;\n"
+           "typedef unsigned __int128 __u128;\nstruct pair { __u128 wide; int narrow; };\n")
+    for node in uapi_build.c_parser.CParser().parse(src).ext[1:]:
+        decls.add(node)
+    text = "\n".join(decls.cdefs)
+    assert "__int128" not in text and "wide" not in text
+    assert "narrow" in text and "...;" in text
