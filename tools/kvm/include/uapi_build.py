@@ -132,6 +132,7 @@ void lkvm_mb(void);
 void lkvm_acquire(void);
 void lkvm_release(void);
 """
+GLUE_FUNCTIONS = frozenset(re.findall(r"(lkvm_\w+)\(", IOCTL_CDEF + STATFS_CDEF + FENCE_CDEF))
 
 # Spellings the compiler accepts and pycparser does not; they do not
 # change layout here because cffi takes the layout from the compiler.
@@ -342,10 +343,43 @@ def declarations(target: Target, includes: list[str]) -> Declarations:
     return decls
 
 
+# Names lkvm's code takes from the bindings: lib.NAME in its Python.
+LIB_NAME = re.compile(r"\blib\.([A-Za-z_]\w*)")
+
+
+def used_names(machine: str) -> dict[str, str]:
+    """Each lib.NAME the code for `machine` uses, with a file using it:
+    the generic code and that machine's arch directory, not the tests, nor
+    another arch's directory, whose names its own headers have."""
+    others = {d for m, d in arch_dirs().items() if m != machine}
+    skip = others | {os.path.join(KVMDIR, d) for d in ("tests", "include")}
+    used: dict[str, str] = {}
+    for top, dirs, files in os.walk(KVMDIR):
+        dirs[:] = sorted(d for d in dirs if os.path.join(top, d) not in skip)
+        for f in sorted(files):
+            if f.endswith(".py"):
+                path = os.path.join(top, f)
+                with open(path) as src:
+                    for name in LIB_NAME.findall(src.read()):
+                        used.setdefault(name, os.path.relpath(path, KVMDIR))
+    return used
+
+
+def check_names(target: Target, includes: list[str], have: set[str]) -> None:
+    """One line naming what lkvm uses and these headers lack, at build
+    time rather than as an AttributeError in a running guest."""
+    missing = {n: f for n, f in used_names(target.arch).items() if n not in have}
+    if missing:
+        where = " ".join(i.removeprefix("-isystem") for i in includes) or "the system's"
+        sys.exit(f"uapi_build: the uapi headers ({where}) lack what lkvm uses: "
+                 + ", ".join(f"{n} ({f})" for n, f in sorted(missing.items())))
+
+
 def build(outdir: str, includes: list[str], target: Target = Target()) -> None:
     decls = declarations(target, includes)
     names = [n for n in integer_macros(target, uapi_macros(target, includes), includes)
              if n not in decls.enumerators]
+    check_names(target, includes, {*names, *decls.enumerators, *GLUE_FUNCTIONS})
     ffi = cffi.FFI()
     ffi.cdef("\n".join(decls.cdefs))
     ffi.cdef("".join(f"#define {n} ...\n" for n in names))

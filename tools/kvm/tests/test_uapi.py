@@ -94,6 +94,22 @@ def test_arm64_bindings_parse_without_x86_headers():
     assert "struct boot_params" not in cdefs
 
 
+def test_headers_lacking_a_used_name_fail_the_build_in_one_line():
+    """Headers older than what lkvm uses stop the build with the names and
+    where lkvm uses them, not an AttributeError in a running guest."""
+    target = uapi_build.Target()
+    used = uapi_build.used_names(target.arch)
+    assert used["KVM_RUN"] and used["VIRTIO_F_VERSION_1"]
+    assert "KVM_ARM_VCPU_INIT" not in used or target.arch == "aarch64"  # arm/ is not x86's
+    have = set(used) - {"KVM_SET_GSI_ROUTING"}
+    with pytest.raises(SystemExit) as e:
+        uapi_build.check_names(target, ["-isystem/old/include"], have)
+    (line,) = str(e.value).splitlines()
+    assert line.startswith("uapi_build: the uapi headers (/old/include) lack what lkvm uses: "
+                           "KVM_SET_GSI_ROUTING (")
+    uapi_build.check_names(target, [], set(used))  # all there: no complaint
+
+
 def test_typedefs_of_128_bit_integers_are_left_out():
     """6.11's linux/types.h typedefs __s128 and __u128, which cffi cannot
     declare: the typedefs and fields of them are dropped, their structs
