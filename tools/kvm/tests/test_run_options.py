@@ -316,16 +316,18 @@ def test_firmware_refusals(tmp_path):
 @pytest.mark.usefixtures("kvm_available")
 def test_single_step_dumps_every_instruction():
     """hello.S's first instructions, one stop each: mov $msg,%si (3 bytes),
-    mov $0x3f8,%dx (3), cld, lodsb, test %al,%al (2), ...  The guest still
-    runs to its end."""
+    call puts (3), then puts.inc's mov $0x3f8,%dx (3), cld, lodsb, ...
+    (puts follows the 13 bytes of code and the 14 of msg).  The guest
+    still runs to its end."""
     r = run_lkvm(*HELLO, "--debug-single-step", guest("hello"))
     assert r.returncode == 0 and r.stdout == b"Hello, lkvm!\n", r.stderr[-2000:]
     err = r.stderr.decode()
     rips = [int(m, 16) for m in re.findall(r"^ rip: ([0-9a-f]{16}) ", err, re.M)]
-    assert rips[:5] == [0x3, 0x6, 0x7, 0x8, 0xa]
+    puts = 13 + 14
+    assert rips[:5] == [0x3, puts, puts + 3, puts + 4, puts + 5]
     assert err.count("# vCPU #0 single step:") == len(rips) > 13    # a loop per character
     first = err.split("single step:", 2)[1]
-    assert "rsi: 0000000000000016" in first         # msg's offset, just loaded
+    assert "rsi: 000000000000000d" in first         # msg's offset, just loaded
 
 
 def test_single_step_needs_the_capability():

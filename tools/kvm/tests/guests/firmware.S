@@ -10,19 +10,15 @@ _start:
 entry:	mov	%cs, %ax
 	mov	%ax, %ds
 	mov	$msg, %si
-	mov	$0x3f8, %dx
-	cld
-1:	lodsb
-	test	%al, %al
-	jz	2f
-	out	%al, %dx
-	jmp	1b
-2:	mov	$0xfe, %al
+	call	puts
+	mov	$0xfe, %al
 	out	%al, $0x64
 3:	hlt
 	jmp	3b
 
 msg:	.asciz	"Hello from firmware\n"
+
+	.include "puts.inc"
 
 	.org	0x1fff0
 reset:	ljmp	$0xe000, $entry

@@ -4,16 +4,12 @@
 	.globl	_start
 _start:
 	mov	$msg, %si
-	mov	$0x3f8, %dx
-	cld
-1:	lodsb
-	test	%al, %al
-	jz	2f
-	out	%al, %dx
-	jmp	1b
-2:	mov	$0xfe, %al		/* i8042: pulse the reset line */
+	call	puts
+	mov	$0xfe, %al		/* i8042: pulse the reset line */
 	out	%al, $0x64
 3:	hlt
 	jmp	3b
 
 msg:	.asciz	"Hello, lkvm!\n"
+
+	.include "puts.inc"
