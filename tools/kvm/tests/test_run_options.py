@@ -235,33 +235,39 @@ def pty_of(proc: subprocess.Popen, term: int) -> str:
     return match[1]
 
 
-def talk(path: str, send: bytes, want: bytes) -> bytes:
-    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
-    try:
-        os.write(fd, send)
-        got = b""
-        while len(got) < len(want):
-            ready, _, _ = select.select([fd], [], [], TINY_TIMEOUT)
-            assert ready, f"the guest answered {got!r}"
-            got += os.read(fd, 64)
-        return got
-    finally:
-        os.close(fd)
+def talk(fd: int, send: bytes, want: bytes) -> bytes:
+    os.write(fd, send)
+    got = b""
+    while len(got) < len(want):
+        ready, _, _ = select.select([fd], [], [], TINY_TIMEOUT)
+        assert ready, f"the guest answered {got!r}"
+        chunk = os.read(fd, 64)
+        assert chunk, f"the pty closed after {got!r}"  # read() gives b"" from then on
+        got += chunk
+    return got
 
 
 @pytest.mark.usefixtures("kvm_available")
 @pytest.mark.parametrize("term,name,send,answer,stdout", [
     # The console: nothing on stdout, all of it on the pty.
-    (0, "echo", b"hello, pty\n", b"HELLO, PTY\n", b""),
+    (0, "echo", b"hello, pty", b"HELLO, PTY", b""),
     # ttyS1: its own pty; the console stays on stdout.
-    (1, "tty_echo", b"abc\n", b"ABC\n", b"ttyS1 done\n"),
+    (1, "tty_echo", b"abc", b"ABC", b"ttyS1 done\n"),
 ])
 def test_tty_puts_a_terminal_on_a_pty(term, name, send, answer, stdout):
+    """The guest echoes a line in upper case and ends at its newline.  The
+    answer is read before the newline goes: once lkvm ends, the pty goes
+    with it, and what the guest wrote last may not have reached the reader."""
     with subprocess.Popen([LKVM, *HELLO, "--tty", str(term), guest(name)],
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE) as proc:
         try:
-            assert talk(pty_of(proc, term), send, answer) == answer
+            fd = os.open(pty_of(proc, term), os.O_RDWR | os.O_NOCTTY)
+            try:
+                assert talk(fd, send, answer) == answer
+                os.write(fd, b"\n")
+            finally:
+                os.close(fd)
             out, err = proc.communicate(timeout=TINY_TIMEOUT)
         finally:
             proc.kill()
