@@ -6,16 +6,12 @@
 _start:
 	upcase_echo 0x2f8
 	mov	$msg, %si
-	mov	$0x3f8, %dx
-	cld
-4:	lodsb
-	test	%al, %al
-	jz	5f
-	out	%al, %dx
-	jmp	4b
-5:	mov	$0xfe, %al
+	call	puts
+	mov	$0xfe, %al
 	out	%al, $0x64
 6:	hlt
 	jmp	6b
 
 msg:	.asciz	"ttyS1 done\n"
+
+	.include "puts.inc"
