@@ -109,6 +109,13 @@ def arm64_host() -> "Direct | L1":
     return L1(HostConfig(arch="arm64"))
 
 
+def ppc64_host() -> "Direct | L1":
+    """This machine where it is a ppc64le one with KVM, else the ppc64 L1."""
+    if platform.machine() == "ppc64le" and os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return Direct()
+    return L1(HostConfig(arch="ppc64el"))
+
+
 def run_bench(script: str, args: list[str], timeout: float, arch: str = "amd64") -> object:
     """Run a benchmark `script` with `args` where Linux guests of `arch` can
     run (in an L1 when this host's KVM can't) and return its last line of
