@@ -52,13 +52,15 @@ endif
 UAPI_SO   := $(KVMDIR)/include/_uapi.so.stamp
 GUESTS    := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/*.S))
 A64GUESTS := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/arm64/*.S))
+PPCGUESTS := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/ppc64/*.S))
 GDBGUEST  := $(GUESTDIR)/long64.elf
 INIT      := $(KVMDIR)/guest/init
 BIOS      := $(KVMDIR)/x86/bios/bios.bin
 PYC       := $(BUILD)/pyc.stamp
 
 .PHONY: all deps check check-e2e test lint run bench clean help kvmconfig guest-kernel
-all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(A64GUESTS) $(GDBGUEST) $(BIOS) $(INIT) $(PYC)
+all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(A64GUESTS) $(PPCGUESTS) $(GDBGUEST) $(BIOS) $(INIT) \
+     $(PYC)
 
 deps: $(BUILD)/deps.stamp
 $(BUILD)/deps.stamp: scripts/install-deps.sh Makefile
@@ -112,6 +114,15 @@ $(GUESTDIR)/arm64/%.bin: $(GUESTDIR)/arm64/%.S $(BUILD)/deps.stamp
 	$(Q)aarch64-linux-gnu-as -o $(@:.bin=.o) $<
 	$(Q)aarch64-linux-gnu-ld -Ttext=0 -o $(@:.bin=.elf) $(@:.bin=.o)
 	$(Q)aarch64-linux-gnu-objcopy -O binary $(@:.bin=.elf) $@
+	$(Q)rm -f $(@:.bin=.o) $(@:.bin=.elf)
+
+# The ppc64 test guests: ppc64le flat binaries linked at 0, run in the
+# ppc64 test host.
+$(GUESTDIR)/ppc64/%.bin: $(GUESTDIR)/ppc64/%.S $(BUILD)/deps.stamp
+	$(say) AS $@
+	$(Q)powerpc64le-linux-gnu-as -o $(@:.bin=.o) $<
+	$(Q)powerpc64le-linux-gnu-ld -Ttext=0 -o $(@:.bin=.elf) $(@:.bin=.o)
+	$(Q)powerpc64le-linux-gnu-objcopy -O binary $(@:.bin=.elf) $@
 	$(Q)rm -f $(@:.bin=.o) $(@:.bin=.elf)
 
 # The guest init runs on the host's files, so it must not need the host's

@@ -1,0 +1,79 @@
+"""The device tree of lkvm's sPAPR (pseries) machine: RAM, the CPUs with
+what the kernel cannot learn from the PVR (caches, timebase, radix page
+sizes, ibm,pa-features), /chosen, /rtas with the services' tokens and the
+blob's place, and /vdevice with the hypervisor console."""
+
+from dataclasses import dataclass
+
+from arm.fdt import DeviceTree, Value, u64_cells
+from powerpc.console import VTY_REG
+from powerpc.layout import FDT_MAX_SIZE
+
+VTY = f"/vdevice/vty@{VTY_REG:x}"
+TIMEBASE_HZ = 512000000         # POWER8 and POWER9's timebase
+CPU_HZ = 1000000000             # nothing depends on it; Linux wants one
+CACHE_LINE = 128
+L1_CACHE = 0x8000
+# The radix page sizes (PAPR's ibm,processor-radix-AP-encodings: the top 3
+# bits the AP field, the rest the size's shift): 4K, 64K, 2M, 1G.
+RADIX_AP = [0x0000000C, 0xA0000010, 0x20000015, 0x4000001E]
+# The hypercall sets KVM and lkvm implement (/rtas ibm,hypertas-functions):
+# the kernel takes it as running in an LPAR at all.
+HYPERTAS = ["hcall-term", "hcall-set-mode", "hcall-splpar"]
+
+
+def pa_features() -> bytes:
+    """ibm,pa-features (PAPR, a length and a type, then feature bytes, bit
+    0 the most significant): byte 0 MMU, FPU, SLB, run latch, DABR and
+    no-execute; byte 5 true little-endian; byte 40 the radix MMU."""
+    features = bytearray(41)
+    features[0] = 0xF6
+    features[5] = 0x80
+    features[40] = 0x80
+    return bytes([len(features), 0]) + bytes(features)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the device tree says, gathered by the arch from the VM."""
+    ram: tuple[tuple[int, int], ...]        # (base, size)
+    cpus: int
+    cmdline: str
+    rtas: tuple[int, int]                   # the blob's (base, size)
+    tokens: dict[str, int]                  # RTAS service -> token
+    dtb: int                                # where the tree itself goes
+    initrd: tuple[int, int] | None = None   # [start, end)
+
+
+def build(m: Machine) -> bytes:
+    dt = DeviceTree(reserved=(m.rtas, (m.dtb, FDT_MAX_SIZE)))
+    with dt.node("", {"device_type": "chrp", "compatible": "qemu,pseries",
+                      "model": "IBM pSeries (emulated by lkvm)",
+                      "#address-cells": 2, "#size-cells": 2}):
+        chosen: dict[str, Value] = {"bootargs": m.cmdline, "stdout-path": VTY,
+                                    "linux,stdout-path": VTY}
+        if m.initrd:
+            chosen |= {"linux,initrd-start": u64_cells(m.initrd[0]),
+                       "linux,initrd-end": u64_cells(m.initrd[1])}
+        dt.leaf("chosen", chosen)
+        for base, size in m.ram:
+            dt.leaf(f"memory@{base:x}", {"device_type": "memory", "reg": u64_cells(base, size)})
+        with dt.node("cpus", {"#address-cells": 1, "#size-cells": 0}):
+            for i in range(m.cpus):
+                dt.leaf(f"PowerPC,POWER9@{i:x}", {
+                    "device_type": "cpu", "reg": i, "ibm,ppc-interrupt-server#s": [i],
+                    "clock-frequency": CPU_HZ, "timebase-frequency": TIMEBASE_HZ,
+                    "d-cache-block-size": CACHE_LINE, "i-cache-block-size": CACHE_LINE,
+                    "d-cache-line-size": CACHE_LINE, "i-cache-line-size": CACHE_LINE,
+                    "d-cache-size": L1_CACHE, "i-cache-size": L1_CACHE,
+                    "ibm,pa-features": pa_features(),
+                    "ibm,processor-radix-AP-encodings": RADIX_AP})
+        rtas: dict[str, Value] = {
+            "linux,rtas-base": m.rtas[0], "linux,rtas-entry": m.rtas[0],
+            "rtas-size": m.rtas[1], "ibm,hypertas-functions": HYPERTAS}
+        dt.leaf("rtas", rtas | dict(sorted(m.tokens.items())))
+        with dt.node("vdevice", {"device_type": "vdevice", "compatible": "IBM,vdevice",
+                                 "#address-cells": 1, "#size-cells": 0}):
+            dt.leaf(VTY[len("/vdevice/"):], {"device_type": "serial", "compatible": "hvterm1",
+                                             "reg": VTY_REG})
+    return dt.finish(FDT_MAX_SIZE)
