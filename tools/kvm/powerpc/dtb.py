@@ -22,6 +22,23 @@ RADIX_AP = [0x0000000C, 0xA0000010, 0x20000015, 0x4000001E]
 HYPERTAS = ["hcall-term", "hcall-set-mode", "hcall-splpar"]
 
 
+# /chosen's ibm,architecture-vec-5: option vector 5 as the firmware would
+# have settled it with the kernel (PAPR's client-architecture-support), a
+# length byte then bytes 1 on.  A guest kernel without one takes the hash
+# MMU, which nested KVM-HV does not offer: byte 24 says radix only, byte 26
+# that the guest may invalidate its own translations (GTSE).
+OV5_MMU_BYTE, OV5_MMU_RADIX_ONLY = 24, 0x40
+OV5_GTSE_BYTE, OV5_RADIX_GTSE = 26, 0x40
+
+
+def architecture_vec5() -> bytes:
+    vec = bytearray(OV5_GTSE_BYTE + 1)
+    vec[0] = len(vec) - 2
+    vec[OV5_MMU_BYTE] = OV5_MMU_RADIX_ONLY
+    vec[OV5_GTSE_BYTE] = OV5_RADIX_GTSE
+    return bytes(vec)
+
+
 def pa_features() -> bytes:
     """ibm,pa-features (PAPR, a length and a type, then feature bytes, bit
     0 the most significant): byte 0 MMU, FPU, SLB, run latch, DABR and
@@ -51,7 +68,8 @@ def build(m: Machine) -> bytes:
                       "model": "IBM pSeries (emulated by lkvm)",
                       "#address-cells": 2, "#size-cells": 2}):
         chosen: dict[str, Value] = {"bootargs": m.cmdline, "stdout-path": VTY,
-                                    "linux,stdout-path": VTY}
+                                    "linux,stdout-path": VTY,
+                                    "ibm,architecture-vec-5": architecture_vec5()}
         if m.initrd:
             chosen |= {"linux,initrd-start": u64_cells(m.initrd[0]),
                        "linux,initrd-end": u64_cells(m.initrd[1])}

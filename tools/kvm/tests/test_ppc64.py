@@ -265,6 +265,10 @@ def test_dt_node_by_node() -> None:
     assert chosen["linux,stdout-path"] == f'"/vdevice/vty@{VTY_REG:x}"'
     assert cells(chosen["linux,initrd-start"]) == [0, 0x8000000]
     assert cells(chosen["linux,initrd-end"]) == [0, 0x8100000]
+    # Option vector 5 tells the kernel to take the radix MMU (hash is
+    # what it falls back to without, which nested KVM-HV cannot run).
+    vec5 = bytes(int(b, 16) for b in chosen["ibm,architecture-vec-5"].strip("[]").split())
+    assert vec5[24] & 0xC0 == 0x40 and vec5[26] & 0x40
     assert cells(dt["memory@0"]["reg"]) == [0, 0, 0, 256 * MIB]
     cpu = dt["cpus/PowerPC,POWER9@0"]
     assert cpu["device_type"] == '"cpu"' and cells(cpu["reg"]) == [0]
