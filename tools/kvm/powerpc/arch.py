@@ -2,7 +2,7 @@
 powerpc port ran: a radix MMU, the hypercalls KVM leaves to userspace
 handled here (hcall.py), RTAS (rtas.py), the hypervisor console, all
 described by a device tree; ppc64le vmlinux ELF kernels or flat binaries
-at 0.  Not yet: an interrupt controller (XICS), SMP, the PCI host bridge."""
+at 0; the in-kernel XICS.  Not yet: SMP, the PCI host bridge."""
 
 import argparse
 import os
@@ -20,7 +20,7 @@ from kvm.config import Config
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
 from powerpc import boot as loader
-from powerpc import dtb, hcall
+from powerpc import dtb, hcall, xics
 from powerpc import vcpu as regs
 from powerpc.boot import PpcBoot
 from powerpc.cmdline import kernel_cmdline
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
     from kvm.vm import Vm
 
 U64 = (1 << 64) - 1
-# XICS numbers its interrupt sources from 4096 (what the in-kernel XICS
-# will take): the lines the core hands out.
-XICS_IRQ_BASE, XICS_IRQS = 4096, 64
 
 
 class RtasConfigAccess:
@@ -59,7 +56,7 @@ class PpcConfig:
 class Ppc64(Arch):
     UAPI_HEADERS = UAPI_HEADERS
     MAX_CPUS = 1    # until RTAS start-cpu brings up the others
-    LEGACY_IRQS = tuple(range(XICS_IRQ_BASE, XICS_IRQ_BASE + XICS_IRQS))
+    LEGACY_IRQS = tuple(range(xics.IRQ_BASE, xics.IRQ_BASE + xics.NR_IRQS))
     PCI_MMIO = (PCI_MMIO_START, PCI_MMIO_END)
     PCI_CONFIG = RtasConfigAccess()
     VIRTIO_MMIO_START = VIRTIO_MMIO_START
@@ -91,6 +88,7 @@ class Ppc64(Arch):
         self.console: HvConsole | None = None
         self.panic: PanicWatch | None = None
         self.rtas: Rtas | None = None
+        self.xics = xics.Xics()
 
     def memory_layout(self, ram_size: int) -> list[tuple[int, int]]:
         return [(RAM_START, ram_size)]
@@ -110,11 +108,12 @@ class Ppc64(Arch):
         configure_mmu(vm.fd, 0, gtse=True)
 
     def create_irqchip(self, vm: "Vm") -> None:
-        pass    # no XICS yet: a guest polls its console
+        self.xics.create(vm)
 
     def vcpus_created(self, vm: "Vm") -> None:
         for vcpu in vm.vcpus:
             regs.enable_papr(vcpu)
+        self.xics.connect(vm)
 
     def irqchip_routes(self) -> list[tuple[int, int, int]]:
         return []

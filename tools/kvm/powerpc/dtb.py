@@ -1,11 +1,13 @@
 """The device tree of lkvm's sPAPR (pseries) machine: RAM, the CPUs with
 what the kernel cannot learn from the PVR (caches, timebase, radix page
-sizes, ibm,pa-features), /chosen, /rtas with the services' tokens and the
-blob's place, and /vdevice with the hypervisor console."""
+sizes, ibm,pa-features), /chosen, /rtas with the services' tokens (lkvm's and the in-kernel
+XICS's) and the blob's place, the XICS, and /vdevice with the hypervisor
+console."""
 
 from dataclasses import dataclass
 
 from arm.fdt import DeviceTree, Value, u64_cells
+from powerpc import xics
 from powerpc.console import VTY_REG
 from powerpc.layout import FDT_MAX_SIZE
 
@@ -66,7 +68,8 @@ def build(m: Machine) -> bytes:
     dt = DeviceTree(reserved=(m.rtas, (m.dtb, FDT_MAX_SIZE)))
     with dt.node("", {"device_type": "chrp", "compatible": "qemu,pseries",
                       "model": "IBM pSeries (emulated by lkvm)",
-                      "#address-cells": 2, "#size-cells": 2}):
+                      "#address-cells": 2, "#size-cells": 2,
+                      "interrupt-parent": xics.PHANDLE}):
         chosen: dict[str, Value] = {"bootargs": m.cmdline, "stdout-path": VTY,
                                     "linux,stdout-path": VTY,
                                     "ibm,architecture-vec-5": architecture_vec5()}
@@ -89,7 +92,8 @@ def build(m: Machine) -> bytes:
         rtas: dict[str, Value] = {
             "linux,rtas-base": m.rtas[0], "linux,rtas-entry": m.rtas[0],
             "rtas-size": m.rtas[1], "ibm,hypertas-functions": HYPERTAS}
-        dt.leaf("rtas", rtas | dict(sorted(m.tokens.items())))
+        dt.leaf("rtas", rtas | dict(sorted((m.tokens | xics.TOKENS).items())))
+        xics.describe(dt, m.cpus)
         with dt.node("vdevice", {"device_type": "vdevice", "compatible": "IBM,vdevice",
                                  "#address-cells": 1, "#size-cells": 0}):
             dt.leaf(VTY[len("/vdevice/"):], {"device_type": "serial", "compatible": "hvterm1",
