@@ -88,6 +88,10 @@ def build(m: Machine) -> bytes:
                     "d-cache-line-size": CACHE_LINE, "i-cache-line-size": CACHE_LINE,
                     "d-cache-size": L1_CACHE, "i-cache-size": L1_CACHE,
                     "ibm,pa-features": pa_features(),
+                    # Facilities the kernel learns only here: VMX and VSX
+                    # (2), decimal floating point, the PURR.  Without
+                    # ibm,vmx its user space dies at its first VSX insn.
+                    "ibm,vmx": 2, "ibm,dfp": 1, "ibm,purr": 1,
                     "ibm,processor-radix-AP-encodings": RADIX_AP})
         rtas: dict[str, Value] = {
             "linux,rtas-base": m.rtas[0], "linux,rtas-entry": m.rtas[0],

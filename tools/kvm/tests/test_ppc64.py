@@ -273,6 +273,7 @@ def test_dt_node_by_node() -> None:
     cpu = dt["cpus/PowerPC,POWER9@0"]
     assert cpu["device_type"] == '"cpu"' and cells(cpu["reg"]) == [0]
     assert cells(cpu["timebase-frequency"]) == [512000000]
+    assert cells(cpu["ibm,vmx"]) == [2]     # VSX: Debian's user space uses it
     features = bytes(int(b, 16) for b in cpu["ibm,pa-features"].strip("[]").split())
     assert features[0] == len(features) - 2 and features[2 + 40] & 0x80  # radix
     node = dt["rtas"]
