@@ -2,7 +2,8 @@
 powerpc port ran: a radix MMU, the hypercalls KVM leaves to userspace
 handled here (hcall.py), RTAS (rtas.py), the hypervisor console, all
 described by a device tree; ppc64le vmlinux ELF kernels or flat binaries
-at 0; the in-kernel XICS.  Not yet: SMP, the PCI host bridge."""
+at 0; the in-kernel XICS; SMP, the other CPUs started by the guest
+through RTAS.  Not yet: the PCI host bridge."""
 
 import argparse
 import os
@@ -55,7 +56,7 @@ class PpcConfig:
 
 class Ppc64(Arch):
     UAPI_HEADERS = UAPI_HEADERS
-    MAX_CPUS = 1    # until RTAS start-cpu brings up the others
+    MAX_CPUS = 64
     LEGACY_IRQS = tuple(range(xics.IRQ_BASE, xics.IRQ_BASE + xics.NR_IRQS))
     PCI_MMIO = (PCI_MMIO_START, PCI_MMIO_END)
     PCI_CONFIG = RtasConfigAccess()
@@ -147,7 +148,12 @@ class Ppc64(Arch):
         vm.mem.write(boot.dtb, blob)
 
     def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:
-        boot.setup_vcpu(vcpu)
+        """The boot CPU enters the kernel; the others wait, stopped, for
+        the guest's RTAS start-cpu."""
+        if vcpu.id == 0:
+            boot.setup_vcpu(vcpu)
+        else:
+            vcpu.vm.vcpu_off(vcpu.id)
 
     def exit_handlers(self, vcpu: "Vcpu") -> Mapping[int, Callable[[], None]]:
         return {lib.KVM_EXIT_PAPR_HCALL: partial(self._hcall, vcpu)}
@@ -171,7 +177,7 @@ class Ppc64(Arch):
 
 
 class _Services:
-    """What RTAS's power-off, reboot and display-character do here."""
+    """What RTAS's services do here."""
 
     def __init__(self, vm: "Vm", console: HvConsole, panic: PanicWatch) -> None:
         self.vm, self.console, self.panic = vm, console, panic
@@ -189,6 +195,17 @@ class _Services:
             self.vm.stop(1, "the guest kernel panicked")
         else:
             self.vm.stop(0)
+
+    def cpu_stopped(self, cpu: int) -> bool | None:
+        return self.vm.vcpu_is_off(cpu) if 0 <= cpu < len(self.vm.vcpus) else None
+
+    def start_cpu(self, cpu: int, entry: int, r3: int) -> None:
+        # It waits parked, outside KVM_RUN: its registers are ours to set.
+        regs.enter(self.vm.vcpus[cpu], entry, r3)
+        self.vm.vcpu_on(cpu)
+
+    def stop_cpu(self, cpu: int) -> None:
+        self.vm.vcpu_off(cpu)
 
 
 ARCH = Ppc64

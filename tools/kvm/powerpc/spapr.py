@@ -37,7 +37,8 @@ class Spapr:
         return self.console.read(termno, limit)
 
     def set_interrupt_endian(self, little: bool) -> None:
-        # The calling vCPU's; the others are not running yet (no SMP yet).
+        # The calling vCPU's: a kernel sets it before it starts the others,
+        # whom start-cpu gives the little-endian kernel's.
         regs.set_interrupt_endian(self.vcpu, little)
 
     def configure_radix(self, process_table: int, gtse: bool) -> bool:
@@ -48,7 +49,7 @@ class Spapr:
         return True
 
     def rtas(self, args_addr: int) -> int:
-        return self._rtas.call(args_addr)
+        return self._rtas.call(args_addr, self.vcpu.id)
 
     def mmio_read(self, addr: int, size: int) -> int:
         return self.vm.mmio.read(addr, size)

@@ -33,16 +33,17 @@ def set_interrupt_endian(vcpu: "Vcpu", little: bool) -> None:
     _one_reg(vcpu, lib.KVM_SET_ONE_REG, lib.KVM_REG_PPC_LPCR_64, buf)
 
 
-def enter(vcpu: "Vcpu", pc: int, dtb: int) -> None:
-    """The entry a kernel takes without Open Firmware (kvmtool's): real
-    mode, 64-bit, little-endian, the device tree in r3 and r4 zero (no
-    client interface)."""
+def enter(vcpu: "Vcpu", pc: int, r3: int) -> None:
+    """The entry a kernel takes without Open Firmware (kvmtool's) and
+    RTAS start-cpu's: real mode, 64-bit, little-endian, r3 given (the
+    device tree's address at boot) and the rest zero (r4: no client
+    interface)."""
     regs = vcpu.get(lib.KVM_GET_REGS, "struct kvm_regs")
     regs.pc = pc
     regs.msr = MSR_SF | MSR_ME | MSR_LE
     for i in range(32):
         regs.gpr[i] = 0
-    regs.gpr[3] = dtb
+    regs.gpr[3] = r3
     vcpu.set(lib.KVM_SET_REGS, regs)
     set_interrupt_endian(vcpu, True)
 

@@ -39,6 +39,20 @@ class Services:
     def reboot(self) -> None:
         self.events.append("reboot")
 
+    # Two CPUs: 0 runs, 1 is stopped.
+    stopped = {0: False, 1: True}
+
+    def cpu_stopped(self, cpu: int) -> bool | None:
+        return self.stopped.get(cpu)
+
+    def start_cpu(self, cpu: int, entry: int, r3: int) -> None:
+        self.events.append(f"start {cpu} {entry:#x} {r3:#x}")
+        self.stopped = {**self.stopped, cpu: False}
+
+    def stop_cpu(self, cpu: int) -> None:
+        self.events.append(f"stop {cpu}")
+        self.stopped = {**self.stopped, cpu: True}
+
 
 class Platform:
     """hcall.Platform over a real guest memory and console."""
@@ -207,6 +221,25 @@ def test_rtas_time_of_day(p: Platform) -> None:
         assert rtas_call(p, tokens["set-time-of-day"], bad, 1)[1] == \
             [rtas.RTAS_PARAMETER_ERROR]
     assert rtas_call(p, tokens["get-time-of-day"], [], 8)[1][1] == 2030
+
+
+def test_rtas_cpus(p: Platform) -> None:
+    tokens = rtas.TOKENS
+    query = tokens["query-cpu-stopped-state"]
+    assert rtas_call(p, query, [1], 2) == (hcall.H_SUCCESS, [0, rtas.CPU_STOPPED])
+    assert rtas_call(p, query, [0], 2) == (hcall.H_SUCCESS, [0, rtas.CPU_RUNNING])
+    assert rtas_call(p, tokens["start-cpu"], [1, 0x8000, 0x1234], 1) == (hcall.H_SUCCESS, [0])
+    assert rtas_call(p, query, [1], 2)[1] == [0, rtas.CPU_RUNNING]
+    # Started twice, or one that does not exist.
+    assert rtas_call(p, tokens["start-cpu"], [1, 0, 0], 1)[1] == [rtas.RTAS_HARDWARE_ERROR]
+    for cpu in (2, U32, 1 << 31):
+        assert rtas_call(p, tokens["start-cpu"], [cpu, 0, 0], 1)[1] == \
+            [rtas.RTAS_PARAMETER_ERROR]
+        assert rtas_call(p, query, [cpu], 2)[1] == [rtas.RTAS_PARAMETER_ERROR, 0]
+    # stop-self stops the CPU that calls it.
+    p.mem.write(BLOCK, struct.pack(">3I", tokens["stop-self"], 0, 1))
+    assert p.rtas_.call(BLOCK, caller=1) == hcall.H_SUCCESS
+    assert p.services.events == ["start 1 0x8000 0x1234", "stop 1"]
 
 
 @pytest.mark.parametrize("token, args, nret", [

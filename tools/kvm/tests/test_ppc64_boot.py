@@ -41,22 +41,23 @@ echo "MARK mmu=$(grep ^MMU /proc/cpuinfo)"
 LINUX_TIMEOUT = 300
 
 
-def test_debian_ppc64_kernel(ppc64host) -> None:
+def test_debian_ppc64_kernel_two_cpus(ppc64host) -> None:
     """Debian's ppc64el vmlinux on the radix MMU, the hypervisor console
-    and the in-kernel XICS, to a marker from init, then rebooted through
-    RTAS, which ends lkvm."""
+    and the in-kernel XICS with two vCPUs, the second started through
+    RTAS start-cpu, to a marker from init, then rebooted through RTAS,
+    which ends lkvm."""
     initrd = make_initrd(LINUX_SCRIPT, modules=False, arch="ppc64el")
     start = time.monotonic()
     r = ppc64host.run(["python3", LKVM, "run", "-k", str(ppc64_guest_kernel()), "-i", str(initrd),
-                       "-m", "512", "-c", "1", "--console", "hv", "-p", "quiet"],
+                       "-m", "512", "-c", "2", "--console", "hv", "-p", "quiet"],
                       timeout=LINUX_TIMEOUT, cwd=KVMDIR)
-    print(f"ppc64 Debian kernel: lkvm run to reboot in {time.monotonic() - start:.1f} s")
+    print(f"ppc64 Debian kernel, 2 vCPUs: lkvm run to reboot in {time.monotonic() - start:.1f} s")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     marks = dict(line.split("=", 1) for line in r.stdout.splitlines()
                  if line.startswith("MARK ") and "=" in line)
     assert "MARK booted" in r.stdout, out
-    assert marks["MARK cpus"].strip() == "1", out
+    assert marks["MARK cpus"].strip() == "2", out
     assert "console=hvc0" in marks["MARK cmdline"], out
     assert marks["MARK model"].strip("\0\r\n ") == "IBM pSeries (emulated by lkvm)", out
     assert "Radix" in marks["MARK mmu"], out
