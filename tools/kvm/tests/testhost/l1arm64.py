@@ -161,17 +161,17 @@ def _builds(cross: Cross = ARM64) -> Path:
     return cache.build(cache.root() / "l1" / f"builds-{arch}-{key}", make)
 
 
-def qemu() -> Path:
-    """QEMU for arm64, the boot benchmark's baseline in this host: the
-    packages qemu-system-arm needs beyond the root's, unpacked into the
-    cache, which L1 sees at the same path. Run its usr/bin binaries with
+def qemu(arch: str = ARCH, packages: tuple[str, ...] = QEMU_PACKAGES) -> Path:
+    """QEMU for `arch`, the boot benchmark's baseline in its host: the
+    `packages` it needs beyond the root's, unpacked into the cache, which
+    L1 sees at the same path. Run its usr/bin binaries with
     LD_LIBRARY_PATH at its library directories."""
     with cache.locked():
-        root = {p for p, _ in debs.closure(ROOT_PACKAGES, ARCH)}
-        pkgs = [(p, v) for p, v in debs.closure(QEMU_PACKAGES, ARCH) if p not in root]
+        root = {p for p, _ in debs.closure(ROOT_PACKAGES, arch)}
+        pkgs = [(p, v) for p, v in debs.closure(packages, arch) if p not in root]
         key = cache.digest(*(f"{p}={v}" for p, v in pkgs))
-        return cache.build(cache.root() / "l1" / f"qemu-{ARCH}-{key}",
-                           lambda tmp: debs.install(pkgs, ARCH, tmp))
+        return cache.build(cache.root() / "l1" / f"qemu-{arch}-{key}",
+                           lambda tmp: debs.install(pkgs, arch, tmp))
 
 
 def prepare(config: HostConfig) -> L1Assets:

@@ -9,11 +9,13 @@ the machine offers nested HV (cap-nested-hv=on, hosts.py).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import cache, debs
 from .l1 import L1Assets, initrd
 from .l1arm64 import CHECKOUT, Cross, _builds, _root
+from .l1arm64 import qemu as _qemu
 
 if TYPE_CHECKING:
     from .hosts import HostConfig
@@ -30,6 +32,11 @@ MODULES = {
     "overlay": "",
     "kvm_hv": "",
 }
+
+
+def qemu() -> Path:
+    """QEMU for ppc64el (qemu-system-ppc), the boot benchmark's baseline."""
+    return _qemu(PPC64.arch, ("qemu-system-ppc",))
 
 
 def prepare(config: HostConfig) -> L1Assets:

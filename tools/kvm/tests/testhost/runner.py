@@ -121,8 +121,9 @@ def run_bench(script: str, args: list[str], timeout: float, arch: str = "amd64")
     run (in an L1 when this host's KVM can't) and return its last line of
     output, parsed as JSON.  Its stderr passes through; a failed run ends
     the caller with a message."""
-    if arch == "arm64":     # whose Python is Debian's arm64 python3
-        host, python = arm64_host(), "python3"
+    foreign = {"arm64": arm64_host, "ppc64el": ppc64_host}
+    if arch in foreign:     # whose Python is Debian's python3 of that arch
+        host, python = foreign[arch](), "python3"
     else:
         host, python = L1() if probe.needed() else Direct(), sys.executable
     try:
