@@ -32,7 +32,9 @@ BUILD     := .build
 DEB_PKGS  := gcc make binutils libc6-dev linux-libc-dev python3-venv python3-dev \
              qemu-system-x86 qemu-utils busybox-static cpio lz4 zstd acpica-tools \
              qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross passt \
-             binutils-aarch64-linux-gnu device-tree-compiler python3-libfdt
+             binutils-aarch64-linux-gnu device-tree-compiler python3-libfdt \
+             qemu-system-ppc gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross \
+             binutils-powerpc64le-linux-gnu
 # ... and what building the guest kernel from Debian's source takes.
 KERNEL_PKGS := linux-source-6.1 flex bison bc libelf-dev libssl-dev xz-utils
 
@@ -50,13 +52,15 @@ endif
 UAPI_SO   := $(KVMDIR)/include/_uapi.so.stamp
 GUESTS    := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/*.S))
 A64GUESTS := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/arm64/*.S))
+PPCGUESTS := $(patsubst %.S,%.bin,$(wildcard $(GUESTDIR)/ppc64/*.S))
 GDBGUEST  := $(GUESTDIR)/long64.elf
 INIT      := $(KVMDIR)/guest/init
 BIOS      := $(KVMDIR)/x86/bios/bios.bin
 PYC       := $(BUILD)/pyc.stamp
 
 .PHONY: all deps check check-e2e check-uapi test lint run bench clean help kvmconfig guest-kernel
-all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(A64GUESTS) $(GDBGUEST) $(BIOS) $(INIT) $(PYC)
+all: $(VENV)/.stamp $(UAPI_SO) $(GUESTS) $(A64GUESTS) $(PPCGUESTS) $(GDBGUEST) $(BIOS) $(INIT) \
+     $(PYC)
 
 deps: $(BUILD)/deps.stamp
 $(BUILD)/deps.stamp: scripts/install-deps.sh Makefile
@@ -110,6 +114,15 @@ $(GUESTDIR)/arm64/%.bin: $(GUESTDIR)/arm64/%.S $(BUILD)/deps.stamp
 	$(Q)aarch64-linux-gnu-as -o $(@:.bin=.o) $<
 	$(Q)aarch64-linux-gnu-ld -Ttext=0 -o $(@:.bin=.elf) $(@:.bin=.o)
 	$(Q)aarch64-linux-gnu-objcopy -O binary $(@:.bin=.elf) $@
+	$(Q)rm -f $(@:.bin=.o) $(@:.bin=.elf)
+
+# The ppc64 test guests: ppc64le flat binaries linked at 0, run in the
+# ppc64 test host.
+$(GUESTDIR)/ppc64/%.bin: $(GUESTDIR)/ppc64/%.S $(BUILD)/deps.stamp
+	$(say) AS $@
+	$(Q)powerpc64le-linux-gnu-as -o $(@:.bin=.o) $<
+	$(Q)powerpc64le-linux-gnu-ld -Ttext=0 -o $(@:.bin=.elf) $(@:.bin=.o)
+	$(Q)powerpc64le-linux-gnu-objcopy -O binary $(@:.bin=.elf) $@
 	$(Q)rm -f $(@:.bin=.o) $(@:.bin=.elf)
 
 # The guest init runs on the host's files, so it must not need the host's

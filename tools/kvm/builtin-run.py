@@ -158,8 +158,8 @@ def parser() -> Parser:
                    help="kernel command line additions")
     p.add_argument("-f", "--firmware", metavar="firmware",
                    help="firmware image to boot instead of a kernel")
-    p.add_argument("--console", choices=["serial", "virtio"], default="serial",
-                   metavar="serial or virtio", help="the guest's console")
+    p.add_argument("--console", choices=["serial", "virtio", "hv"], default="serial",
+                   metavar="serial, virtio or hv", help="the guest's console")
     p.add_argument("--rng", action="store_true", help="a virtio-rng device")
     p.add_argument("--balloon", action="store_true",
                    help="a virtio-balloon device, for lkvm balloon and lkvm stat")
@@ -247,7 +247,10 @@ def configure(argv: list[str], params: str = "") -> Config:
     if args.firmware and args.initrd:
         msg.warning("Ignoring initrd file when loading a firmware image")
         args.initrd = None
-    cpus = args.cpus if args.cpus is not None else os.cpu_count()
+    if args.console not in (*arch.CONSOLES, "virtio"):
+        raise LkvmError(f"--console {args.console}: this architecture's guests have "
+                        f"{', '.join(arch.CONSOLES)} or virtio")
+    cpus = args.cpus if args.cpus is not None else min(os.cpu_count(), arch.MAX_CPUS)
     if cpus < 1:
         raise LkvmError(f"--cpus {cpus}: a guest needs at least one vCPU")
     if cpus > arch.MAX_CPUS:

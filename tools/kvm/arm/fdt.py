@@ -41,8 +41,11 @@ def u64_cells(*values: int) -> list[int]:
 
 
 class DeviceTree:
-    def __init__(self) -> None:
+    def __init__(self, reserved: tuple[tuple[int, int], ...] = ()) -> None:
+        """`reserved`: (address, size) of memory the kernel is to leave alone."""
         self._sw = libfdt.FdtSw()
+        for addr, size in reserved:
+            self._sw.add_reservemap_entry(addr, size)
         self._sw.finish_reservemap()
 
     @contextmanager

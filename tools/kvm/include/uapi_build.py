@@ -394,12 +394,17 @@ def build(outdir: str, includes: list[str], target: Target = Target()) -> None:
         cross_compile(ffi, outdir, includes, target)
 
 
+# The triplet's CPU where it is not uname -m's.
+TRIPLET_CPU = {"ppc64le": "powerpc64le"}
+
+
 def cross_compile(ffi: cffi.FFI, outdir: str, includes: list[str], target: Target) -> None:
     """Compile the module for `target` with its compiler: cffi's own build
     runs this machine's.  The name carries the target's tag, as its
     Python's import looks for (PEP 3149): this Python's version, the
     target's Debian multiarch triplet."""
-    name = f"_uapi.{sys.implementation.cache_tag}-{target.arch}-linux-gnu.so"
+    name = f"_uapi.{sys.implementation.cache_tag}-{TRIPLET_CPU.get(target.arch, target.arch)}" \
+           "-linux-gnu.so"
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "_uapi.c")
         with contextlib.redirect_stdout(io.StringIO()):  # cffi says what it generates

@@ -67,6 +67,9 @@ class Arch(ABC):
     # parks the vCPUs twice a second to ask guest_halted().  arm64 guests
     # power off through PSCI, an exit, and need no such kicks.
     HALT_CHECK: ClassVar[bool] = False
+    # The consoles of the arch's own (--console), beside virtio's: a UART
+    # ("serial"), or sPAPR's hypervisor console ("hv").
+    CONSOLES: ClassVar[tuple[str, ...]] = ("serial",)
 
     # Before a VM exists.
     @classmethod

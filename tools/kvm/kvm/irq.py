@@ -18,7 +18,7 @@ class IrqRouting:
         self.vm = vm
         self.lock = threading.Lock()
         self.chip_routes = vm.arch.irqchip_routes()  # [(gsi, irqchip, pin)]
-        self.next_gsi = max(gsi for gsi, _, _ in self.chip_routes) + 1
+        self.next_gsi = max((gsi for gsi, _, _ in self.chip_routes), default=-1) + 1
         self.msi: dict[int, tuple[int, int]] = {}    # gsi -> (address, data)
         self.legacy_lines = list(vm.arch.LEGACY_IRQS)
         self.next_line = 0

@@ -65,6 +65,10 @@ class Vm:
         # The vCPUs a debugger (kvm/gdb) holds: parked like a pause, over
         # the user's pause and resume, until the debugger lets them go.
         self._held: set[int] = set()
+        # The vCPUs the guest has not started or has stopped itself, where
+        # lkvm does that (sPAPR's RTAS start-cpu and stop-self): parked
+        # until the guest starts them.
+        self._off: set[int] = set()
         # What the arch describes to the guest: the virtio-mmio devices as
         # (base, size, line), and the PCI bus (virtio's setup makes it).
         self.virtio_mmio: list[tuple[int, int, int]] = []
@@ -249,11 +253,27 @@ class Vm:
             self._held -= ids
             self._pause_lock.notify_all()
 
+    def vcpu_off(self, index: int) -> None:
+        """Park vCPU `index` for the guest until vcpu_on(); callable from
+        any vCPU thread, its own included."""
+        with self._pause_lock:
+            self._off.add(index)
+            self.vcpus[index].kick()
+
+    def vcpu_on(self, index: int) -> None:
+        with self._pause_lock:
+            self._off.discard(index)
+            self._pause_lock.notify_all()
+
+    def vcpu_is_off(self, index: int) -> bool:
+        return index in self._off
+
     def vcpu_checkpoint(self, vcpu: Vcpu) -> None:
         """Where a kicked vCPU thread learns why: stop, pause, a
-        debugger's hold, or go on."""
+        debugger's hold, the guest's stopping it, or go on."""
         def stays() -> bool:
-            return (self._parking or vcpu.id in self._held) and not self.stopping
+            return (self._parking or vcpu.id in self._held or vcpu.id in self._off) \
+                and not self.stopping
 
         with self._pause_lock:
             if stays():

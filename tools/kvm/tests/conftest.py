@@ -12,7 +12,7 @@ from tests.helpers import FUZZ_COUNTS
 from tests.p9share import Share
 from tests.testhost.fixture import kvmconfig_bzimage, l2host
 from tests.testhost.hosts import HOSTS
-from tests.testhost.runner import RERUNS, arm64_host
+from tests.testhost.runner import RERUNS, arm64_host, ppc64_host
 
 __all__ = ["kvmconfig_bzimage", "l2host"]
 
@@ -41,6 +41,20 @@ def arm64host():
     spec = HOSTS["arm64"]
     if host.in_l1 and shutil.which(spec.qemu) is None:
         pytest.skip(f"no {spec.qemu} for the arm64 test host: install {spec.package}")
+    try:
+        yield host
+    finally:
+        host.close()
+
+
+@pytest.fixture(scope="session")
+def ppc64host():
+    """This machine where it is a ppc64le one with KVM, else the ppc64 L1
+    (nested KVM-HV under QEMU's TCG), one boot for every test run there."""
+    host = ppc64_host()
+    spec = HOSTS["ppc64el"]
+    if host.in_l1 and shutil.which(spec.qemu) is None:
+        pytest.skip(f"no {spec.qemu} for the ppc64 test host: install {spec.package}")
     try:
         yield host
     finally:

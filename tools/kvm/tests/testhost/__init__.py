@@ -10,7 +10,14 @@ machine; hosts.py has what differs between them.
 from . import l1
 from .cache import TestHostError
 from .hosts import HostConfig
-from .l2 import arm64_guest_kernel, guest_kernel, guest_vmlinux, kvmconfig_kernel, make_initrd
+from .l2 import (
+    arm64_guest_kernel,
+    guest_kernel,
+    guest_vmlinux,
+    kvmconfig_kernel,
+    make_initrd,
+    ppc64_guest_kernel,
+)
 from .probe import needed
 from .session import L1Died, L1Error, Result, Session, run
 
@@ -24,5 +31,5 @@ def prepare() -> None:
 __all__ = [
     "HostConfig", "L1Died", "L1Error", "Result", "Session", "TestHostError",
     "arm64_guest_kernel", "guest_kernel", "guest_vmlinux", "kvmconfig_kernel", "make_initrd",
-    "needed", "prepare", "run",
+    "needed", "ppc64_guest_kernel", "prepare", "run",
 ]  # fmt: skip

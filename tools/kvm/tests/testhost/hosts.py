@@ -5,7 +5,7 @@ boots any of them the same way."""
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import l1, l1arm64
+from . import l1, l1arm64, l1ppc64
 
 DEFAULT = "amd64"
 
@@ -65,5 +65,20 @@ HOSTS = {
         mem="2G",
         cpus=2,
         prepare=l1arm64.prepare,
+    ),
+    # Nested KVM-HV (Debian's kernel has no KVM-PR), which kvm-hv will not
+    # load without; VOF, QEMU's small firmware, enters the vmlinux at once
+    # where SLOF would take 10-15 s of TCG.  The console is the spapr-vty
+    # QEMU's -serial makes (hvc0), the control port a virtio console.
+    "ppc64el": L1Host(
+        qemu="qemu-system-ppc64",
+        package="qemu-system-ppc",
+        machine=("-M", "pseries,cap-nested-hv=on,x-vof=on", "-cpu", "POWER9"),
+        console="hvc0",
+        control=("-device", "virtio-serial-pci", "-device", "virtconsole,chardev=ctl"),
+        control_dev="/dev/hvc1",
+        mem="2G",
+        cpus=2,
+        prepare=l1ppc64.prepare,
     ),
 }

@@ -18,6 +18,7 @@ import compileall
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,12 +55,29 @@ QEMU_PACKAGES = ("qemu-system-arm",)
 # kernel release as the host's (the cross toolchain's own are older), and
 # arm64's Python headers.
 UAPI_BUILD = Path(__file__).resolve().parents[2] / "include" / "uapi_build.py"
-CROSS_CC = "aarch64-linux-gnu-gcc"
 CHECKOUT = UAPI_BUILD.parents[3]
 # The guest init, static as the Makefile builds x86's: it runs before the
 # rootfs's links into the host's files lead anywhere.
 GUEST_INIT = CHECKOUT / "tools" / "kvm" / "guest" / "init"
 INIT_FLAGS = ("-static", "-Os", "-Wall", "-Wextra")
+
+
+@dataclass(frozen=True)
+class Cross:
+    """Another architecture's L1 root and builds, by its names: Debian's,
+    the machine's (uname -m, uapi_build.py --arch) and its multiarch
+    triplet, which names its cross compiler and include directory."""
+
+    arch: str
+    machine: str
+    triplet: str
+
+    @property
+    def cc(self) -> str:
+        return f"{self.triplet}-gcc"
+
+
+ARM64 = Cross(ARCH, "aarch64", "aarch64-linux-gnu")
 
 
 def _applets() -> list[str]:
@@ -86,14 +104,14 @@ def _compile_python(tmp: Path) -> None:
         compileall.compile_dir(lib, quiet=2, workers=0, stripdir=str(tmp), prependdir="/")
 
 
-def _root() -> Path:
+def _root(arch: str = ARCH) -> Path:
     """The arm64 root tree, with busybox's applets linked where no package
     put a file of the same name (which applets there are follows from
     busybox's version, part of the key), and its Python modules compiled."""
-    pkgs = debs.closure(ROOT_PACKAGES, ARCH)
+    pkgs = debs.closure(ROOT_PACKAGES, arch)
 
     def make(tmp: Path) -> None:
-        debs.install(pkgs, ARCH, tmp)
+        debs.install(pkgs, arch, tmp)
         for applet in _applets():
             link = tmp / applet
             if not link.exists() and not link.is_symlink():
@@ -102,20 +120,21 @@ def _root() -> Path:
         _compile_python(tmp)
 
     key = cache.digest(*(f"{p}={v}" for p, v in pkgs), f"pyc-{sys.version_info[:2]}")
-    return cache.build(cache.root() / "l1" / f"root-{ARCH}-{key}", make)
+    return cache.build(cache.root() / "l1" / f"root-{arch}-{key}", make)
 
 
-def _cross(what: str, command: list[str]) -> None:
+def _cross(what: str, command: list[str], arch: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     if done.returncode:
-        raise TestHostError(f"building {what} for arm64 failed:\n{done.stderr.strip()}")
+        raise TestHostError(f"building {what} for {arch} failed:\n{done.stderr.strip()}")
 
 
-def _builds() -> Path:
-    """A directory shaped like the checkout holding only its arm64 builds:
-    the bindings and the guest init."""
-    headers = debs.unpacked("linux-libc-dev", ARCH) / "usr" / "include"
-    python = debs.unpacked("libpython3.11-dev", ARCH) / "usr" / "include"
+def _builds(cross: Cross = ARM64) -> Path:
+    """A directory shaped like the checkout holding only its builds for
+    `cross`: the bindings and the guest init."""
+    arch, cc = cross.arch, cross.cc
+    headers = debs.unpacked("linux-libc-dev", arch) / "usr" / "include"
+    python = debs.unpacked("libpython3.11-dev", arch) / "usr" / "include"
     init_c = GUEST_INIT.with_suffix(".c")
     key = cache.digest(
         UAPI_BUILD.read_bytes(), version("cffi"), headers.parents[1].name, python.parents[1].name,
@@ -124,35 +143,35 @@ def _builds() -> Path:
     include = UAPI_BUILD.parent.relative_to(CHECKOUT)
 
     def make(tmp: Path) -> None:
-        if shutil.which(CROSS_CC) is None:
-            raise TestHostError(f"{CROSS_CC} not found: run make (Debian's gcc-aarch64-linux-gnu)")
+        if shutil.which(cc) is None:
+            raise TestHostError(f"{cc} not found: run make (Debian's gcc-{cross.triplet})")
         # The module's name carries the building Python's version, which
-        # must be the one arm64's python3 runs.
+        # must be the one the other architecture's python3 runs.
         if sys.version_info[:2] != (3, 11):
-            raise TestHostError("the arm64 host's Python is 3.11: build its bindings with 3.11")
+            raise TestHostError(f"the {arch} host's Python is 3.11: build its bindings with 3.11")
         _cross("the bindings", [
-            sys.executable, str(UAPI_BUILD), str(tmp / include), "--arch", "aarch64",
-            "--cc", CROSS_CC, "-I", str(headers / "aarch64-linux-gnu"), "-I", str(headers),
+            sys.executable, str(UAPI_BUILD), str(tmp / include), "--arch", cross.machine,
+            "--cc", cc, "-I", str(headers / cross.triplet), "-I", str(headers),
             "--python-include", str(python / "python3.11"), "--python-include", str(python),
-        ])  # fmt: skip
+        ], arch)  # fmt: skip
         init = tmp / GUEST_INIT.relative_to(CHECKOUT)
         init.parent.mkdir(parents=True)
-        _cross("the guest init", [CROSS_CC, *INIT_FLAGS, "-o", str(init), str(init_c)])
+        _cross("the guest init", [cc, *INIT_FLAGS, "-o", str(init), str(init_c)], arch)
 
-    return cache.build(cache.root() / "l1" / f"builds-{ARCH}-{key}", make)
+    return cache.build(cache.root() / "l1" / f"builds-{arch}-{key}", make)
 
 
-def qemu() -> Path:
-    """QEMU for arm64, the boot benchmark's baseline in this host: the
-    packages qemu-system-arm needs beyond the root's, unpacked into the
-    cache, which L1 sees at the same path. Run its usr/bin binaries with
+def qemu(arch: str = ARCH, packages: tuple[str, ...] = QEMU_PACKAGES) -> Path:
+    """QEMU for `arch`, the boot benchmark's baseline in its host: the
+    `packages` it needs beyond the root's, unpacked into the cache, which
+    L1 sees at the same path. Run its usr/bin binaries with
     LD_LIBRARY_PATH at its library directories."""
     with cache.locked():
-        root = {p for p, _ in debs.closure(ROOT_PACKAGES, ARCH)}
-        pkgs = [(p, v) for p, v in debs.closure(QEMU_PACKAGES, ARCH) if p not in root]
+        root = {p for p, _ in debs.closure(ROOT_PACKAGES, arch)}
+        pkgs = [(p, v) for p, v in debs.closure(packages, arch) if p not in root]
         key = cache.digest(*(f"{p}={v}" for p, v in pkgs))
-        return cache.build(cache.root() / "l1" / f"qemu-{ARCH}-{key}",
-                           lambda tmp: debs.install(pkgs, ARCH, tmp))
+        return cache.build(cache.root() / "l1" / f"qemu-{arch}-{key}",
+                           lambda tmp: debs.install(pkgs, arch, tmp))
 
 
 def prepare(config: HostConfig) -> L1Assets:

@@ -18,7 +18,9 @@ INIT = Path(__file__).with_name("l2init.sh")
 
 # The L2 kernel of each architecture (Debian's names): amd64's cloud flavour;
 # arm64's only flavour, the L1's own Image, with KVM and virtio built in.
-KERNELS = {"amd64": "linux-image-cloud-amd64", "arm64": "linux-image-arm64"}
+# ppc64el's, too: the L1's own vmlinux, which boots as an sPAPR guest.
+KERNELS = {"amd64": "linux-image-cloud-amd64", "arm64": "linux-image-arm64",
+           "ppc64el": "linux-image-powerpc64le"}
 
 
 def _packages(arch: str = "amd64") -> tuple[Path, Path]:
@@ -38,6 +40,12 @@ def arm64_guest_kernel() -> Path:
     """Debian's arm64 Image (its vmlinuz is a raw Image), unpacked."""
     (image,) = (_packages("arm64")[0] / "boot").glob("vmlinuz-*")
     return image
+
+
+def ppc64_guest_kernel() -> Path:
+    """Debian's ppc64el vmlinux, unpacked."""
+    (vmlinux,) = (_packages("ppc64el")[0] / "boot").glob("vmlinux-*")
+    return vmlinux
 
 
 def guest_vmlinux() -> Path:

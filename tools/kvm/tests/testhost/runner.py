@@ -109,13 +109,21 @@ def arm64_host() -> "Direct | L1":
     return L1(HostConfig(arch="arm64"))
 
 
+def ppc64_host() -> "Direct | L1":
+    """This machine where it is a ppc64le one with KVM, else the ppc64 L1."""
+    if platform.machine() == "ppc64le" and os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return Direct()
+    return L1(HostConfig(arch="ppc64el"))
+
+
 def run_bench(script: str, args: list[str], timeout: float, arch: str = "amd64") -> object:
     """Run a benchmark `script` with `args` where Linux guests of `arch` can
     run (in an L1 when this host's KVM can't) and return its last line of
     output, parsed as JSON.  Its stderr passes through; a failed run ends
     the caller with a message."""
-    if arch == "arm64":     # whose Python is Debian's arm64 python3
-        host, python = arm64_host(), "python3"
+    foreign = {"arm64": arm64_host, "ppc64el": ppc64_host}
+    if arch in foreign:     # whose Python is Debian's python3 of that arch
+        host, python = foreign[arch](), "python3"
     else:
         host, python = L1() if probe.needed() else Direct(), sys.executable
     try:
