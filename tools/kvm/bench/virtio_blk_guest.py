@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 
 KVMDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, KVMDIR)
@@ -174,8 +175,14 @@ def report(results: dict[str, dict[str, float]], mib: int, kib: int) -> None:
                   "".join(f"{lk[name] / qe[name]:10.2f}" for name, _ in TESTS))
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_main(argv: list[str] | None, script: str, inner: Callable[[str, int, int], dict],
+               report: Callable[[dict, int, int], None], expected: int) -> int:
+    """The command line of a disk bench run in a guest (this one, and
+    virtio_scsi_guest.py's): sizes, then `inner` where the guest kernel
+    runs (here or in the nested test host, as --inner), then `report`;
+    failing unless all `expected` results came back."""
+    module = sys.modules[inner.__module__]
+    ap = argparse.ArgumentParser(description=module.__doc__.splitlines()[0])
     ap.add_argument("-m", "--mib", type=int, default=256,
                     help="MiB written and read in 1 MiB blocks")
     ap.add_argument("-k", "--kib", type=int, default=8192,
@@ -189,14 +196,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     kernel = kvmconfig_kernel()
     if kernel is None:
-        print("virtio_blk_guest.py: no guest kernel with virtio built in: "
+        print(f"{os.path.basename(script)}: no guest kernel with virtio built in: "
               "run make guest-kernel; skipped")
         return 0
     results = run_bench(
-        __file__, ["-m", str(args.mib), "-k", str(args.kib), "--inner", str(kernel)],
+        script, ["-m", str(args.mib), "-k", str(args.kib), "--inner", str(kernel)],
         timeout=2 * ATTEMPTS * TIMEOUT + 60)
     report(results, args.mib, args.kib)
-    return 0 if len(results) == len(formats()) * len(VMMS) else 1
+    return 0 if len(results) == expected else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main(argv, __file__, inner, report, len(formats()) * len(VMMS))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ KVM can't run Linux guests, everything runs inside the nested test host
 (L1).  Prints MB/s per VMM and the lkvm/QEMU ratios; the goal is 0.9.
 """
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,8 +25,6 @@ import virtio_blk_guest as blk  # noqa: E402
 from _sandbox import LKVM, RAM_MIB, qemu_on_rootfs  # noqa: E402
 
 from kvm import rootfs  # noqa: E402
-from tests.testhost import kvmconfig_kernel  # noqa: E402
-from tests.testhost.runner import run_bench  # noqa: E402
 
 DISK = "/dev/sda"
 GOAL = 0.9
@@ -85,27 +81,7 @@ def report(results: dict[str, dict[str, float]], mib: int, kib: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-m", "--mib", type=int, default=256,
-                    help="MiB written and read in 1 MiB blocks")
-    ap.add_argument("-k", "--kib", type=int, default=8192,
-                    help="KiB written and read in 4 KiB blocks")
-    ap.add_argument("--inner", metavar="KERNEL", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.mib < 1 or args.kib < 4:
-        ap.error("give at least 1 MiB and 4 KiB")
-    if args.inner:
-        print(json.dumps(inner(args.inner, args.mib, args.kib)))
-        return 0
-    kernel = kvmconfig_kernel()
-    if kernel is None:
-        print("virtio_scsi_guest.py: no guest kernel from make guest-kernel: run it; skipped")
-        return 0
-    results = run_bench(
-        __file__, ["-m", str(args.mib), "-k", str(args.kib), "--inner", str(kernel)],
-        timeout=2 * blk.ATTEMPTS * blk.TIMEOUT + 60)
-    report(results, args.mib, args.kib)
-    return 0 if len(results) == len(VMMS) else 1
+    return blk.bench_main(argv, __file__, inner, report, len(VMMS))
 
 
 if __name__ == "__main__":
