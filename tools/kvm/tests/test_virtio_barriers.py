@@ -128,6 +128,7 @@ def test_ring_words_are_read_whole(tmp_path):
     vq = dev.queues[0]
     event = AVAIL_RING + 2 * vq.size
     words = mem.view(q.avail + event, 2).cast("H")
+    words[0] = 0x00FF  # before the writer starts: no read sees the ring's first 0
     pid = os.fork()
     if pid == 0:
         while True:
