@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 
 from include.uapi import lib
-from virtio.vhost import Poller, Ring, Vhost
+from virtio.vhost import Irqfd, Poller, Ring, Vhost
 
 VHOST_NET = "/dev/vhost-net"
 RX, TX = 0, 1          # a vhost-net instance's rings (the kernel's VHOST_NET_VQ_*)
@@ -35,10 +35,11 @@ class VhostNet(Vhost):
         self.features &= VHOST_FEATURES
 
     def start(self, poller: Poller, features: int, rings: tuple[Ring, Ring],
-              kicks: tuple[int, int], tap: int, interrupt: Callable[[int], None]) -> None:
+              kicks: tuple[int, int], tap: int, interrupt: Callable[[int], None],
+              irqfd: Irqfd) -> None:
         """On the I/O thread: the pair's rings (receive, transmit) and the
         tap to vhost."""
-        super().start(poller, features, rings, kicks, interrupt, taken=(tap,))
+        super().start(poller, features, rings, kicks, interrupt, irqfd, taken=(tap,))
         for i in (RX, TX):
             self.vring(lib.VHOST_NET_SET_BACKEND, "vhost_vring_file", index=i, fd=tap)
 

@@ -20,7 +20,7 @@ from tests.fakevm import FakeRouting, FakeVm
 from virtio import setup
 from virtio import vhost as vhost_core
 from virtio.mock import Driver
-from virtio.net import HDR, HDR_MRG, TX, Net
+from virtio.net import HDR, HDR_MRG, RX, TX, Net
 
 NAMES = {getattr(lib, n): n for n in (
     "VHOST_SET_OWNER", "VHOST_GET_FEATURES", "VHOST_SET_FEATURES", "VHOST_SET_MEM_TABLE",
@@ -207,6 +207,65 @@ def test_the_hand_over_waits_for_the_io_threads_handler(wired, monkeypatch):
         assert pci.kicks[TX] not in io.handlers
     finally:
         release.set()
+        ctx.exit()
+
+
+MSI_ADDR = 0xFEE00000       # to APIC 0, physical
+
+
+def call_fds(calls: list) -> dict[int, int]:
+    """Where each ring's call was last pointed."""
+    return {a["index"]: a["fd"] for n, a in calls if n == "VHOST_SET_VRING_CALL"}
+
+
+def test_vhost_raises_live_msix_vectors_through_their_irqfds(wired):
+    """A ring whose MSI-X vector is live gets the vector's irqfd as its
+    call, routed as the table says, so vhost's interrupts reach the guest
+    without lkvm; a masked vector, or MSI-X off, gets lkvm's eventfd, and
+    the call follows the driver's masking and unmasking."""
+    attach, calls, _ = wired
+    ctx, dev, tap = attach()
+    pci = dev.transport
+    msix, routes, fallback = pci.msix, ctx.routing.msi, dev.vhost[0].fallback
+    entry = lib.PCI_MSIX_ENTRY_SIZE
+
+    def message(v: int, data: int) -> None:
+        msix.write(entry * v + lib.PCI_MSIX_ENTRY_LOWER_ADDR, 4, MSI_ADDR)
+        msix.write(entry * v + lib.PCI_MSIX_ENTRY_DATA, 4, data)
+
+    def mask(v: int, masked: bool) -> None:
+        msix.write(entry * v + lib.PCI_MSIX_ENTRY_VECTOR_CTRL, 4,
+                   lib.PCI_MSIX_ENTRY_CTRL_MASKBIT if masked else 0)
+    try:
+        drv = Driver(dev)
+        dev.transport = pci
+        assert drv.negotiate()
+        for q in range(3):
+            drv.setup_queue(q)
+            dev.queues[q].vector = q
+            message(q, 0x40 + q)
+        msix.write_control(lib.PCI_MSIX_FLAGS_ENABLE)
+        mask(RX, False)                 # the transmit vector stays masked
+        del calls[:]
+        dev.set_status(dev.status | lib.VIRTIO_CONFIG_S_DRIVER_OK)
+        assert call_fds(calls) == {RX: msix.irqfds[RX], TX: fallback[TX]}
+        assert routes[msix.gsis[RX]] == (MSI_ADDR, 0x40)
+        mask(TX, False)
+        assert call_fds(calls)[TX] == msix.irqfds[TX]
+        assert routes[msix.gsis[TX]] == (MSI_ADDR, 0x41)
+        del calls[:]
+        message(RX, 0x50)               # moved while live: the route follows
+        assert routes[msix.gsis[RX]] == (MSI_ADDR, 0x50) and call_fds(calls) == {}
+        mask(RX, True)
+        assert call_fds(calls) == {RX: fallback[RX]}
+        msix.write_control(0)           # INTx: the ISR is lkvm's to set
+        assert call_fds(calls) == {RX: fallback[RX], TX: fallback[TX]}
+        # lkvm's eventfd raises the queue's interrupt as lkvm's own queues do.
+        raised = []
+        pci.signal_queue = raised.append
+        ctx.threads[dev].handlers[fallback[TX]][0]()
+        assert raised == [TX]
+    finally:
         ctx.exit()
 
 

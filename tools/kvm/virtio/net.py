@@ -123,7 +123,8 @@ class Net(VirtioDevice):
                     self.backends[p].set_header_size(self.hdr.size)
                     vhost.start(t.iothread, self.driver_features, rings,
                                 (t.kicks[2 * p], t.kicks[2 * p + 1]), self.backends[p].fileno(),
-                                lambda i, p=p: t.signal_queue(2 * p + i))
+                                lambda i, p=p: t.signal_queue(2 * p + i),
+                                lambda i, p=p: t.queue_irqfd(2 * p + i))
                 except (OSError, GuestError) as e:
                     vhost.stop(t.iothread)
                     self.fail(f"vhost-net refused the queues: {reason(e)}")
@@ -134,6 +135,11 @@ class Net(VirtioDevice):
             if vhost.taken:
                 vhost.stop(self.transport.iothread)
                 self.backends[p].set_header_size(HDR.size)
+
+    def interrupts_moved(self) -> None:
+        with self.lock:
+            for vhost in self.vhost:
+                vhost.reroute()
 
     def negotiated(self, features: int) -> None:
         # The header has num_buffers unless a legacy driver left out

@@ -15,8 +15,14 @@ when vhost reads the ring base.  A count left in a kick is vhost's to
 see.  Stopping is the reverse: the device stops the kernel's worker
 (which waits for it) before the I/O thread gets the fds back.
 
-The call is an eventfd of lkvm's whose handler raises the queue's
-interrupt through the transport.
+The call: where the transport's interrupt for the queue is an irqfd the
+guest's interrupt controller can take as it is (an MSI-X vector, routed
+through the VM's GSI routing), vhost signals that irqfd itself and the
+interrupt never passes through lkvm.  Otherwise (MSI-X off, the vector
+masked, INTx's or MMIO's status latch, which lkvm keeps) vhost signals
+an eventfd of lkvm's whose handler raises the interrupt as lkvm's own
+queues do.  A guest masking, unmasking or moving a vector re-routes the
+call (reroute()).
 """
 
 import os
@@ -49,6 +55,11 @@ class Poller(Protocol):
     def call(self, fn: Callable[[], None]) -> None: ...
 
 
+# A ring's interrupt as an irqfd the kernel raises it through, or None
+# where only lkvm can raise it.
+Irqfd = Callable[[int], int | None]
+
+
 class Vhost:
     def __init__(self, path: str, what: str, mem: object, rings: int) -> None:
         """Open `path`, become its owner, read what it offers and give it
@@ -58,8 +69,10 @@ class Vhost:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as e:
             raise LkvmError(f"{what}: cannot open {path}: {e.strerror}") from None
-        # lkvm's call for each ring, read by the I/O thread.
+        # lkvm's own call for each ring, read by the I/O thread.
         self.fallback = [os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for _ in range(rings)]
+        self.calls: dict[int, int] = {}         # ring -> the fd vhost signals now
+        self.irqfd: Irqfd = lambda i: None
         self.taken: list[tuple[int, tuple]] = []    # fds vhost reads, their I/O thread handlers
         self.running = False
         try:
@@ -82,11 +95,12 @@ class Vhost:
         self.ioctl(request, ffi.new(f"struct {ctype} *", fields))
 
     def start(self, poller: Poller, features: int, rings: Sequence[Ring], kicks: Sequence[int],
-              interrupt: Callable[[int], None], taken: Sequence[int] = ()) -> None:
+              interrupt: Callable[[int], None], irqfd: Irqfd, taken: Sequence[int] = ()) -> None:
         """On the I/O thread (poller.call): hand vhost `rings` (vhost's ring
         i is rings[i]) with their doorbells `kicks`, and take `taken` (a
         back end's fds) from the I/O thread too.  `interrupt(i)` raises
-        ring i's interrupt.  OSError if vhost refuses:
+        ring i's interrupt in lkvm, `irqfd(i)` gives the irqfd that raises
+        it in the kernel, if there is one.  OSError if vhost refuses:
         stop() then gives back what was taken."""
         for fd in (*kicks, *taken):
             self.taken.append((fd, poller.handlers[fd]))
@@ -99,9 +113,20 @@ class Vhost:
                        num=ring.last_avail)
             self.ioctl(lib.VHOST_SET_VRING_ADDR, vring_addr(self.mem, i, ring))
             self.vring(lib.VHOST_SET_VRING_KICK, "vhost_vring_file", index=i, fd=kick)
-            self.vring(lib.VHOST_SET_VRING_CALL, "vhost_vring_file", index=i,
-                       fd=self.fallback[i])
             poller.add(self.fallback[i], lambda i=i: interrupt(i))
+        self.irqfd = irqfd
+        self.reroute()
+
+    def reroute(self) -> None:
+        """Point each ring's call where its interrupt goes now."""
+        if not self.running:
+            return
+        for i, fallback in enumerate(self.fallback):
+            fd = self.irqfd(i)
+            fd = fallback if fd is None else fd
+            if self.calls.get(i) != fd:
+                self.vring(lib.VHOST_SET_VRING_CALL, "vhost_vring_file", index=i, fd=fd)
+                self.calls[i] = fd
 
     def stop(self, poller: Poller) -> None:
         """Give the doorbells and the taken fds back to the I/O thread; the
@@ -111,6 +136,7 @@ class Vhost:
                 for request in (lib.VHOST_SET_VRING_KICK, lib.VHOST_SET_VRING_CALL):
                     self.vring(request, "vhost_vring_file", index=i, fd=-1)
             self.running = False
+        self.calls.clear()
         for fd in self.fallback:
             if fd in poller.handlers:
                 poller.remove(fd)

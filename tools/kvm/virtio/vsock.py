@@ -501,7 +501,7 @@ class VhostVsock(Cid):
             t = self.transport
             try:
                 self.vhost.start(self.iothread, self.driver_features, queues,
-                                 [t.kicks[q] for q in (RX, TX)], t.signal_queue)
+                                 [t.kicks[q] for q in (RX, TX)], t.signal_queue, t.queue_irqfd)
                 self.vhost.ioctl(lib.VHOST_VSOCK_SET_RUNNING, ffi.new("int *", 1))
             except (OSError, GuestError) as e:
                 self.vhost.stop(self.iothread)
@@ -511,6 +511,10 @@ class VhostVsock(Cid):
         if self.vhost.running:
             self.vhost.ioctl(lib.VHOST_VSOCK_SET_RUNNING, ffi.new("int *", 0))
             self.vhost.stop(self.iothread)
+
+    def interrupts_moved(self) -> None:
+        with self.lock:
+            self.vhost.reroute()
 
     def process(self, index: int, queue: Virtqueue) -> None:
         """The event queue's buffers stay posted; nothing happens here that
