@@ -31,6 +31,16 @@ def test_each_vmm_gets_the_same_back_end():
     assert nics == {"passt": "mode=user", "tap": "mode=tap", "vhost": "mode=tap,vhost=1"}
 
 
+def test_a_failed_test_leaves_the_others(capsys):
+    bench = load("net_guest")
+    got = bench.parse("BENCH start\nBENCH g2h failed: ConnectionResetError(104)\n"
+                      "BENCH h2g 2000000 2\nBENCH rr 100 0.5\n")
+    assert got == {"h2g": 1.0, "rr": 200.0}
+    bench.report({"lkvm passt": got, "qemu passt": got}, 1, 100)
+    ratio = capsys.readouterr().out.splitlines()[-1].split()
+    assert ratio == ["lkvm/qemu", "passt", "-", "1.00", "1.00"]
+
+
 def test_report_has_a_ratio_per_back_end(capsys):
     bench = load("net_guest")
     results = {f"{vmm} {b}": {t: 90.0 if vmm == "lkvm" else 100.0 for t in bench.TESTS}
