@@ -1,10 +1,15 @@
 """MSI-X (PCI Local Bus 3.0 §6.8.2): the capability, the vector table and
 pending bits in a BAR, and delivery through KVM: each vector is a GSI with
-an MSI route and an irqfd, so raising it is one eventfd write."""
+an MSI route and an irqfd, so raising it is one eventfd write.  A vector
+live (MSI-X on, neither it nor the function masked) can be raised by
+others through its irqfd (vhost): its route follows the table as the
+driver writes it, and `changed` tells the device when a vector may have
+come alive, died or moved."""
 
 import os
 import struct
 import threading
+from collections.abc import Callable
 
 from include.uapi import lib
 
@@ -32,6 +37,7 @@ class Msix:
         self.gsis = [routing.add_msi() for _ in range(vectors)]
         self.irqfds = [irqfd(gsi) for gsi in self.gsis]
         self.lock = threading.Lock()
+        self.changed: Callable[[], None] = lambda: None
 
     def _flags(self) -> int:
         return self.pci.read_config(self.control, 2)
@@ -54,9 +60,21 @@ class Msix:
                 return
             self._send(vector)
 
-    def _send(self, v: int) -> None:
+    def irqfd(self, vector: int) -> int | None:
+        """The irqfd that raises `vector` as the table says now, or None
+        while it is not live."""
+        with self.lock:
+            if not 0 <= vector < self.vectors or not self.enabled or self._masked(vector):
+                return None
+            self._route(vector)
+            return self.irqfds[vector]
+
+    def _route(self, v: int) -> None:
         addr_lo, addr_hi, data = struct.unpack_from("<III", self.table, ENTRY * v)
         self.routing.set_msi(self.gsis[v], addr_hi << 32 | addr_lo, data)
+
+    def _send(self, v: int) -> None:
+        self._route(v)
         os.eventfd_write(self.irqfds[v], 1)
 
     def _deliver_pending(self) -> None:
@@ -72,6 +90,7 @@ class Msix:
             flags = self._flags() & ~keep | value & keep
             self.pci.config[self.control:self.control + 2] = flags.to_bytes(2, "little")
             self._deliver_pending()
+        self.changed()
 
     # The BAR holding table and pending bits.
     def read(self, offset: int, size: int) -> int:
@@ -87,3 +106,4 @@ class Msix:
         with self.lock:
             self.table[offset:offset + size] = value.to_bytes(size, "little")
             self._deliver_pending()
+        self.changed()     # outside the lock: the device's takes this one

@@ -7,13 +7,17 @@ Each device has its own thread, so a backend that blocks in the kernel
 (a read nobody answers, an open waiting on a lease) stalls that device
 and no other.  Such a thread cannot be interrupted from Python: stop()
 gives it a deadline and abandons it past that (it is a daemon thread,
-so it never holds up the process's exit)."""
+so it never holds up the process's exit).
+
+Work that must not overlap a handler (vhost taking a queue's fds, say)
+is handed to the loop with call(): it runs between two handlers."""
 
 import os
 import select
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
 
 
@@ -27,6 +31,9 @@ class IoThread:
         self.handlers: dict[int, tuple[Callable[[], None], bool]] = {}
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.epoll.register(self._wake, select.EPOLLIN)
+        self._calls: deque[Callable[[], None]] = deque()
+        self._call = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.epoll.register(self._call, select.EPOLLIN)
         self.thread: threading.Thread | None = None
 
     def add(self, fd: int, callback: Callable[[], None], counter: bool = True) -> None:
@@ -40,6 +47,17 @@ class IoThread:
         self.epoll.unregister(fd)
         del self.handlers[fd]
 
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the loop, after the handler it may be in returns
+        and before the next; at once when no loop runs (none started
+        yet, or this is the loop's own thread)."""
+        t = self.thread
+        if t is None or not t.is_alive() or t is threading.current_thread():
+            fn()
+            return
+        self._calls.append(fn)
+        os.eventfd_write(self._call, 1)
+
     def start(self) -> None:
         self.thread = threading.Thread(target=self._loop, name=f"kvm-io-{self.name}",
                                        daemon=True)
@@ -50,20 +68,29 @@ class IoThread:
             for fd, _ in self.epoll.poll():
                 if fd == self._wake:
                     return
-                handler, counter = self.handlers.get(fd, (None, True))
+                if fd == self._call:
+                    handler, counter = self._run_calls, True
+                elif fd in self.handlers:
+                    handler, counter = self.handlers[fd]
+                else:
+                    # Removed since the poll (by a call() before it in
+                    # this batch): its counter is its new reader's now.
+                    continue
                 try:
                     if counter:
                         os.eventfd_read(fd)
                 except BlockingIOError:
                     continue  # another reader took it
-                if handler is None:
-                    continue
                 try:
                     handler()
                 except Exception as e:  # a device bug must end the VM, not hang it
                     traceback.print_exc()
                     self.on_error(f"I/O thread {self.name}: {e}")
                     return
+
+    def _run_calls(self) -> None:
+        while self._calls:
+            self._calls.popleft()()
 
     def wake(self) -> None:
         """Ask the loop to end; it does once its current callback returns."""
@@ -80,6 +107,7 @@ class IoThread:
             self.thread = None
         self.epoll.close()
         os.close(self._wake)
+        os.close(self._call)
         return True
 
 

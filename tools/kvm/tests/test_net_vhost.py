@@ -7,6 +7,7 @@ of it given back at reset."""
 
 import os
 import socket
+import threading
 
 import pytest
 
@@ -17,8 +18,9 @@ from net import vhost
 from net.features import GUEST_OFFLOADS, HOST_OFFLOADS
 from tests.fakevm import FakeRouting, FakeVm
 from virtio import setup
+from virtio import vhost as vhost_core
 from virtio.mock import Driver
-from virtio.net import HDR, HDR_MRG, Net
+from virtio.net import HDR, HDR_MRG, RX, TX, Net
 
 NAMES = {getattr(lib, n): n for n in (
     "VHOST_SET_OWNER", "VHOST_GET_FEATURES", "VHOST_SET_FEATURES", "VHOST_SET_MEM_TABLE",
@@ -35,12 +37,16 @@ class TapQueue:
         self.ours, self.theirs = socket.socketpair()
         self.ifname = "tap9"
         self.header_sizes: list[int] = []
+        self.sent: list[bytes] = []
 
     def fileno(self) -> int:
         return self.ours.fileno()
 
     def recv(self) -> list[bytes]:
         return []
+
+    def send(self, frame: bytes) -> None:
+        self.sent.append(frame)
 
     def set_header_size(self, size: int) -> None:
         self.header_sizes.append(size)
@@ -81,7 +87,7 @@ def wired(monkeypatch, tmp_path):
         return 0
     (tmp_path / "vhost-net").write_bytes(b"")
     monkeypatch.setattr(vhost, "VHOST_NET", str(tmp_path / "vhost-net"))
-    monkeypatch.setattr(vhost, "ioctl", fake_ioctl)
+    monkeypatch.setattr(vhost_core, "ioctl", fake_ioctl)
     monkeypatch.setattr(setup, "IrqRouting", lambda vm: FakeRouting())
     taps: list[TapQueue] = []
     monkeypatch.setitem(setup.BACKENDS, "tap", lambda nic: taps.append(TapQueue()) or taps)
@@ -135,7 +141,7 @@ def test_driver_ok_hands_the_rings_doorbells_and_tap_to_vhost(wired):
         addrs = [a for n, a in calls if n == "VHOST_SET_VRING_ADDR"]
         for q, a in zip((rx, tx), addrs, strict=True):
             assert (a["desc_user_addr"], a["avail_user_addr"], a["used_user_addr"]) == \
-                tuple(vhost.host_address(dev.mem, x, 1) for x in (q.desc, q.avail, q.used))
+                tuple(vhost_core.host_address(dev.mem, x, 1) for x in (q.desc, q.avail, q.used))
         assert [a for n, a in calls if n == "VHOST_SET_VRING_NUM"] == \
             [{"index": 0, "num": rx.size}, {"index": 1, "num": tx.size}]
         assert tap.header_sizes == [HDR_MRG.size]
@@ -158,6 +164,111 @@ def test_driver_ok_hands_the_rings_doorbells_and_tap_to_vhost(wired):
         ctx.exit()
 
 
+def test_the_hand_over_waits_for_the_io_threads_handler(wired, monkeypatch):
+    """DRIVER_OK while the I/O thread is inside the transmit doorbell's
+    handler (its kick taken, the ring not yet read): vhost gets the ring
+    base only once that handler has transmitted what it was woken for,
+    so no entry is left to neither of them and none is served twice."""
+    attach, calls, _ = wired
+    ctx, dev, tap = attach()
+    pci, io = dev.transport, ctx.threads[dev]
+    entered, release, backend_set = threading.Event(), threading.Event(), threading.Event()
+    doorbell = io.handlers[pci.kicks[TX]]
+
+    def in_progress() -> None:
+        entered.set()
+        release.wait(10)
+        doorbell[0]()
+    io.handlers[pci.kicks[TX]] = (in_progress, doorbell[1])
+    record = vhost_core.ioctl
+
+    def watch(fd: int, request: int, arg: object = 0) -> int:
+        record(fd, request, arg)
+        if request == lib.VHOST_NET_SET_BACKEND and arg.index == TX:
+            backend_set.set()
+        return 0
+    monkeypatch.setattr(vhost_core, "ioctl", watch)
+    try:
+        drv = Driver(dev)
+        dev.transport = pci
+        assert drv.negotiate()
+        tx = [drv.setup_queue(q) for q in range(3)][TX]
+        ctx.init()
+        frame = bytes(range(60))
+        tx.add([bytes(HDR_MRG.size) + frame], [])
+        os.eventfd_write(pci.kicks[TX], 1)      # the guest's notify
+        assert entered.wait(10)
+        dev.set_status(dev.status | lib.VIRTIO_CONFIG_S_DRIVER_OK)   # on the vCPU
+        release.set()
+        assert backend_set.wait(10)
+        assert tap.sent == [bytes(HDR.size) + frame]     # with the tap's vnet header
+        bases = [a["num"] for n, a in calls if n == "VHOST_SET_VRING_BASE" and a["index"] == TX]
+        assert bases == [1] == [dev.queues[TX].last_avail]
+        assert pci.kicks[TX] not in io.handlers
+    finally:
+        release.set()
+        ctx.exit()
+
+
+MSI_ADDR = 0xFEE00000       # to APIC 0, physical
+
+
+def call_fds(calls: list) -> dict[int, int]:
+    """Where each ring's call was last pointed."""
+    return {a["index"]: a["fd"] for n, a in calls if n == "VHOST_SET_VRING_CALL"}
+
+
+def test_vhost_raises_live_msix_vectors_through_their_irqfds(wired):
+    """A ring whose MSI-X vector is live gets the vector's irqfd as its
+    call, routed as the table says, so vhost's interrupts reach the guest
+    without lkvm; a masked vector, or MSI-X off, gets lkvm's eventfd, and
+    the call follows the driver's masking and unmasking."""
+    attach, calls, _ = wired
+    ctx, dev, tap = attach()
+    pci = dev.transport
+    msix, routes, fallback = pci.msix, ctx.routing.msi, dev.vhost[0].fallback
+    entry = lib.PCI_MSIX_ENTRY_SIZE
+
+    def message(v: int, data: int) -> None:
+        msix.write(entry * v + lib.PCI_MSIX_ENTRY_LOWER_ADDR, 4, MSI_ADDR)
+        msix.write(entry * v + lib.PCI_MSIX_ENTRY_DATA, 4, data)
+
+    def mask(v: int, masked: bool) -> None:
+        msix.write(entry * v + lib.PCI_MSIX_ENTRY_VECTOR_CTRL, 4,
+                   lib.PCI_MSIX_ENTRY_CTRL_MASKBIT if masked else 0)
+    try:
+        drv = Driver(dev)
+        dev.transport = pci
+        assert drv.negotiate()
+        for q in range(3):
+            drv.setup_queue(q)
+            dev.queues[q].vector = q
+            message(q, 0x40 + q)
+        msix.write_control(lib.PCI_MSIX_FLAGS_ENABLE)
+        mask(RX, False)                 # the transmit vector stays masked
+        del calls[:]
+        dev.set_status(dev.status | lib.VIRTIO_CONFIG_S_DRIVER_OK)
+        assert call_fds(calls) == {RX: msix.irqfds[RX], TX: fallback[TX]}
+        assert routes[msix.gsis[RX]] == (MSI_ADDR, 0x40)
+        mask(TX, False)
+        assert call_fds(calls)[TX] == msix.irqfds[TX]
+        assert routes[msix.gsis[TX]] == (MSI_ADDR, 0x41)
+        del calls[:]
+        message(RX, 0x50)               # moved while live: the route follows
+        assert routes[msix.gsis[RX]] == (MSI_ADDR, 0x50) and call_fds(calls) == {}
+        mask(RX, True)
+        assert call_fds(calls) == {RX: fallback[RX]}
+        msix.write_control(0)           # INTx: the ISR is lkvm's to set
+        assert call_fds(calls) == {RX: fallback[RX], TX: fallback[TX]}
+        # lkvm's eventfd raises the queue's interrupt as lkvm's own queues do.
+        raised = []
+        pci.signal_queue = raised.append
+        ctx.threads[dev].handlers[fallback[TX]][0]()
+        assert raised == [TX]
+    finally:
+        ctx.exit()
+
+
 def test_what_vhost_net_lacks_is_not_offered(wired):
     attach, calls, features = wired
     features["value"] = ALL & ~(1 << lib.VIRTIO_RING_F_EVENT_IDX)
@@ -172,13 +283,13 @@ def test_what_vhost_net_lacks_is_not_offered(wired):
 def test_a_refused_ring_stops_the_device_and_gives_everything_back(wired, monkeypatch, capsys):
     attach, calls, _ = wired
     ctx, dev, tap = attach()
-    real = vhost.ioctl
+    real = vhost_core.ioctl
 
     def refuse(fd: int, request: int, arg: object = 0) -> int:
         if request == lib.VHOST_SET_VRING_ADDR:
             raise OSError(14, os.strerror(14))
         return real(fd, request, arg)
-    monkeypatch.setattr(vhost, "ioctl", refuse)
+    monkeypatch.setattr(vhost_core, "ioctl", refuse)
     try:
         start(dev)
         io = ctx.threads[dev]

@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from include.uapi import lib
+from kvm.iothread import IoThread
 from tests.helpers import guest, run_lkvm
+from virtio import vhost as vhost_mod
 from virtio.mock import LOW_RAM, Driver, MockTransport, mock_memory
 from virtio.vhost import Vhost
 from virtio.vsock import (
@@ -447,56 +449,85 @@ class FakeVhostKernel:
 
 
 class KickTransport(MockTransport):
+    """Doorbells as eventfds, an I/O thread that is not running (calls
+    run at once) and no irqfd: vhost's calls come to lkvm."""
     def __init__(self) -> None:
         super().__init__()
         self.kicks = [os.eventfd(0) for _ in range(3)]
+        self.iothread = IoThread("vsock", print)
+        for q, fd in enumerate(self.kicks):
+            self.iothread.add(fd, lambda q=q: None)
+
+    def queue_irqfd(self, index: int) -> None:
+        return None
+
+    def close(self) -> None:
+        self.iothread.join(0)
+        for fd in self.kicks:
+            os.close(fd)
 
 
-def test_vhost_gets_the_memory_table_rings_and_eventfds():
+@pytest.fixture
+def kernel(monkeypatch):
     kernel = FakeVhostKernel()
-    null = os.open(os.devnull, os.O_RDWR)
-    mem = mock_memory()
-    dev = VhostVsock(mem, CID, Vhost(VHOST_VSOCK, kernel, fd=null))
+    monkeypatch.setattr(vhost_mod, "ioctl", kernel)
+    return kernel
+
+
+def vhost_vsock(mem: object) -> tuple[VhostVsock, Driver, KickTransport]:
+    dev = VhostVsock(mem, CID, Vhost(os.devnull, f"--vsock {CID}", mem, 2))
     drv = Driver(dev)
     transport = drv.transport = dev.transport = KickTransport()
+    dev.serve_on(transport.iothread)
+    return dev, drv, transport
+
+
+def test_vhost_gets_the_memory_table_rings_and_eventfds(kernel):
+    mem = mock_memory()
+    dev, drv, transport = vhost_vsock(mem)
     # Only what the kernel serves is offered; seqpacket is not among it.
     assert dev.offered() == FakeVhostKernel.FEATURES
-    assert kernel.calls == [("VHOST_SET_OWNER",), ("VHOST_VSOCK_SET_GUEST_CID", CID)]
+    assert kernel.calls == [("VHOST_SET_OWNER",),
+                            ("VHOST_SET_MEM_TABLE", [(r.gpa, r.size, r.host) for r in mem.regions]),
+                            ("VHOST_VSOCK_SET_GUEST_CID", CID)]
     rx, tx, _ = drv.start()
     host = {r.gpa: r.host for r in mem.regions}
-    assert kernel.calls[2:] == [
+    calls = dev.vhost.fallback
+    assert kernel.calls[3:] == [
         ("VHOST_SET_FEATURES", FakeVhostKernel.FEATURES),
-        ("VHOST_SET_MEM_TABLE", [(r.gpa, r.size, r.host) for r in mem.regions]),
         *[c for q, dq in ((0, rx), (1, tx)) for c in (
             ("VHOST_SET_VRING_NUM", q, dq.size),
             ("VHOST_SET_VRING_BASE", q, 0),
             ("VHOST_SET_VRING_ADDR", q, host[0] + dq.desc, host[0] + dq.avail, host[0] + dq.used),
-            ("VHOST_SET_VRING_KICK", q, transport.kicks[q]),
-            ("VHOST_SET_VRING_CALL", q, dev.call_fds[q]))],
+            ("VHOST_SET_VRING_KICK", q, transport.kicks[q]))],
+        ("VHOST_SET_VRING_CALL", 0, calls[0]), ("VHOST_SET_VRING_CALL", 1, calls[1]),
         ("VHOST_VSOCK_SET_RUNNING", 1)]
+    io = transport.iothread
+    assert transport.kicks[0] not in io.handlers and transport.kicks[2] in io.handlers
+    assert all(fd in io.handlers for fd in calls)
     del kernel.calls[:]
     dev.reset()
-    assert kernel.calls == [("VHOST_VSOCK_SET_RUNNING", 0)]
+    assert kernel.calls == [("VHOST_VSOCK_SET_RUNNING", 0),
+                            ("VHOST_SET_VRING_KICK", 0, -1), ("VHOST_SET_VRING_CALL", 0, -1),
+                            ("VHOST_SET_VRING_KICK", 1, -1), ("VHOST_SET_VRING_CALL", 1, -1)]
+    assert all(fd in io.handlers for fd in transport.kicks)
+    assert not any(fd in io.handlers for fd in calls)
     dev.close()
-    for fd in transport.kicks:
-        os.close(fd)
+    transport.close()
 
 
-def test_vhost_with_rings_outside_ram_stops_the_device(capsys):
-    kernel = FakeVhostKernel()
-    dev = VhostVsock(mock_memory(), CID, Vhost(VHOST_VSOCK, kernel, fd=os.open(os.devnull, 0)))
-    drv = Driver(dev)
-    drv.transport = dev.transport = KickTransport()
+def test_vhost_with_rings_outside_ram_stops_the_device(kernel, capsys):
+    dev, drv, transport = vhost_vsock(mock_memory())
     drv.negotiate()
     for q in range(3):
         drv.setup_queue(q)
     dev.queues[0].used_addr = LOW_RAM - 8   # the used ring runs past low RAM
     dev.set_status(dev.status | lib.VIRTIO_CONFIG_S_DRIVER_OK)
-    assert dev.broken and not dev.running
+    assert dev.broken and not dev.vhost.running
     assert ("VHOST_VSOCK_SET_RUNNING", 1) not in kernel.calls
+    assert all(fd in transport.iothread.handlers for fd in transport.kicks)
     dev.close()
-    for fd in dev.transport.kicks:
-        os.close(fd)
+    transport.close()
 
 
 # The command line.

@@ -34,6 +34,10 @@ class Signals(Protocol):
 
     def signal_config(self) -> None: ...
 
+    def queue_irqfd(self, index: int) -> int | None:
+        """An irqfd raising queue `index`'s interrupt with no help from
+        lkvm (for vhost to signal), or None while there is none."""
+
 
 class VirtioDevice:
     device_id = 0
@@ -102,6 +106,10 @@ class VirtioDevice:
 
     def on_reset(self) -> None:
         """Hook: forget per-session device state."""
+
+    def interrupts_moved(self) -> None:
+        """Hook: the driver masked, unmasked or moved an interrupt, so
+        what transport.queue_irqfd() says may have changed."""
 
     @property
     def broken(self) -> bool:

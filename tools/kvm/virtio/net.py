@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from include.uapi import lib
 from kvm import msg
 from kvm.cstruct import packer, to_bytes
+from kvm.errors import GuestError
 from net.backend import MAX_FRAME, Backend, LinkDown
 from net.ctrl import Control
 from net.features import GUEST_OFFLOADS, STATUS_OFFSET, bit, usable
@@ -49,6 +50,7 @@ from net.vhost import VHOST_FEATURES, VhostNet
 from virtio.device import VirtioDevice
 from virtio.iov import prefix, scatter, total
 from virtio.queue import Chain, QueueError, Virtqueue
+from virtio.vhost import reason
 
 RX, TX = 0, 1       # a pair's queues: pair p receives on 2 p, transmits on 2 p + 1
 HDR = packer("struct virtio_net_hdr")                   # legacy, without num_buffers
@@ -101,32 +103,43 @@ class Net(VirtioDevice):
         with self.lock:
             go = value & ~self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK
             super().set_status(value)
-            if go and self.vhost and self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK:
-                self._start_vhost()
+            if go and self.vhost:
+                self.transport.iothread.call(self._start_vhost)
 
     def _start_vhost(self) -> None:
-        """Hand each pair the driver set up to its vhost-net; the tap's
-        vnet header becomes the driver's, which vhost-net leaves to it."""
+        """On the I/O thread: hand each pair the driver set up to its
+        vhost-net, unless the driver reset the device since asking; the
+        tap's vnet header becomes the driver's, which vhost-net leaves
+        to it."""
         t = self.transport
-        for p, vhost in enumerate(self.vhost):
-            rings = self.queues[2 * p], self.queues[2 * p + 1]
-            if not all(r.enabled for r in rings):
-                continue
-            try:
-                self.backends[p].set_header_size(self.hdr.size)
-                vhost.start(self.driver_features, rings, (t.kicks[2 * p], t.kicks[2 * p + 1]),
-                            self.backends[p].fileno(), t.iothread,
-                            lambda i, p=p: t.signal_queue(2 * p + i))
-            except OSError as e:
-                vhost.stop(t.iothread)
-                self.fail(f"vhost-net refused the queues: {e.strerror}")
+        with self.lock:
+            if not self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK or self.broken:
                 return
+            for p, vhost in enumerate(self.vhost):
+                rings = self.queues[2 * p], self.queues[2 * p + 1]
+                if vhost.running or not all(r.enabled for r in rings):
+                    continue
+                try:
+                    self.backends[p].set_header_size(self.hdr.size)
+                    vhost.start(t.iothread, self.driver_features, rings,
+                                (t.kicks[2 * p], t.kicks[2 * p + 1]), self.backends[p].fileno(),
+                                lambda i, p=p: t.signal_queue(2 * p + i),
+                                lambda i, p=p: t.queue_irqfd(2 * p + i))
+                except (OSError, GuestError) as e:
+                    vhost.stop(t.iothread)
+                    self.fail(f"vhost-net refused the queues: {reason(e)}")
+                    return
 
     def _stop_vhost(self) -> None:
         for p, vhost in enumerate(self.vhost):
             if vhost.taken:
                 vhost.stop(self.transport.iothread)
                 self.backends[p].set_header_size(HDR.size)
+
+    def interrupts_moved(self) -> None:
+        with self.lock:
+            for vhost in self.vhost:
+                vhost.reroute()
 
     def negotiated(self, features: int) -> None:
         # The header has num_buffers unless a legacy driver left out

@@ -55,6 +55,7 @@ class VirtioPci(PciDevice, Transport):
         regs = ModernRegs(self) if modern else LegacyRegs(self)
         self.add_bar(MODERN_BAR_SIZE if modern else LEGACY_BAR_SIZE, not modern, regs)
         self.msix = Msix(self, len(dev.queues) + 1, MSIX_BAR, ctx.routing, ctx.vm.irqfd)
+        self.msix.changed = dev.interrupts_moved
         self.add_bar(self.msix.size, False, self.msix)
         if modern:
             self._add_modern_caps()
@@ -121,6 +122,11 @@ class VirtioPci(PciDevice, Transport):
             self.msix.fire(self.dev.queues[index].vector)
         else:
             self.isr.set(ISR_QUEUE)
+
+    def queue_irqfd(self, index: int) -> int | None:
+        """The queue's MSI-X vector's irqfd while the vector is live; under
+        INTx the driver reads the ISR, which only lkvm sets."""
+        return self.msix.irqfd(self.dev.queues[index].vector)
 
     def signal_config(self) -> None:
         self.config_changed()

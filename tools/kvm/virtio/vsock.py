@@ -44,7 +44,7 @@ from kvm.ipc import is_live
 from virtio.device import VirtioDevice
 from virtio.iov import prefix, scatter, total
 from virtio.queue import Chain, QueueError, Virtqueue
-from virtio.vhost import Vhost
+from virtio.vhost import Vhost, reason
 
 RX, TX, EVENT = 0, 1, 2
 HDR = packer("struct virtio_vsock_hdr")
@@ -461,17 +461,14 @@ class Vsock(Cid):
 
 class VhostVsock(Cid):
     """The kernel's back end: vhost-vsock serves the receive and transmit
-    queues once the driver is ready; the event queue stays here, idle.
-    The I/O thread reads the call eventfds (call_fds) and gives up the
-    kick ioeventfds to the kernel."""
+    queues once the driver is ready (handed over on the I/O thread, as
+    virtio/vhost.py says); the event queue stays here, idle."""
     features = 1 << lib.VIRTIO_VSOCK_F_SEQPACKET    # if the kernel has it
 
     def __init__(self, mem: object, cid: int, vhost: Vhost) -> None:
         super().__init__(mem, cid)
         self.vhost = vhost
         self.iothread: IoThread | None = None   # the device's, to take the kicks from
-        self.call_fds = {q: os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK) for q in (RX, TX)}
-        self.running = False
         try:
             vhost.set_u64(lib.VHOST_VSOCK_SET_GUEST_CID, cid)
         except OSError as e:
@@ -480,41 +477,44 @@ class VhostVsock(Cid):
 
     def serve_on(self, iothread: IoThread) -> None:
         self.iothread = iothread
-        for q, efd in self.call_fds.items():
-            iothread.add(efd, lambda q=q: self.transport.signal_queue(q))
 
     def offered(self) -> int:
         return super().offered() & self.vhost.features
 
     def set_status(self, value: int) -> None:
         with self.lock:
+            go = value & ~self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK
             super().set_status(value)
-            if self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK and not self.running \
-                    and not self.broken:
-                self._start()
+            if go:
+                self.iothread.call(self._start)
 
     def _start(self) -> None:
-        queues = {q: self.queues[q] for q in (RX, TX)}
-        if not all(q.enabled for q in queues.values()):
-            self.fail("driver ready before its receive and transmit queues")
-            return
-        kicks = {q: self.transport.kicks[q] for q in queues}
-        if self.iothread is not None:
-            for efd in kicks.values():
-                if efd in self.iothread.handlers:
-                    self.iothread.remove(efd)   # the kernel's to wait on from now on
-        try:
-            self.vhost.start(self.mem, self.driver_features, queues, kicks, self.call_fds)
-            self.vhost.ioctl(self.vhost.fd, lib.VHOST_VSOCK_SET_RUNNING, ffi.new("int *", 1))
-        except (OSError, GuestError) as e:
-            self.fail(f"{VHOST_VSOCK}: {e}")
-            return
-        self.running = True
+        """On the I/O thread, unless the driver reset the device since."""
+        with self.lock:
+            if not self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK or self.broken or \
+                    self.vhost.running:
+                return
+            queues = [self.queues[q] for q in (RX, TX)]
+            if not all(q.enabled for q in queues):
+                self.fail("driver ready before its receive and transmit queues")
+                return
+            t = self.transport
+            try:
+                self.vhost.start(self.iothread, self.driver_features, queues,
+                                 [t.kicks[q] for q in (RX, TX)], t.signal_queue, t.queue_irqfd)
+                self.vhost.ioctl(lib.VHOST_VSOCK_SET_RUNNING, ffi.new("int *", 1))
+            except (OSError, GuestError) as e:
+                self.vhost.stop(self.iothread)
+                self.fail(f"{VHOST_VSOCK}: {reason(e)}")
 
     def on_reset(self) -> None:
-        if self.running:
-            self.vhost.ioctl(self.vhost.fd, lib.VHOST_VSOCK_SET_RUNNING, ffi.new("int *", 0))
-            self.running = False
+        if self.vhost.running:
+            self.vhost.ioctl(lib.VHOST_VSOCK_SET_RUNNING, ffi.new("int *", 0))
+            self.vhost.stop(self.iothread)
+
+    def interrupts_moved(self) -> None:
+        with self.lock:
+            self.vhost.reroute()
 
     def process(self, index: int, queue: Virtqueue) -> None:
         """The event queue's buffers stay posted; nothing happens here that
@@ -522,8 +522,6 @@ class VhostVsock(Cid):
 
     def close(self) -> None:
         self.vhost.close()
-        for efd in self.call_fds.values():
-            os.close(efd)
 
 
 def make(mem: object, cid: int, uds: str | None, backend: str, default_base: str) -> Cid:
@@ -531,7 +529,7 @@ def make(mem: object, cid: int, uds: str | None, backend: str, default_base: str
     has it, unless --vsock-uds asks for lkvm's unix sockets."""
     if backend == "vhost" or (backend == "auto" and uds is None and
                               os.path.exists(VHOST_VSOCK)):
-        return VhostVsock(mem, cid, Vhost(VHOST_VSOCK))
+        return VhostVsock(mem, cid, Vhost(VHOST_VSOCK, f"--vsock {cid}", mem, 2))
     return Vsock(mem, cid, uds or default_base)
 
 
