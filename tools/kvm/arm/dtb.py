@@ -4,17 +4,15 @@ PCI host bridge (ECAM) with the INTx lines of its slots."""
 
 from dataclasses import dataclass
 
-from arm.fdt import (
+from arm.gic import (
     GIC_PPI,
     GIC_SPI,
     IRQ_TYPE_LEVEL_HIGH,
     PHANDLE_APB_CLOCK,
     PHANDLE_GIC,
-    DeviceTree,
-    Value,
-    u64_cells,
+    Gic,
+    GicV2,
 )
-from arm.gic import Gic, GicV2
 from arm.layout import (
     FDT_MAX_SIZE,
     PCI_ECAM,
@@ -27,6 +25,7 @@ from arm.layout import (
     UART_SIZE,
 )
 from arm.vcpu import mpidr_affinity
+from kvm.fdt import DeviceTree, chosen_and_memory, u64_cells
 
 # The architected timer's PPIs: secure and non-secure physical, virtual,
 # hypervisor (the order of the arm,armv8-timer binding).
@@ -66,14 +65,8 @@ def build(m: Machine) -> bytes:
         # (as pci=conf1 makes it do on x86): left to itself it reassigns
         # every BAR in an order of its own, which swaps two devices' BARs
         # through addresses the other still holds.
-        chosen: dict[str, Value] = {"bootargs": m.cmdline, "stdout-path": uart,
-                                    "linux,pci-probe-only": 1}
-        if m.initrd:
-            chosen |= {"linux,initrd-start": u64_cells(m.initrd[0]),
-                       "linux,initrd-end": u64_cells(m.initrd[1])}
-        dt.leaf("chosen", chosen)
-        for base, size in m.ram:
-            dt.leaf(f"memory@{base:x}", {"device_type": "memory", "reg": u64_cells(base, size)})
+        chosen_and_memory(dt, m.cmdline, m.initrd, m.ram,
+                          {"stdout-path": uart, "linux,pci-probe-only": 1})
         with dt.node("cpus", {"#address-cells": 1, "#size-cells": 0}):
             for i in range(m.cpus):
                 dt.leaf(f"cpu@{mpidr_affinity(i):x}", {

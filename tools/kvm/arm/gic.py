@@ -8,7 +8,6 @@ vCPU exists, before any irqfd (KVM refuses those with EAGAIN until then)."""
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, ClassVar
 
-from arm.fdt import PHANDLE_GIC, DeviceTree, u64_cells
 from arm.layout import (
     GIC_DIST,
     GIC_DIST_SIZE,
@@ -20,6 +19,7 @@ from arm.layout import (
 )
 from include.uapi import ffi, lib
 from kvm.errors import LkvmError
+from kvm.fdt import DeviceTree, u64_cells
 from kvm.ioctl import ioctl
 
 if TYPE_CHECKING:
@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 PRIVATE_IRQS = 32
 NR_IRQS = 128
 NR_SPIS = NR_IRQS - PRIVATE_IRQS
+
+# Interrupt specifiers of the GIC binding (dt-bindings/interrupt-controller/
+# arm-gic.h and irq.h): DT ABI, in no uapi header.
+GIC_SPI, GIC_PPI = 0, 1
+IRQ_TYPE_EDGE_RISING, IRQ_TYPE_LEVEL_HIGH = 1, 4
+
+# Phandles of the nodes others point at.
+PHANDLE_GIC, PHANDLE_APB_CLOCK = 1, 2
 
 
 class Gic(ABC):

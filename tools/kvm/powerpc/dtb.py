@@ -6,7 +6,7 @@ console."""
 
 from dataclasses import dataclass
 
-from arm.fdt import DeviceTree, Value, u64_cells
+from kvm.fdt import DeviceTree, Value, chosen_and_memory
 from powerpc import xics
 from powerpc.console import VTY_REG
 from powerpc.layout import FDT_MAX_SIZE
@@ -70,15 +70,9 @@ def build(m: Machine) -> bytes:
                       "model": "IBM pSeries (emulated by lkvm)",
                       "#address-cells": 2, "#size-cells": 2,
                       "interrupt-parent": xics.PHANDLE}):
-        chosen: dict[str, Value] = {"bootargs": m.cmdline, "stdout-path": VTY,
-                                    "linux,stdout-path": VTY,
-                                    "ibm,architecture-vec-5": architecture_vec5()}
-        if m.initrd:
-            chosen |= {"linux,initrd-start": u64_cells(m.initrd[0]),
-                       "linux,initrd-end": u64_cells(m.initrd[1])}
-        dt.leaf("chosen", chosen)
-        for base, size in m.ram:
-            dt.leaf(f"memory@{base:x}", {"device_type": "memory", "reg": u64_cells(base, size)})
+        chosen_and_memory(dt, m.cmdline, m.initrd, m.ram,
+                          {"stdout-path": VTY, "linux,stdout-path": VTY,
+                           "ibm,architecture-vec-5": architecture_vec5()})
         with dt.node("cpus", {"#address-cells": 1, "#size-cells": 0}):
             for i in range(m.cpus):
                 dt.leaf(f"PowerPC,POWER9@{i:x}", {

@@ -11,7 +11,7 @@ from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
 
 if TYPE_CHECKING:
-    from arm.fdt import DeviceTree
+    from kvm.fdt import DeviceTree
     from kvm.vm import Vm
 
 # XICS numbers its sources from 4096 (0-15 are IPIs and the like): those

@@ -1,5 +1,6 @@
 """A flattened device tree, written in order with libfdt's sequential
-writer (pylibfdt): what an arm64 kernel learns the machine from."""
+writer (pylibfdt): what an arm64 or a ppc64 kernel learns the machine
+from.  The arch directories write their machines' nodes with it."""
 
 import struct
 from collections.abc import Iterator
@@ -8,14 +9,6 @@ from contextlib import contextmanager
 import libfdt
 
 from kvm.errors import LkvmError
-
-# Interrupt specifiers of the GIC binding (dt-bindings/interrupt-controller/
-# arm-gic.h and irq.h): DT ABI, in no uapi header.
-GIC_SPI, GIC_PPI = 0, 1
-IRQ_TYPE_EDGE_RISING, IRQ_TYPE_LEVEL_HIGH = 1, 4
-
-# Phandles of the nodes others point at.
-PHANDLE_GIC, PHANDLE_APB_CLOCK = 1, 2
 
 Value = str | int | list[int] | list[str] | bytes
 FINISH_ROOM = 16  # more than the end tag fdt_finish() writes
@@ -75,3 +68,17 @@ class DeviceTree:
             raise LkvmError(f"the device tree ({len(blob)} bytes) does not fit in the "
                             f"{limit >> 10} KiB lkvm keeps for it (a very long -p?)")
         return blob
+
+
+def chosen_and_memory(dt: DeviceTree, cmdline: str, initrd: tuple[int, int] | None,
+                      ram: list[tuple[int, int]], chosen: dict[str, Value]) -> None:
+    """/chosen (the command line, the initrd's bounds, and the arch's
+    `chosen` properties) and a memory node per RAM region, as both arm64
+    and ppc64 kernels read them (#address-cells = #size-cells = 2)."""
+    chosen = {"bootargs": cmdline, **chosen}
+    if initrd:
+        chosen |= {"linux,initrd-start": u64_cells(initrd[0]),
+                   "linux,initrd-end": u64_cells(initrd[1])}
+    dt.leaf("chosen", chosen)
+    for base, size in ram:
+        dt.leaf(f"memory@{base:x}", {"device_type": "memory", "reg": u64_cells(base, size)})
