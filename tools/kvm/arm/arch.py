@@ -32,6 +32,7 @@ from hw.pci import Ecam
 from hw.pl031 import Pl031
 from hw.serial8250 import Serial8250
 from include.uapi import lib
+from kvm import fdt
 from kvm.arch import Arch, Boot
 from kvm.cmd import TOP
 from kvm.config import Config
@@ -140,12 +141,7 @@ class Arm64(Arch):
             gic=self.gic, cmdline=boot.cmdline, uart_irq=UART_SPI, rtc_irq=RTC_SPI,
             initrd=boot.initrd, virtio_mmio=tuple(vm.virtio_mmio),
             pci_slots=tuple(vm.pci.intx_slots()) if vm.pci else ()))
-        if self.config.dump_dtb:
-            try:
-                with open(self.config.dump_dtb, "wb") as f:
-                    f.write(blob)
-            except OSError as e:
-                raise LkvmError(f"--dump-dtb {self.config.dump_dtb}: {e.strerror}") from None
+        fdt.dump(self.config.dump_dtb, blob)
         vm.mem.write(boot.dtb, blob)
 
     def vcpus_created(self, vm: "Vm") -> None:

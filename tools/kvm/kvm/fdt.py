@@ -82,3 +82,13 @@ def chosen_and_memory(dt: DeviceTree, cmdline: str, initrd: tuple[int, int] | No
     dt.leaf("chosen", chosen)
     for base, size in ram:
         dt.leaf(f"memory@{base:x}", {"device_type": "memory", "reg": u64_cells(base, size)})
+
+
+def dump(path: str | None, blob: bytes) -> None:
+    """--dump-dtb FILE: the device tree the guest gets, saved as it is."""
+    if path:
+        try:
+            with open(path, "wb") as f:
+                f.write(blob)
+        except OSError as e:
+            raise LkvmError(f"--dump-dtb {path}: {e.strerror}") from None

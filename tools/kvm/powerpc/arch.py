@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from hw.panic_watch import PanicWatch
 from include.uapi import lib
+from kvm import fdt
 from kvm.arch import Arch, Boot
 from kvm.cmd import TOP
 from kvm.config import Config
@@ -139,12 +140,7 @@ class Ppc64(Arch):
             ram=tuple((r.gpa, r.size) for r in vm.mem.regions), cpus=len(vm.vcpus),
             cmdline=boot.cmdline, rtas=(boot.rtas, RTAS_SIZE), tokens=TOKENS, dtb=boot.dtb,
             initrd=boot.initrd))
-        if self.config.dump_dtb:
-            try:
-                with open(self.config.dump_dtb, "wb") as f:
-                    f.write(blob)
-            except OSError as e:
-                raise LkvmError(f"--dump-dtb {self.config.dump_dtb}: {e.strerror}") from None
+        fdt.dump(self.config.dump_dtb, blob)
         vm.mem.write(boot.dtb, blob)
 
     def setup_vcpu(self, vcpu: "Vcpu", boot: Boot) -> None:

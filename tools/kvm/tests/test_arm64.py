@@ -31,6 +31,7 @@ from arm.layout import (
     UART_BASE,
     VIRTIO_MMIO_START,
 )
+from kvm import fdt
 from kvm.errors import LkvmError
 from kvm.memory import GuestMemory
 from tests.helpers import GUESTS, KVMDIR
@@ -276,3 +277,11 @@ def test_a_gic_kvm_lacks(gic, hint):
     with pytest.raises(LkvmError, match=re.escape(f"no in-kernel {gic.NAME} (") + ".*"
                        + re.escape(hint) + "$"):
         gic().create(SimpleNamespace(fd=-1))  # every ioctl fails
+
+
+def test_dump_dtb_saves_the_blob_or_says_why_not(tmp_path):
+    fdt.dump(str(tmp_path / "x.dtb"), b"\xd0\x0d\xfe\xed")
+    assert (tmp_path / "x.dtb").read_bytes() == b"\xd0\x0d\xfe\xed"
+    with pytest.raises(LkvmError, match=r"^--dump-dtb /nonexistent/x.dtb: No such file"):
+        fdt.dump("/nonexistent/x.dtb", b"")
+    fdt.dump(None, b"")  # no --dump-dtb: nothing written
