@@ -33,6 +33,8 @@ DEB_PKGS  := gcc make binutils libc6-dev linux-libc-dev python3-venv python3-dev
              qemu-system-x86 qemu-utils busybox-static cpio lz4 zstd acpica-tools \
              qemu-system-arm gcc-aarch64-linux-gnu libc6-dev-arm64-cross passt \
              binutils-aarch64-linux-gnu device-tree-compiler python3-libfdt
+# gdb for the arm64 gdb stub's tests (Debian's gdb knows x86 only).
+DEB_PKGS  += gdb-multiarch
 # ... and what building the guest kernel from Debian's source takes.
 KERNEL_PKGS := linux-source-6.1 flex bison bc libelf-dev libssl-dev xz-utils
 
