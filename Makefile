@@ -112,7 +112,7 @@ $(GUESTDIR)/arm64/%.bin: $(GUESTDIR)/arm64/%.S $(BUILD)/deps.stamp
 	$(Q)aarch64-linux-gnu-as -o $(@:.bin=.o) $<
 	$(Q)aarch64-linux-gnu-ld -Ttext=0 -o $(@:.bin=.elf) $(@:.bin=.o)
 	$(Q)aarch64-linux-gnu-objcopy -O binary $(@:.bin=.elf) $@
-	$(Q)rm -f $(@:.bin=.o) $(@:.bin=.elf)
+	$(Q)rm -f $(@:.bin=.o)
 
 # The guest init runs on the host's files, so it must not need the host's
 # libraries before /host is mounted: static.

@@ -1,0 +1,140 @@
+"""The gdb stub on arm64 KVM (e2e: in the arm64 test host where this
+machine is no arm64 one): Debian's arm64 gdb in batch mode against the
+gdb tiny guest, which runs from TTBR1's half with the MMU on, and what a
+`g` and a 4 KiB `m` cost there, measured with a client of the protocol."""
+
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from arm.gdb import Arm64Gdb
+from tests.helpers import GUESTS, KVMDIR
+from tests.testhost import cache, debs
+from tests.testhost.l1arm64 import ARCH, ROOT_PACKAGES
+
+pytestmark = pytest.mark.e2e
+
+LKVM = os.path.join(KVMDIR, "lkvm.py")
+GUEST = os.path.join(GUESTS, "arm64", "gdb.bin")
+ELF = os.path.join(GUESTS, "arm64", "gdb.elf")
+HIGH = 0xFFFFFF8080000000  # where gdb.S's labels run: TTBR1's half, RAM's base
+PORT = 1234
+TIMEOUT = 600  # python3 and gdb start in seconds each in the emulated host
+ROUND_TRIPS = 50
+
+
+def arm64_gdb() -> str:
+    """Debian's gdb for arm64 (gdb-minimal: gdb without Python, a few
+    libraries) and what it needs beyond the host's root, unpacked into the
+    cache (which the host sees at the same path): the command line that
+    runs it there."""
+    with cache.locked():
+        root = {p for p, _ in debs.closure(ROOT_PACKAGES, ARCH)}
+        pkgs = [(p, v) for p, v in debs.closure(("gdb-minimal",), ARCH) if p not in root]
+        key = cache.digest(*(f"{p}={v}" for p, v in pkgs))
+        tree = cache.build(cache.root() / "l1" / f"gdb-{ARCH}-{key}",
+                           lambda tmp: debs.install(pkgs, ARCH, tmp))
+    libs = ":".join(str(tree / d / "aarch64-linux-gnu") for d in ("usr/lib", "lib"))
+    return f"LD_LIBRARY_PATH={libs} {tree}/usr/bin/gdb -batch -nx"
+
+
+def symbol(name: str) -> int:
+    """Where a label of the guest runs (nm for aarch64 is a cross tool here)."""
+    out = subprocess.run(["aarch64-linux-gnu-nm", ELF], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    return HIGH + int(re.search(rf"^([0-9a-f]+) \w {name}$", out, re.M).group(1), 16)
+
+
+# lkvm with the stub, its stderr on a pipe read until it listens; then
+# CLIENT; then the guest's end.  Each line of lkvm's says "LKVM".
+SCRIPT = r"""
+cd "$HOME"
+mkfifo err
+python3 {lkvm} run -k {guest} -i {guest} -m 16 -c 1 --gdb 127.0.0.1:{port} --gdb-wait \
+    >out 2>err &
+lkvm=$!
+exec 3<err
+while read -r line <&3; do
+    echo "LKVM $line"
+    case "$line" in *listening*) break;; esac
+done
+sed 's/^/LKVM /' <&3 &
+{client}
+wait $lkvm
+echo "HOST status=$?"
+echo "HOST out=$(cat out)"
+"""
+
+# A client of the protocol: to the breakpoint, then the round trips.
+TIMING = r"""
+import socket, sys, time
+sys.path.insert(0, {kvmdir!r})
+from kvm.gdb.packet import Event, Reader, frame
+s = socket.create_connection(("127.0.0.1", {port}), timeout=120)
+reader = Reader()
+def ask(p):
+    s.sendall(frame(p))
+    while True:
+        for r in reader.feed(s.recv(65536)):
+            if r.event == Event.PACKET:
+                return r.payload
+ask(b"QStartNoAckMode")
+print("HOST z1=" + ask(b"Z1,%x,4" % {bp}).decode())
+print("HOST stop=" + ask(b"c").decode())
+for what, packet in (("g", b"g"), ("m4k", b"m%x,1000" % {counter})):
+    start = time.perf_counter()
+    for _ in range({n}):
+        reply = ask(packet)
+    print("HOST %s_us=%d len=%d" % (what, (time.perf_counter() - start) / {n} * 1e6,
+                                     len(reply)))
+s.sendall(frame(b"k"))
+"""
+
+
+def run_in_host(host, client: str) -> dict[str, str]:
+    script = SCRIPT.format(lkvm=LKVM, guest=GUEST, port=PORT, client=client)
+    r = host.run(["sh", "-c", script], timeout=TIMEOUT, cwd=KVMDIR)
+    print(r.stdout, r.stderr)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def gdb_command() -> str:
+    assert os.path.exists(ELF), "run make"
+    return arm64_gdb()
+
+
+def test_gdb_breaks_steps_and_changes_the_arm64_guest(arm64host, gdb_command):
+    commands = [f"target remote 127.0.0.1:{PORT}", f"add-symbol-file {ELF} -o {HIGH:#x}",
+                "info registers pc", "hbreak bp_here", "continue",
+                "info registers pc cpsr x4", "p/x *(long *)&counter",
+                "stepi", "p/x $pc", "x/s &message",
+                "set {char}&message = 'A'", "set {long}&limit = 3",
+                "delete", "continue"]
+    gdb = gdb_command + "".join(f" -ex {shlex.quote(c)}" for c in commands) + " 2>&1"
+    out = run_in_host(arm64host, gdb)
+    bp = symbol("bp_here")
+    assert re.search(r"pc +0x80000000 ", out), out  # held at the Image's entry, MMU off
+    assert f"Breakpoint 1, {bp:#018x} in bp_here ()" in out, out
+    assert re.search(rf"pc +{bp:#x} ", out) and re.search(r"x4 +0x1 ", out), out
+    assert "$1 = 0x1" in out and f"$2 = {bp + 4:#x}" in out, out
+    assert '<message>:\t"arm64 gdb done\\n"' in out, out
+    assert "exited normally" in out, out
+    assert "HOST status=0" in out and "HOST out=Arm64 gdb done" in out, out
+
+
+def test_round_trips_on_arm64(arm64host):
+    client = "python3 -c " + shlex.quote(TIMING.format(
+        kvmdir=KVMDIR, port=PORT, bp=symbol("bp_here"), counter=symbol("counter"),
+        n=ROUND_TRIPS))
+    out = run_in_host(arm64host, client)
+    assert "HOST z1=OK" in out and re.search(r"HOST stop=T05thread:1;hwbreak", out), out
+    g = re.search(r"HOST g_us=(\d+) len=(\d+)", out)
+    m = re.search(r"HOST m4k_us=(\d+) len=(\d+)", out)
+    assert g and int(g.group(2)) == 2 * sum(Arm64Gdb.sizes), out
+    assert m and int(m.group(2)) == 2 * 4096, out
+    print(f"arm64 round trips: g {g.group(1)} us, 4 KiB m {m.group(1)} us")
