@@ -12,7 +12,7 @@ import pytest
 
 from arm.gdb import Arm64Gdb
 from tests.helpers import GUESTS, KVMDIR
-from tests.testhost import cache, debs
+from tests.testhost import arm64_guest_kernel, cache, debs, make_initrd
 from tests.testhost.l1arm64 import ARCH, ROOT_PACKAGES
 
 pytestmark = pytest.mark.e2e
@@ -138,3 +138,58 @@ def test_round_trips_on_arm64(arm64host):
     assert g and int(g.group(2)) == 2 * sum(Arm64Gdb.sizes), out
     assert m and int(m.group(2)) == 2 * 4096, out
     print(f"arm64 round trips: g {g.group(1)} us, 4 KiB m {m.group(1)} us")
+
+
+# Debian's arm64 kernel with two vCPUs: its init prints where the sync(2)
+# handler is (its System.map is a stub; /proc/kallsyms has the truth),
+# then waits for a line on the console.  gdb attaches, puts an hbreak on
+# the handler, sends the line itself while it holds the guest (so the
+# guest cannot run the command before the breakpoint is in), continues,
+# and the guest's `sync` stops on it; gdb detaches and the guest runs on
+# to its power-off.
+LINUX_SCRIPT = r"""
+echo "MARK addr=$(grep ' __arm64_sys_sync$' /proc/kallsyms | cut -d' ' -f1)"
+read -r line
+sync
+echo "MARK synced"
+poweroff -f
+"""
+LINUX_HOST = r"""
+cd "$HOME"
+mkfifo in out err
+python3 {lkvm} run -k {image} -i {initrd} -m 256 -c 2 -p "quiet nokaslr" --name gdblinux \
+    --gdb 127.0.0.1:{port} <in >out 2>err &
+lkvm=$!
+exec 4>in 5<out 3<err
+while read -r line <&3; do
+    echo "LKVM $line"
+    case "$line" in *listening*) break;; esac
+done
+sed 's/^/LKVM /' <&3 &
+while read -r line <&5; do
+    echo "GUEST $line"
+    case "$line" in "MARK addr="*) addr=$(echo "${{line#MARK addr=}}" | tr -d '\r'); break;; esac
+done
+sed 's/^/GUEST /' <&5 &
+{gdb} -ex "target remote 127.0.0.1:{port}" -ex "hbreak *0x$addr" -ex "shell echo go >&4" \
+    -ex continue -ex "info threads" -ex "info registers pc" -ex detach 2>&1
+wait $lkvm
+echo "HOST status=$?"
+echo "HOST addr=$addr"
+"""
+LINUX_TIMEOUT = 900
+
+
+def test_gdb_stops_debian_arm64_linux_in_a_syscall(arm64host, gdb_command):
+    initrd = make_initrd(LINUX_SCRIPT, modules=False, arch="arm64")
+    script = LINUX_HOST.format(lkvm=LKVM, image=arm64_guest_kernel(), initrd=initrd,
+                               port=PORT, gdb=gdb_command)
+    r = arm64host.run(["sh", "-c", script], timeout=LINUX_TIMEOUT, cwd=KVMDIR)
+    out = r.stdout
+    print(out, r.stderr)
+    addr = re.search(r"HOST addr=([0-9a-f]{16})", out)
+    assert addr and int(addr.group(1), 16) >> 48 == 0xFFFF, out  # the kernel's, shown to root
+    assert re.search(rf"Breakpoint 1, 0x{addr.group(1)} in \?\? \(\)", out), out
+    assert re.search(rf"pc +0x{addr.group(1)} ", out), out
+    assert sorted(re.findall(r"Thread [\d.]+ \(vCPU (\d)\)", out)) == ["0", "1"], out
+    assert "GUEST MARK synced" in out and "HOST status=0" in out, out
