@@ -51,7 +51,7 @@ def symbol(name: str) -> int:
 # lkvm with the stub, its stderr on a pipe read until it listens; then
 # CLIENT; then the guest's end.  Each line of lkvm's says "LKVM".
 SCRIPT = r"""
-cd "$HOME"
+cd "$(mktemp -d "$HOME/gdb.XXXXXX")"  # the tests share the host and its $HOME
 mkfifo err
 python3 {lkvm} run -k {guest} -i {guest} -m 16 -c 1 --gdb 127.0.0.1:{port} --gdb-wait \
     >out 2>err &
@@ -155,7 +155,7 @@ echo "MARK synced"
 poweroff -f
 """
 LINUX_HOST = r"""
-cd "$HOME"
+cd "$(mktemp -d "$HOME/gdb.XXXXXX")"  # the tests share the host and its $HOME
 mkfifo in out err
 python3 {lkvm} run -k {image} -i {initrd} -m 256 -c 2 -p "quiet nokaslr" --name gdblinux \
     --gdb 127.0.0.1:{port} <in >out 2>err &
