@@ -35,6 +35,8 @@ DEB_PKGS  := gcc make binutils libc6-dev linux-libc-dev python3-venv python3-dev
              binutils-aarch64-linux-gnu device-tree-compiler python3-libfdt \
              qemu-system-ppc gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross \
              binutils-powerpc64le-linux-gnu
+# gdb for the arm64 gdb stub's tests (Debian's gdb knows x86 only).
+DEB_PKGS  += gdb-multiarch
 # ... and what building the guest kernel from Debian's source takes.
 KERNEL_PKGS := linux-source-6.1 flex bison bc libelf-dev libssl-dev xz-utils
 
@@ -114,7 +116,7 @@ $(GUESTDIR)/arm64/%.bin: $(GUESTDIR)/arm64/%.S $(BUILD)/deps.stamp
 	$(Q)aarch64-linux-gnu-as -o $(@:.bin=.o) $<
 	$(Q)aarch64-linux-gnu-ld -Ttext=0 -o $(@:.bin=.elf) $(@:.bin=.o)
 	$(Q)aarch64-linux-gnu-objcopy -O binary $(@:.bin=.elf) $@
-	$(Q)rm -f $(@:.bin=.o) $(@:.bin=.elf)
+	$(Q)rm -f $(@:.bin=.o)
 
 # The ppc64 test guests: ppc64le flat binaries linked at 0, run in the
 # ppc64 test host.

@@ -14,6 +14,7 @@ from arm import dtb
 from arm import vcpu as regs
 from arm.boot import ArmBoot
 from arm.cmdline import kernel_cmdline
+from arm.gdb import Arm64Gdb
 from arm.gic import GICS, NR_SPIS, PRIVATE_IRQS, GicV3
 from arm.headers import UAPI_HEADERS
 from arm.image import Image
@@ -31,7 +32,7 @@ from hw.panic_watch import PanicWatch
 from hw.pci import Ecam
 from hw.pl031 import Pl031
 from hw.serial8250 import Serial8250
-from include.uapi import lib
+from include.uapi import ffi, lib
 from kvm import fdt
 from kvm.arch import Arch, Boot
 from kvm.cmd import TOP
@@ -165,6 +166,17 @@ class Arm64(Arch):
 
     def inject_nmi(self, vcpu: "Vcpu") -> None:
         raise LkvmError("arm64 guests have no NMI")
+
+    def describe_translation(self, vcpu: "Vcpu", addr: int) -> str:
+        pa = Arm64Gdb(ffi, lib, 0, 0).translate(vcpu, addr)
+        return f"vCPU {vcpu.id} virtual {addr:#x}: " + \
+            (f"physical {pa:#x}" if pa is not None else "unmapped")
+
+    def gdb_target(self, vm: "Vm") -> Arm64Gdb:
+        if not vm.kvm.check_extension(lib.KVM_CAP_SET_GUEST_DEBUG):
+            raise LkvmError("--gdb: this host's KVM cannot debug guests (no KVM_SET_GUEST_DEBUG)")
+        return Arm64Gdb(ffi, lib, vm.kvm.check_extension(lib.KVM_CAP_GUEST_DEBUG_HW_BPS),
+                        vm.kvm.check_extension(lib.KVM_CAP_GUEST_DEBUG_HW_WPS))
 
 
 ARCH = Arm64

@@ -368,7 +368,13 @@ class IpcServer:
         return b""
 
     def _resume(self, payload: bytes) -> bytes:
+        """A guest gdb holds stays with gdb: running it behind gdb's back
+        would leave gdb showing a stopped guest that runs, and its next
+        stop reply unasked for."""
         self._require_running()
+        if self.vm.held:
+            raise IpcError(errno.EBUSY, f"guest '{self.name}' is stopped in gdb: "
+                           "continue or detach it from gdb")
         self.vm.resume()
         return b""
 

@@ -172,6 +172,22 @@ def test_a_guest_held_for_gdb_is_paused_for_lkvm(lkvm_home):
     assert status == 0 and stdout == b""
 
 
+@needs_kvm
+def test_resume_leaves_a_gdb_held_guest_to_gdb(lkvm_home):
+    with lkvm("--gdb-wait", "--name", "held") as vm:
+        resumed = run_lkvm("resume", "-n", "held")
+        listed = run_lkvm("list")
+        g = Raw(vm.port)
+        assert g(b"?").startswith(b"T05")  # gdb still finds it stopped
+        run_lkvm("stop", "-n", "held")
+        g.close()
+        status, stdout, _ = vm.finish()
+    assert resumed.returncode != 0 and resumed.stdout == b"", resumed
+    assert resumed.stderr.count(b"\n") == 1 and b"gdb" in resumed.stderr, resumed.stderr
+    assert re.search(rb"held +paused", listed.stdout), listed.stdout
+    assert status == 0 and stdout == b""
+
+
 # The protocol by hand: what gdb does not send.
 class Raw:
     def __init__(self, port: int) -> None:
