@@ -10,7 +10,14 @@ import pytest
 
 from tests.helpers import FUZZ_COUNTS
 from tests.p9share import Share
-from tests.testhost.fixture import kvmconfig_bzimage, l2host
+from tests.testhost.fixture import (
+    kvmconfig_bzimage,
+    l2host,
+    note_last_users,
+    order_by_host,
+    release_hosts,
+    shared_host,
+)
 from tests.testhost.hosts import HOSTS
 from tests.testhost.runner import RERUNS, arm64_host, ppc64_host
 
@@ -41,10 +48,7 @@ def arm64host():
     spec = HOSTS["arm64"]
     if host.in_l1 and shutil.which(spec.qemu) is None:
         pytest.skip(f"no {spec.qemu} for the arm64 test host: install {spec.package}")
-    try:
-        yield host
-    finally:
-        host.close()
+    yield from shared_host("arm64host", host)
 
 
 @pytest.fixture(scope="session")
@@ -82,12 +86,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    order_by_host(items)
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="slow tier: run with --slow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    note_last_users(session.items)      # those left after -k and -m
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    release_hosts(item)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""virtio-net as a user meets it, one Linux boot a row (through the
-nested test host where this KVM can't run Linux) on the default rootfs:
+"""virtio-net as a user meets it, through the nested test host where this
+KVM can't run Linux, on the default rootfs:
 
 - the default user-mode NIC: ip=dhcp has the kernel lease 192.168.33.15
   from passt; the guest fetches a file from an HTTP server on the host's
@@ -14,22 +14,32 @@ nested test host where this KVM can't run Linux) on the default rootfs:
 - passt killed mid-run: the guest sees its carrier go, lkvm says so
   once and keeps running until the guest ends.
 
+A boot costs a minute or more in the test host, so the user NIC, the
+two NICs and the three taps are one guest with four NICs (each tap in a
+subnet of its own, as two NICs need), each row a test of its own on
+that run's record; the unprivileged run and passt's death boot their
+own guests.
+
 Needs the kernel `make guest-kernel` builds (virtio-net and IP autoconfig
 built in)."""
 
 import os
-import re
 import shlex
+from dataclasses import dataclass
 
 import pytest
 
 from tests.helpers import KVMDIR, LKVM, TOP
+from tests.testhost import Result, kvmconfig_kernel
 
 pytestmark = pytest.mark.e2e
 
 SYSTEM_PYTHON = "/usr/bin/python3"     # with Debian's python3-cffi-backend
 TIMEOUT = 400           # as the rootfs test: one boot on a loaded machine
 LKVM_TIMEOUT = 300      # lkvm's own bound, well inside TIMEOUT
+# The four NICs' boot: one fetch more per tap, each bounded by 120 s.
+NICS_TIMEOUT = 760
+NICS_LKVM_TIMEOUT = 660
 BLOB = 1 << 20          # bytes fetched
 GUEST = r"""
 echo "guest: addr $(ip -4 -o addr show dev eth0)"
@@ -37,7 +47,7 @@ echo "guest: mac $(cat /sys/class/net/eth0/address)"
 echo "guest: routes $(ip route | tr '\n' ';')"
 echo "guest: pnp $(tr '\n' ';' </proc/net/pnp)"
 wget -q -O /tmp/blob "http://192.168.33.1:$PORT/blob" &&
-	echo "guest: fetched $(sha256sum </tmp/blob | cut -d' ' -f1) $(wc -c </tmp/blob)"
+	echo "guest: eth0 fetched $(sha256sum </tmp/blob | cut -d' ' -f1) $(wc -c </tmp/blob)"
 rm -f /tmp/blob  # the default rootfs, /tmp with it, outlives the guest
 """
 # Binds, says its port, then serves: once the port is read it listens.
@@ -49,7 +59,8 @@ SERVER = ("import http.server, sys; "
           "print(s.server_address[1], flush=True); s.serve_forever()")
 # A tap's guest sets its address itself (no DHCP server on a tap), uses
 # $PAIRS queue pairs (ETHTOOL_SCHANNELS: one CPU's guest takes one by
-# itself) and fetches, bounded so that a stall still leaves the record.
+# itself) and fetches, bounded so that a stall still leaves the record;
+# its lines name its device.
 CHANNELS = ("import ctypes, fcntl, socket, struct, sys; "
             "b = ctypes.create_string_buffer(struct.pack('9I', 0x3d, *[0] * 7, "
             "int(sys.argv[2]))); "
@@ -58,20 +69,21 @@ CHANNELS = ("import ctypes, fcntl, socket, struct, sys; "
 TAP_GUEST = r"""
 ip addr add "$ADDR" dev "$DEV" && ip link set "$DEV" up
 [ "$PAIRS" = 1 ] || python3 -c "$CHANNELS" "$DEV" "$PAIRS"
-echo "guest: addr $(ip -4 -o addr show dev "$DEV")"
-echo "guest: queues $(ls /sys/class/net/$DEV/queues | tr '\n' ' ')"
-echo "guest: at $(cut -d' ' -f1 /proc/uptime) s"
+echo "guest: $DEV addr $(ip -4 -o addr show dev "$DEV")"
+echo "guest: $DEV queues $(ls /sys/class/net/$DEV/queues | tr '\n' ' ')"
+echo "guest: $DEV at $(cut -d' ' -f1 /proc/uptime) s"
 timeout 120 wget -q -O /tmp/blob "http://$HOST:$PORT/blob" &&
-	echo "guest: fetched $(sha256sum </tmp/blob | cut -d' ' -f1) $(wc -c </tmp/blob)"
-echo "guest: at $(cut -d' ' -f1 /proc/uptime) s"
-echo "guest: neigh $(ip neigh show dev "$DEV")"
-echo "guest: counters $(grep "$DEV:" /proc/net/dev)"
+	echo "guest: $DEV fetched $(sha256sum </tmp/blob | cut -d' ' -f1) $(wc -c </tmp/blob)"
+echo "guest: $DEV at $(cut -d' ' -f1 /proc/uptime) s"
+echo "guest: $DEV neigh $(ip neigh show dev "$DEV")"
+echo "guest: $DEV counters $(grep "$DEV:" /proc/net/dev)"
 rm -f /tmp/blob
 """
 
 
 def host_script(kernel: str, options: tuple[str, ...] = (), guest: str = GUEST,
-                bind: str = "127.0.0.1", user: bool = False) -> str:
+                bind: str = "127.0.0.1", user: bool = False,
+                lkvm_timeout: int = LKVM_TIMEOUT) -> str:
     """Serve a random blob over HTTP, boot the guest with lkvm `options`
     running `guest` (PORT set), say what lkvm ended with.  As `user`,
     lkvm runs as nobody, with a home and a copy of the kernel of its own."""
@@ -94,7 +106,7 @@ read port <$d/port
 {f"cp {shlex.quote(kernel)} $d/bzImage; mkdir $d/home; chmod 755 $d; chown nobody $d/home"
  if user else ""}
 {"mode=$(stat -c %a /dev/kvm); chmod 666 /dev/kvm" if user else ""}
-timeout {LKVM_TIMEOUT} {as_user}{lkvm} -- \
+timeout {lkvm_timeout} {as_user}{lkvm} -- \
 	sh -c {shlex.quote("PORT=$0; " + guest)} "$port" 2>&1 </dev/null
 echo "host: lkvm $?"
 {"chmod $mode /dev/kvm" if user else ""}
@@ -103,66 +115,107 @@ rm -rf $d
 """
 
 
-def fetched(out: str) -> bool:
-    blob = out.split("host: blob ")[1].split("\n")[0]
-    return f"guest: fetched {blob}" in out
-
-
-@pytest.mark.parametrize("user", [False, True], ids=["root", "unprivileged"])
-def test_guest_leases_its_address_and_fetches_from_the_hosts_loopback(kvmconfig_bzimage, l2host,
-                                                                      user):
-    r = l2host.run(["sh", "-c", host_script(kvmconfig_bzimage, user=user)], timeout=TIMEOUT,
-                   cwd=TOP)
-    out = r.stdout
-    print(out)                  # what the guest saw, for the record (pytest -s)
-    assert "inet 192.168.33.15/24 " in out.split("guest: addr ")[-1].split("\n")[0], \
-        out + r.stderr
-    assert "guest: mac 02:15:15:15:15:15" in out, out
-    assert "default via 192.168.33.1 dev eth0" in out, out
-    assert "nameserver 192.168.33.1" in out, out
-    blob = out.split("host: blob ")[1].split("\n")[0]
-    assert f"guest: fetched {blob}" in out, out
-    assert "host: lkvm 0" in out, out
-    assert "link is down" not in out, out
-
-
 def tap_guest(dev: str, addr: str, host: str, pairs: int = 1) -> str:
     return f"DEV={dev} ADDR={addr} HOST={host} PAIRS={pairs} " \
         f"CHANNELS={shlex.quote(CHANNELS)}; " + TAP_GUEST
 
 
-# One CPU each: L1 has two, and an SMP guest there is too slow to boot
-# within the bound; the guest asks for the second pair itself.
-@pytest.mark.parametrize("setting,pairs,queues", [
-    ("", 1, "rx-0 tx-0"),
-    (",vhost=1", 1, "rx-0 tx-0"),
-    (",vhost=1,mq=2", 2, "rx-0 rx-1 tx-0 tx-1"),
-], ids=["tap", "vhost", "vhost-mq"])
-def test_a_tap_guest_fetches_from_host_ip(kvmconfig_bzimage, l2host, setting, pairs, queues):
-    options = ("--no-dhcp", "-n", "mode=tap" + setting)
-    script = host_script(kvmconfig_bzimage, options, tap_guest("eth0", "192.168.33.15/24",
-                                                               "192.168.33.1", pairs),
-                         bind="0.0.0.0")
-    r = l2host.run(["sh", "-c", script], timeout=TIMEOUT, cwd=TOP)
+@dataclass(frozen=True)
+class Tap:
+    setting: str        # what -n mode=tap gets besides host_ip
+    dev: str            # the guest's name for it
+    subnet: str         # host_ip is .1 there, the guest takes .15
+    pairs: int          # the queue pairs the guest uses ...
+    queues: str         # ... and the queues it then has
+
+    @property
+    def host(self) -> str:
+        return f"{self.subnet}.1"
+
+    @property
+    def addr(self) -> str:
+        return f"{self.subnet}.15/24"
+
+
+# The taps beside the user NIC (eth0), by row: one CPU each, as L1 has two
+# and an SMP guest there is too slow to boot within the bound; the guest
+# asks for the second pair itself.
+TAPS = {
+    "tap": Tap("", "eth1", "192.168.34", 1, "rx-0 tx-0"),
+    "vhost": Tap(",vhost=1", "eth2", "192.168.35", 1, "rx-0 tx-0"),
+    "vhost-mq": Tap(",vhost=1,mq=2", "eth3", "192.168.36", 2, "rx-0 rx-1 tx-0 tx-1"),
+}
+
+
+@pytest.fixture(scope="module")
+def four_nics(l2host) -> Result:
+    """One guest, as root, with the user NIC and TAPS: what each row checks.
+    (Module-wide, so it finds the kernel itself: kvmconfig_bzimage is a
+    test's.)"""
+    kernel = kvmconfig_kernel()
+    if kernel is None:
+        pytest.skip("no kernel from make guest-kernel: run it")
+    options = ["-n", "mode=user"]
+    guest = GUEST
+    for tap in TAPS.values():
+        options += ["-n", f"mode=tap{tap.setting},host_ip={tap.host}"]
+        guest += tap_guest(tap.dev, tap.addr, tap.host, tap.pairs)
+    script = host_script(str(kernel), tuple(options), guest, bind="0.0.0.0",
+                         lkvm_timeout=NICS_LKVM_TIMEOUT)
+    r = l2host.run(["sh", "-c", script], timeout=NICS_TIMEOUT, cwd=TOP)
+    print(r.stdout)             # what the guest saw, for the record (pytest -s)
+    return r
+
+
+def line(out: str, prefix: str) -> str:
+    """The rest of the first line that starts with `prefix`, or ''."""
+    found = [ln[len(prefix):] for ln in out.splitlines() if ln.startswith(prefix)]
+    return found[0] if found else ""
+
+
+def fetched(out: str, dev: str) -> bool:
+    """`dev` fetched the host's blob, byte for byte."""
+    blob = line(out, "host: blob ")
+    return bool(blob) and line(out, f"guest: {dev} fetched ") == blob
+
+
+def unprivileged_run(kernel: str, l2host) -> Result:
+    r = l2host.run(["sh", "-c", host_script(kernel, user=True)], timeout=TIMEOUT, cwd=TOP)
+    print(r.stdout)
+    return r
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["root", "unprivileged"])
+def test_guest_leases_its_address_and_fetches_from_the_hosts_loopback(request, kvmconfig_bzimage,
+                                                                      l2host, user):
+    r = unprivileged_run(kvmconfig_bzimage, l2host) if user \
+        else request.getfixturevalue("four_nics")
     out = r.stdout
-    print(out)
-    assert "inet 192.168.33.15/24 " in out, out + r.stderr
-    assert f"guest: queues {queues} " in out, out
-    assert fetched(out), out
+    assert "inet 192.168.33.15/24 " in line(out, "guest: addr "), out + r.stderr
+    assert "guest: mac 02:15:15:15:15:15" in out, out
+    assert "default via 192.168.33.1 dev eth0" in out, out
+    assert "nameserver 192.168.33.1" in out, out
+    assert fetched(out, "eth0"), out
+    assert "host: lkvm 0" in out, out
+    assert "link is down" not in out, out
+
+
+@pytest.mark.parametrize("row", TAPS)
+def test_a_tap_guest_fetches_from_host_ip(four_nics, row):
+    tap, out = TAPS[row], four_nics.stdout
+    assert f"inet {tap.addr} " in line(out, f"guest: {tap.dev} addr "), \
+        f"{row} ({tap.dev}): no address\n{out}{four_nics.stderr}"
+    assert f"guest: {tap.dev} queues {tap.queues} " in out, f"{row} ({tap.dev}): queues\n{out}"
+    assert fetched(out, tap.dev), f"{row} ({tap.dev}): no fetch from {tap.host}\n{out}"
     assert "host: lkvm 0" in out, out
 
 
-def test_two_nics_each_fetch_from_their_side(kvmconfig_bzimage, l2host):
-    options = ("-n", "mode=user", "-n", "mode=tap,host_ip=192.168.34.1")
-    guest = GUEST + tap_guest("eth1", "192.168.34.15/24", "192.168.34.1")
-    script = host_script(kvmconfig_bzimage, options, guest, bind="0.0.0.0")
-    r = l2host.run(["sh", "-c", script], timeout=TIMEOUT, cwd=TOP)
-    out = r.stdout
-    print(out)
-    assert "inet 192.168.33.15/24 " in out and "inet 192.168.34.15/24 " in out, out + r.stderr
+def test_two_nics_each_fetch_from_their_side(four_nics):
+    out, tap = four_nics.stdout, TAPS["tap"]
+    assert "inet 192.168.33.15/24 " in line(out, "guest: addr "), out + four_nics.stderr
+    assert f"inet {tap.addr} " in line(out, f"guest: {tap.dev} addr "), out
     assert "guest: mac 02:15:15:15:15:15" in out, out
-    assert out.count("guest: fetched ") == 2 and fetched(out), out
-    assert len(set(re.findall(r"guest: fetched (\w+)", out))) == 1, out
+    assert fetched(out, "eth0") and fetched(out, tap.dev), out
     assert "host: lkvm 0" in out, out
 
 

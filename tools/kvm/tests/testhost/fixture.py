@@ -1,7 +1,14 @@
 """The `l2host` pytest fixture: a runner for commands that need a KVM able to
 boot Linux; and `kvmconfig_bzimage`, the kernel those commands boot when
 they need lkvm's own config.  Import them into a conftest.py to make them
-available."""
+available.
+
+A test host lives from its first test to its last, not to the session's
+end: an L1 costs CPU even idle, and the machine may have two cores for
+the tests, other L1s and the people working on it.  order_by_host() puts
+each host's tests together, after the tests that need none;
+release_hosts() closes a host after its last test.  A later test that
+still asks for one (a rerun, a -k selection) boots it again."""
 
 import shutil
 from collections.abc import Iterator
@@ -12,6 +19,55 @@ from .hosts import DEFAULT, HOSTS
 from .l2 import kvmconfig_kernel
 from .probe import needed
 from .runner import L1, Direct
+
+# The session-wide host fixtures, in the order their tests run: arm64's few
+# first, then the many of the default host's.
+HOST_FIXTURES = ("arm64host", "l2host")
+
+# Each host fixture's runner while it may be booted ...
+_open: dict[str, Direct | L1] = {}
+# ... and the test after which it is closed.
+_last_user: dict[str, str] = {}
+
+
+def shared_host(name: str, host: Direct | L1) -> Iterator[Direct | L1]:
+    """Yield `host` as fixture `name`'s value, closing it at the end in any case."""
+    _open[name] = host
+    try:
+        yield host
+    finally:
+        _open.pop(name, None)
+        host.close()
+
+
+def _group(item: pytest.Item) -> int:
+    """0: needs no test host; then by HOST_FIXTURES; last, e2e tests that
+    boot hosts of their own."""
+    if item.get_closest_marker("e2e") is None:
+        return 0
+    used = [i for i, name in enumerate(HOST_FIXTURES, 1) if name in item.fixturenames]
+    return used[0] if used else len(HOST_FIXTURES) + 1
+
+
+def order_by_host(items: list[pytest.Item]) -> None:
+    """Each host's tests together (a stable sort: files keep their order)."""
+    items.sort(key=_group)
+
+
+def note_last_users(items: list[pytest.Item]) -> None:
+    """Remember each host's last test of those that will run."""
+    _last_user.clear()
+    for item in items:
+        for name in HOST_FIXTURES:
+            if name in item.fixturenames:
+                _last_user[name] = item.nodeid
+
+
+def release_hosts(item: pytest.Item) -> None:
+    """Close the hosts whose last test `item` was (boots again if asked)."""
+    for name in HOST_FIXTURES:
+        if _last_user.get(name) == item.nodeid and name in _open:
+            _open[name].close()
 
 
 @pytest.fixture(scope="session")
@@ -27,11 +83,7 @@ def l2host() -> Iterator[Direct | L1]:
             f"this KVM can't boot Linux guests and {spec.qemu} for the L1 test host "
             f"is missing: install {spec.package}"
         )
-    host = L1()
-    try:
-        yield host
-    finally:
-        host.close()
+    yield from shared_host("l2host", L1())
 
 
 @pytest.fixture
