@@ -59,10 +59,7 @@ def ppc64host():
     spec = HOSTS["ppc64el"]
     if host.in_l1 and shutil.which(spec.qemu) is None:
         pytest.skip(f"no {spec.qemu} for the ppc64 test host: install {spec.package}")
-    try:
-        yield host
-    finally:
-        host.close()
+    yield from shared_host("ppc64host", host)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

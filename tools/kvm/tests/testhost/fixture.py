@@ -20,9 +20,9 @@ from .l2 import kvmconfig_kernel
 from .probe import needed
 from .runner import L1, Direct
 
-# The session-wide host fixtures, in the order their tests run: arm64's few
-# first, then the many of the default host's.
-HOST_FIXTURES = ("arm64host", "l2host")
+# The session-wide host fixtures, in the order their tests run: arm64's and
+# ppc64's few first, then the many of the default host's.
+HOST_FIXTURES = ("arm64host", "ppc64host", "l2host")
 
 # Each host fixture's runner while it may be booted ...
 _open: dict[str, Direct | L1] = {}
