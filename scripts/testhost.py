@@ -10,7 +10,8 @@ scripts/testhost.py guest-kernel         print the L2 guest kernel's path
 scripts/testhost.py initrd SCRIPT        print the path of an L2 initramfs running SCRIPT
 scripts/testhost.py soak [-n N] [L1 options]
                                          N L1 sessions of 2-vCPU Linux boots: pass/fail/hang
-scripts/testhost.py soak-e2e [-n N]      the e2e test tier N times: pass/fail/hang
+scripts/testhost.py soak-e2e [-n N] [-c CPUS] [TEST…]
+                                         the e2e test tier (or TESTs) N times: pass/fail/hang
 """
 
 import argparse
@@ -156,17 +157,21 @@ def cmd_soak(args: argparse.Namespace) -> int:
 
 
 def cmd_soak_e2e(args: argparse.Namespace) -> int:
-    """The e2e test tier N times: a run passes or fails by pytest's status;
-    each death of L1 under a job (a hang, then rerun) is counted apart."""
+    """The e2e test tier (or the tests named) N times: a run passes or fails
+    by pytest's status; each death of L1 under a job (a hang, then rerun) is
+    counted apart."""
     runs = {"pass": 0, "fail": 0}
     hangs = 0
+    tests = args.tests or [str(TOP / "tools" / "kvm" / "tests")]
+    env = {"LKVM_TESTHOST_CPUS": str(args.cpus)} if args.cpus else {}
+    if args.cpus:
+        print(f"e2e soak: the default test host with {args.cpus} CPUs", flush=True)
     for n in range(1, args.runs + 1):
         with tempfile.NamedTemporaryFile(prefix="lkvm-soak-", suffix=".log") as log:
             start = time.monotonic()
             done = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "e2e",
-                 str(TOP / "tools" / "kvm" / "tests")],
-                env=os.environ | {"LKVM_TESTHOST_LOG": log.name}, check=False,
+                [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "e2e", *tests],
+                env=os.environ | env | {"LKVM_TESTHOST_LOG": log.name}, check=False,
                 capture_output=True, text=True, cwd=TOP)
             with open(log.name) as f:
                 deaths = [json.loads(line) for line in f]
@@ -228,7 +233,10 @@ def main() -> int:
     soak.set_defaults(func=cmd_soak)
     soak_e2e = sub.add_parser("soak-e2e", help="the e2e tier N times")
     soak_e2e.add_argument("-n", "--runs", type=int, default=20)
+    soak_e2e.add_argument("-c", "--cpus", type=int,
+                          help="the default test host's CPUs (default: its own)")
     soak_e2e.add_argument("-v", "--verbose", action="store_true")
+    soak_e2e.add_argument("tests", nargs="*", help="test files or ids (default: all)")
     soak_e2e.set_defaults(func=cmd_soak_e2e)
     args = parser.parse_args()
     try:

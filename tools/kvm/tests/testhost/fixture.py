@@ -10,12 +10,13 @@ each host's tests together, after the tests that need none;
 release_hosts() closes a host after its last test.  A later test that
 still asks for one (a rerun, a -k selection) boots it again."""
 
+import os
 import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from .hosts import DEFAULT, HOSTS
+from .hosts import DEFAULT, HOSTS, HostConfig
 from .l2 import kvmconfig_kernel
 from .probe import needed
 from .runner import L1, Direct
@@ -83,7 +84,9 @@ def l2host() -> Iterator[Direct | L1]:
             f"this KVM can't boot Linux guests and {spec.qemu} for the L1 test host "
             f"is missing: install {spec.package}"
         )
-    yield from shared_host("l2host", L1())
+    # The soak (scripts/testhost.py soak-e2e -c N) runs the tier on other L1 CPU counts.
+    cpus = int(os.environ.get("LKVM_TESTHOST_CPUS", 0)) or None
+    yield from shared_host("l2host", L1(HostConfig(cpus=cpus)))
 
 
 @pytest.fixture
