@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from include.uapi import ffi, lib
-from kvm.errors import LkvmError
+from kvm.errors import GuestError, LkvmError
 from kvm.ioctl import ioctl
 from virtio.queue import ring_sizes
 
@@ -148,6 +148,66 @@ class Vhost:
         for fd in (self.fd, *self.fallback):
             os.close(fd)
         self.fd, self.fallback = -1, []
+
+
+class Handover:
+    """Mixed into a VirtioDevice whose first `vhost_rings` queues the kernel
+    serves (vhost's ring i is the device's queue i) once the driver is
+    ready, until it resets the device.  The device says how its vhost
+    starts and stops serving after the rings are handed over
+    (vhost_serve)."""
+    vhost: Vhost
+    vhost_rings: int
+    iothread: Poller | None = None      # the device's, to take the kicks from
+
+    def vhost_serve(self, on: bool) -> None:
+        """Start (after the hand-over) or stop (before the take-back) the
+        kernel's worker: OSError if it refuses."""
+        raise NotImplementedError
+
+    def serve_on(self, iothread: Poller) -> None:
+        self.iothread = iothread
+
+    def offered(self) -> int:
+        return super().offered() & self.vhost.features
+
+    def set_status(self, value: int) -> None:
+        with self.lock:
+            go = value & ~self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK
+            super().set_status(value)
+            if go:
+                self.iothread.call(self._start_vhost)
+
+    def _start_vhost(self) -> None:
+        """On the I/O thread, unless the driver reset the device since."""
+        with self.lock:
+            if not self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK or self.broken or \
+                    self.vhost.running:
+                return
+            queues = self.queues[:self.vhost_rings]
+            if not all(q.enabled for q in queues):
+                self.fail("driver ready before the queues vhost serves")
+                return
+            t = self.transport
+            try:
+                self.vhost.start(self.iothread, self.driver_features, queues,
+                                 t.kicks[:self.vhost_rings], t.signal_queue, t.queue_irqfd)
+                self.vhost_serve(True)
+            except (OSError, GuestError) as e:
+                self.vhost.stop(self.iothread)
+                self.fail(f"{self.vhost.path}: {reason(e)}")
+
+    def on_reset(self) -> None:
+        if self.vhost.running:
+            self.vhost_serve(False)
+            self.vhost.stop(self.iothread)
+
+    def interrupts_moved(self) -> None:
+        with self.lock:
+            self.vhost.reroute()
+
+    def close(self) -> None:
+        self.vhost.close()
 
 
 def reason(e: Exception) -> str:

@@ -44,7 +44,7 @@ from kvm.ipc import is_live
 from virtio.device import VirtioDevice
 from virtio.iov import prefix, scatter, total
 from virtio.queue import Chain, QueueError, Virtqueue
-from virtio.vhost import Vhost, reason
+from virtio.vhost import Handover, Vhost
 
 RX, TX, EVENT = 0, 1, 2
 HDR = packer("struct virtio_vsock_hdr")
@@ -459,69 +459,28 @@ class Vsock(Cid):
             self._reset(conn.key, conn)
 
 
-class VhostVsock(Cid):
+class VhostVsock(Handover, Cid):
     """The kernel's back end: vhost-vsock serves the receive and transmit
     queues once the driver is ready (handed over on the I/O thread, as
     virtio/vhost.py says); the event queue stays here, idle."""
     features = 1 << lib.VIRTIO_VSOCK_F_SEQPACKET    # if the kernel has it
+    vhost_rings = 2             # RX and TX
 
     def __init__(self, mem: object, cid: int, vhost: Vhost) -> None:
         super().__init__(mem, cid)
         self.vhost = vhost
-        self.iothread: IoThread | None = None   # the device's, to take the kicks from
         try:
             vhost.set_u64(lib.VHOST_VSOCK_SET_GUEST_CID, cid)
         except OSError as e:
             self.close()
             raise LkvmError(f"--vsock {cid}: {VHOST_VSOCK}: {e.strerror}") from None
 
-    def serve_on(self, iothread: IoThread) -> None:
-        self.iothread = iothread
-
-    def offered(self) -> int:
-        return super().offered() & self.vhost.features
-
-    def set_status(self, value: int) -> None:
-        with self.lock:
-            go = value & ~self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK
-            super().set_status(value)
-            if go:
-                self.iothread.call(self._start)
-
-    def _start(self) -> None:
-        """On the I/O thread, unless the driver reset the device since."""
-        with self.lock:
-            if not self.status & lib.VIRTIO_CONFIG_S_DRIVER_OK or self.broken or \
-                    self.vhost.running:
-                return
-            queues = [self.queues[q] for q in (RX, TX)]
-            if not all(q.enabled for q in queues):
-                self.fail("driver ready before its receive and transmit queues")
-                return
-            t = self.transport
-            try:
-                self.vhost.start(self.iothread, self.driver_features, queues,
-                                 [t.kicks[q] for q in (RX, TX)], t.signal_queue, t.queue_irqfd)
-                self.vhost.ioctl(lib.VHOST_VSOCK_SET_RUNNING, ffi.new("int *", 1))
-            except (OSError, GuestError) as e:
-                self.vhost.stop(self.iothread)
-                self.fail(f"{VHOST_VSOCK}: {reason(e)}")
-
-    def on_reset(self) -> None:
-        if self.vhost.running:
-            self.vhost.ioctl(lib.VHOST_VSOCK_SET_RUNNING, ffi.new("int *", 0))
-            self.vhost.stop(self.iothread)
-
-    def interrupts_moved(self) -> None:
-        with self.lock:
-            self.vhost.reroute()
+    def vhost_serve(self, on: bool) -> None:
+        self.vhost.ioctl(lib.VHOST_VSOCK_SET_RUNNING, ffi.new("int *", int(on)))
 
     def process(self, index: int, queue: Virtqueue) -> None:
         """The event queue's buffers stay posted; nothing happens here that
         would need one (lkvm never resets the transport under the guest)."""
-
-    def close(self) -> None:
-        self.vhost.close()
 
 
 def make(mem: object, cid: int, uds: str | None, backend: str, default_base: str) -> Cid:
