@@ -8,6 +8,7 @@ import tempfile
 
 import pytest
 
+from tests.fakevhost import FakeVhostKernel
 from tests.helpers import FUZZ_COUNTS
 from tests.p9share import Share
 from tests.testhost.fixture import (
@@ -28,6 +29,15 @@ __all__ = ["kvmconfig_bzimage", "l2host"]
 def kvm_available() -> None:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("no usable /dev/kvm")
+
+
+@pytest.fixture
+def vhost_kernel(monkeypatch: pytest.MonkeyPatch) -> FakeVhostKernel:
+    """A fake vhost kernel in place of virtio/vhost.py's ioctl."""
+    from virtio import vhost
+    kernel = FakeVhostKernel()
+    monkeypatch.setattr(vhost, "ioctl", kernel)
+    return kernel
 
 
 @pytest.fixture

@@ -14,10 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from include.uapi import lib
-from kvm.iothread import IoThread
+from tests.fakevhost import FakeVhostKernel, KickTransport
 from tests.helpers import guest, run_lkvm
-from virtio import vhost as vhost_mod
-from virtio.mock import LOW_RAM, Driver, MockTransport, mock_memory
+from virtio.mock import LOW_RAM, Driver, mock_memory
 from virtio.vhost import Vhost
 from virtio.vsock import (
     BUF_ALLOC,
@@ -417,63 +416,6 @@ def test_a_dead_lkvms_socket_is_replaced_and_a_file_is_not(tmp_path):
 
 
 # The vhost back end, against a kernel that records what it is told.
-class FakeVhostKernel:
-    FEATURES = (1 << lib.VIRTIO_F_VERSION_1 | 1 << lib.VIRTIO_RING_F_EVENT_IDX |
-                1 << lib.VIRTIO_RING_F_INDIRECT_DESC)
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    def __call__(self, fd: int, request: int, arg: object) -> int:
-        names = {getattr(lib, n): n for n in dir(lib) if n.startswith("VHOST_")}
-        name = names[request]
-        if name == "VHOST_GET_FEATURES":
-            arg[0] = self.FEATURES
-        elif name in ("VHOST_SET_FEATURES", "VHOST_VSOCK_SET_GUEST_CID",
-                      "VHOST_VSOCK_SET_RUNNING"):
-            self.calls.append((name, arg[0]))
-        elif name == "VHOST_SET_MEM_TABLE":
-            self.calls.append((name, [(arg.regions[i].guest_phys_addr, arg.regions[i].memory_size,
-                                       arg.regions[i].userspace_addr)
-                                      for i in range(arg.nregions)]))
-        elif name == "VHOST_SET_VRING_ADDR":
-            self.calls.append((name, arg.index, arg.desc_user_addr, arg.avail_user_addr,
-                               arg.used_user_addr))
-        elif name in ("VHOST_SET_VRING_KICK", "VHOST_SET_VRING_CALL"):
-            self.calls.append((name, arg.index, arg.fd))
-        elif name in ("VHOST_SET_VRING_NUM", "VHOST_SET_VRING_BASE"):
-            self.calls.append((name, arg.index, arg.num))
-        else:
-            self.calls.append((name,))
-        return 0
-
-
-class KickTransport(MockTransport):
-    """Doorbells as eventfds, an I/O thread that is not running (calls
-    run at once) and no irqfd: vhost's calls come to lkvm."""
-    def __init__(self) -> None:
-        super().__init__()
-        self.kicks = [os.eventfd(0) for _ in range(3)]
-        self.iothread = IoThread("vsock", print)
-        for q, fd in enumerate(self.kicks):
-            self.iothread.add(fd, lambda q=q: None)
-
-    def queue_irqfd(self, index: int) -> None:
-        return None
-
-    def close(self) -> None:
-        self.iothread.join(0)
-        for fd in self.kicks:
-            os.close(fd)
-
-
-@pytest.fixture
-def kernel(monkeypatch):
-    kernel = FakeVhostKernel()
-    monkeypatch.setattr(vhost_mod, "ioctl", kernel)
-    return kernel
-
-
 def vhost_vsock(mem: object) -> tuple[VhostVsock, Driver, KickTransport]:
     dev = VhostVsock(mem, CID, Vhost(os.devnull, f"--vsock {CID}", mem, 2))
     drv = Driver(dev)
@@ -482,18 +424,18 @@ def vhost_vsock(mem: object) -> tuple[VhostVsock, Driver, KickTransport]:
     return dev, drv, transport
 
 
-def test_vhost_gets_the_memory_table_rings_and_eventfds(kernel):
+def test_vhost_gets_the_memory_table_rings_and_eventfds(vhost_kernel):
     mem = mock_memory()
     dev, drv, transport = vhost_vsock(mem)
     # Only what the kernel serves is offered; seqpacket is not among it.
     assert dev.offered() == FakeVhostKernel.FEATURES
-    assert kernel.calls == [("VHOST_SET_OWNER",),
+    assert vhost_kernel.calls == [("VHOST_SET_OWNER",),
                             ("VHOST_SET_MEM_TABLE", [(r.gpa, r.size, r.host) for r in mem.regions]),
                             ("VHOST_VSOCK_SET_GUEST_CID", CID)]
     rx, tx, _ = drv.start()
     host = {r.gpa: r.host for r in mem.regions}
     calls = dev.vhost.fallback
-    assert kernel.calls[3:] == [
+    assert vhost_kernel.calls[3:] == [
         ("VHOST_SET_FEATURES", FakeVhostKernel.FEATURES),
         *[c for q, dq in ((0, rx), (1, tx)) for c in (
             ("VHOST_SET_VRING_NUM", q, dq.size),
@@ -505,9 +447,9 @@ def test_vhost_gets_the_memory_table_rings_and_eventfds(kernel):
     io = transport.iothread
     assert transport.kicks[0] not in io.handlers and transport.kicks[2] in io.handlers
     assert all(fd in io.handlers for fd in calls)
-    del kernel.calls[:]
+    del vhost_kernel.calls[:]
     dev.reset()
-    assert kernel.calls == [("VHOST_VSOCK_SET_RUNNING", 0),
+    assert vhost_kernel.calls == [("VHOST_VSOCK_SET_RUNNING", 0),
                             ("VHOST_SET_VRING_KICK", 0, -1), ("VHOST_SET_VRING_CALL", 0, -1),
                             ("VHOST_SET_VRING_KICK", 1, -1), ("VHOST_SET_VRING_CALL", 1, -1)]
     assert all(fd in io.handlers for fd in transport.kicks)
@@ -516,7 +458,7 @@ def test_vhost_gets_the_memory_table_rings_and_eventfds(kernel):
     transport.close()
 
 
-def test_vhost_with_rings_outside_ram_stops_the_device(kernel, capsys):
+def test_vhost_with_rings_outside_ram_stops_the_device(vhost_kernel, capsys):
     dev, drv, transport = vhost_vsock(mock_memory())
     drv.negotiate()
     for q in range(3):
@@ -524,7 +466,7 @@ def test_vhost_with_rings_outside_ram_stops_the_device(kernel, capsys):
     dev.queues[0].used_addr = LOW_RAM - 8   # the used ring runs past low RAM
     dev.set_status(dev.status | lib.VIRTIO_CONFIG_S_DRIVER_OK)
     assert dev.broken and not dev.vhost.running
-    assert ("VHOST_VSOCK_SET_RUNNING", 1) not in kernel.calls
+    assert ("VHOST_VSOCK_SET_RUNNING", 1) not in vhost_kernel.calls
     assert all(fd in transport.iothread.handlers for fd in transport.kicks)
     dev.close()
     transport.close()
