@@ -51,6 +51,7 @@ RUN_SYNOPSIS = ("run -k <kernel-image> [-c <cores>] [-m <MB>] [-p <command line>
                 "[--debug-single-step] [--debug-ioport]")
 NO_STATS = "sent no memory statistics within 1 s"   # a tiny guest has no balloon driver
 VHOST = os.path.exists("/dev/vhost-net")
+VHOST_SCSI = os.path.exists("/dev/vhost-scsi")
 
 LINES = [
     # kvmtool.1, EXAMPLES and the run synopsis, one option at a time.
@@ -122,7 +123,12 @@ LINES = [
     Line(IO_TESTING, "lkvm run ... --rng", ("run", "-k", "{hello}", "--rng")),
     Line(IO_TESTING, "lkvm run ... --disk scsi:naa.500140571c9308aa",
          ("run", "-k", "{hello}", "--disk", "scsi:naa.500140571c9308aa"),
-         pending="scsi: -d scsi:WWPN, with the vhost-scsi target the line sets up"),
+         **({} if VHOST_SCSI else {
+             "status": KVMTOOL_DIE,
+             "says": "Fatal: --disk scsi:naa.500140571c9308aa: a vhost-scsi target needs "
+                     "/dev/vhost-scsi, which this host does not have (modprobe vhost_scsi, "
+                     "then set the target up in configfs); -d scsi:FILE serves an image "
+                     "without it"})),
     Line(IO_TESTING, "lkvm run ... --vsock 12", ("run", "-k", "{hello}", "--vsock", "12")),
     Line(IO_TESTING, "--9p <directory>,<tag>", ("run", "-k", "{hello}", "--9p", "{dir},tag")),
     # kernel-debugging.txt: KGDB over a second serial port on a pty.

@@ -1,5 +1,7 @@
 """virtio-scsi: a SCSI host adapter with one target (0) whose logical
-units are disk images, served by lkvm's own SCSI target (scsi/).
+units are disk images, served by lkvm's own SCSI target (scsi/); or, as
+kvmtool's -d scsi:WWPN:TPGT, an adapter the kernel's vhost-scsi serves
+for a target set up in configfs (VhostScsi).
 
 Queue 0 takes task management, queue 1 holds the driver's buffers for
 events (none are sent: no hot plug), queue 2 the commands.  A command's
@@ -19,6 +21,7 @@ from scsi.target import MAX_LUNS, Lun, Result, Target
 from virtio.device import DEFAULT_QUEUE_SIZE, VirtioDevice
 from virtio.iov import scatter, split, take, total
 from virtio.queue import Chain, Virtqueue
+from virtio.vhost import Handover, Vhost
 
 CONTROL, EVENT, REQUEST = 0, 1, 2
 CDB_OFFSET = ffi.offsetof("struct virtio_scsi_cmd_req", "cdb")
@@ -35,7 +38,12 @@ SENSE_SIZE_AT = ffi.offsetof("struct virtio_scsi_config", "sense_size")
 CDB_SIZE_AT = ffi.offsetof("struct virtio_scsi_config", "cdb_size")
 MAX_CDB = 260               # SPC-4's longest (variable-length) CDB
 MAX_SENSE = 252             # SPC-4's longest sense data
+MAX_WWPN = ffi.sizeof(dict(ffi.typeof("struct vhost_scsi_target").fields)["vhost_wwpn"].type)
+MAX_TPGT = 0xFFFF
+VHOST_MAX_LUN = 16383       # what Linux's SAM LUN scan can address; the target has its own
+VHOST_MAX_TARGET = 255      # vhost-scsi's targets are the WWPN's TPGs, by their tags
 SEG_MAX = DEFAULT_QUEUE_SIZE - 2
+EVENT_INFO_SIZE = ffi.sizeof("struct virtio_scsi_event")
 NO_RESULT = Result(GOOD)
 TMF_KNOWN = range(lib.VIRTIO_SCSI_T_TMF_ABORT_TASK, lib.VIRTIO_SCSI_T_TMF_QUERY_TASK_SET + 1)
 
@@ -64,7 +72,7 @@ class Scsi(VirtioDevice):
         self.config = bytearray(to_bytes(
             "struct virtio_scsi_config", num_queues=1, seg_max=SEG_MAX,
             max_sectors=sbc.MAX_TRANSFER, cmd_per_lun=DEFAULT_QUEUE_SIZE,
-            event_info_size=ffi.sizeof("struct virtio_scsi_event"),
+            event_info_size=EVENT_INFO_SIZE,
             sense_size=lib.VIRTIO_SCSI_SENSE_DEFAULT_SIZE,
             cdb_size=lib.VIRTIO_SCSI_CDB_DEFAULT_SIZE, max_channel=0, max_target=0,
             max_lun=len(luns) - 1))
@@ -156,3 +164,40 @@ class Scsi(VirtioDevice):
 
     def close(self) -> None:
         self.target.close()
+
+
+class VhostScsi(Handover, VirtioDevice):
+    """An adapter whose three queues the kernel's vhost-scsi serves once
+    the driver is ready, for the LIO target the user set up in configfs
+    (/sys/kernel/config/target/vhost/WWPN/tpgt_TPGT): its LUNs, their
+    data and the sense it reports are all the kernel's.  vhost-scsi
+    expects the default CDB and sense sizes, so the driver cannot change
+    them here."""
+    device_id = lib.VIRTIO_ID_SCSI
+    name = "scsi"
+    num_queues = 3
+    vhost_rings = 3             # control, event and requests
+
+    def __init__(self, mem: object, wwpn: str, tpgt: int, vhost: Vhost) -> None:
+        raw = wwpn.encode()
+        if not 0 < len(raw) < MAX_WWPN or b"\0" in raw or not 0 <= tpgt <= MAX_TPGT:
+            raise ValueError(f"a vhost-scsi WWPN has 1 to {MAX_WWPN - 1} bytes and a TPGT "
+                             f"is at most {MAX_TPGT}")
+        super().__init__(mem)
+        self.vhost = vhost
+        self.endpoint = ffi.new("struct vhost_scsi_target *", {
+            "abi_version": lib.VHOST_SCSI_ABI_VERSION, "vhost_wwpn": raw, "vhost_tpgt": tpgt})
+        self.config = bytearray(to_bytes(
+            "struct virtio_scsi_config", num_queues=1, seg_max=SEG_MAX, max_sectors=0xFFFF,
+            cmd_per_lun=DEFAULT_QUEUE_SIZE, event_info_size=EVENT_INFO_SIZE,
+            sense_size=lib.VIRTIO_SCSI_SENSE_DEFAULT_SIZE,
+            cdb_size=lib.VIRTIO_SCSI_CDB_DEFAULT_SIZE, max_channel=0,
+            max_target=VHOST_MAX_TARGET, max_lun=VHOST_MAX_LUN))
+
+    def vhost_serve(self, on: bool) -> None:
+        request = lib.VHOST_SCSI_SET_ENDPOINT if on else lib.VHOST_SCSI_CLEAR_ENDPOINT
+        self.vhost.ioctl(request, self.endpoint)
+
+    def process(self, index: int, queue: Virtqueue) -> None:
+        """Kicks reach lkvm only before the hand-over or after a refusal:
+        the buffers wait for vhost, or for the driver's reset."""

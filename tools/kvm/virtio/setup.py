@@ -42,7 +42,8 @@ from virtio.mmio import REGION_SIZE, VirtioMmio
 from virtio.net import Net
 from virtio.pci import VirtioPci
 from virtio.rng import Rng
-from virtio.scsi import Scsi
+from virtio.scsi import Scsi, VhostScsi
+from virtio.vhost import Vhost
 from virtio.vsock import make as make_vsock
 
 TRANSPORTS = {
@@ -52,8 +53,9 @@ TRANSPORTS = {
     "mmio-legacy": lambda dev, ctx: VirtioMmio(dev, ctx, ctx.next_mmio_base(), modern=False),
 }
 DISK_FLAGS = {"ro": "readonly", "snapshot": "snapshot", "direct": "direct"}
-# kvmtool's -d scsi:WWPN:TPGT, a vhost-scsi target set up in configfs.
-WWPN_TPGT = re.compile(r"[^:,/]+:\d+")
+# kvmtool's -d scsi:WWPN[:TPGT], a vhost-scsi target set up in configfs;
+# vhost-scsi's WWPNs are naa., fc. or iqn. names (an iqn. has colons).
+VHOST_SCSI_SPEC = re.compile(r"(?P<wwpn>(?:naa|fc|iqn)\.[^,/]+?)(?::(?P<tpgt>\d+))?")
 VHOST_SCSI = "/dev/vhost-scsi"
 
 
@@ -152,30 +154,47 @@ def blk(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioD
     return [Blk(ctx.vm.mem, disk, f"lkvm-disk-{i}") for i, disk in enumerate(disks)]
 
 
-def vhost_scsi(spec: str) -> None:
-    """kvmtool's vhost-scsi target: lkvm names what it lacks."""
+def is_vhost_scsi(spec: str) -> bool:
+    """WWPN[:TPGT], unless a file has that name."""
+    return VHOST_SCSI_SPEC.fullmatch(spec) is not None and not os.path.exists(spec)
+
+
+def vhost_scsi(mem: object, spec: str) -> VhostScsi:
+    """kvmtool's -d scsi:WWPN:TPGT: an adapter of its own for that target."""
+    what = f"--disk scsi:{spec}"
     if not os.path.exists(VHOST_SCSI):
-        raise LkvmError(f"--disk scsi:{spec}: a vhost-scsi target needs {VHOST_SCSI}, which "
+        raise LkvmError(f"{what}: a vhost-scsi target needs {VHOST_SCSI}, which "
                         "this host does not have (modprobe vhost_scsi, then set the target "
                         "up in configfs); -d scsi:FILE serves an image without it")
-    raise LkvmError(f"--disk scsi:{spec}: lkvm does not hand queues to vhost-scsi yet; "
-                    "-d scsi:FILE serves an image from lkvm itself")
-
-
-def scsi_lun(spec: str, index: int) -> BlockLun:
-    if WWPN_TPGT.fullmatch(spec) and not os.path.exists(spec):
-        vhost_scsi(spec)
-    return BlockLun(parse_disk(spec, "scsi:"), f"lkvm-scsi-{index}")
+    m = VHOST_SCSI_SPEC.fullmatch(spec)
+    vhost = Vhost(VHOST_SCSI, what, mem, VhostScsi.vhost_rings)
+    try:
+        # vhost-scsi's ABI 1 serves every TPG of the WWPN, whatever the tag.
+        return VhostScsi(mem, m["wwpn"], int(m["tpgt"] or 0), vhost)
+    except ValueError as e:
+        vhost.close()
+        raise LkvmError(f"{what}: {e}") from None
 
 
 def scsi(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
-    """One adapter, its LUNs in the order of the -d scsi: options."""
-    if not cfg.scsi:
-        return []
-    if len(cfg.scsi) > MAX_LUNS:
-        raise LkvmError(f"--disk scsi: at most {MAX_LUNS} LUNs, not {len(cfg.scsi)}")
-    luns = open_all(range(len(cfg.scsi)), lambda i: scsi_lun(cfg.scsi[i], i))
-    return [Scsi(ctx.vm.mem, luns)]
+    """One adapter for the image LUNs, in the order of their -d scsi:
+    options, then one for each vhost-scsi target."""
+    files = [spec for spec in cfg.scsi if not is_vhost_scsi(spec)]
+    if len(files) > MAX_LUNS:
+        raise LkvmError(f"--disk scsi: at most {MAX_LUNS} LUNs, not {len(files)}")
+    luns = open_all(range(len(files)), lambda i: BlockLun(parse_disk(files[i], "scsi:"),
+                                                          f"lkvm-scsi-{i}"))
+    try:
+        targets = open_all([s for s in cfg.scsi if is_vhost_scsi(s)],
+                           partial(vhost_scsi, ctx.vm.mem))
+    except BaseException:
+        for lun in luns:
+            lun.close()
+        raise
+    for target in targets:
+        target.serve_on(ctx.iothread(target))
+    adapters: list[VirtioDevice] = [Scsi(ctx.vm.mem, luns)] if luns else []
+    return adapters + targets
 
 
 def p9(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:

@@ -189,13 +189,20 @@ class Handover:
                 self.fail("driver ready before the queues vhost serves")
                 return
             t = self.transport
+            kicks = t.kicks[:self.vhost_rings]
             try:
-                self.vhost.start(self.iothread, self.driver_features, queues,
-                                 t.kicks[:self.vhost_rings], t.signal_queue, t.queue_irqfd)
+                self.vhost.start(self.iothread, self.driver_features, queues, kicks,
+                                 t.signal_queue, t.queue_irqfd)
                 self.vhost_serve(True)
             except (OSError, GuestError) as e:
                 self.vhost.stop(self.iothread)
                 self.fail(f"{self.vhost.path}: {reason(e)}")
+                return
+            # The driver goes on after DRIVER_OK: its first requests may
+            # be in the rings already, their kicks taken by the I/O
+            # thread before this ran.  vhost looks only when kicked.
+            for kick in kicks:
+                os.eventfd_write(kick, 1)
 
     def on_reset(self) -> None:
         if self.vhost.running:

@@ -26,6 +26,10 @@ MODULES = {
     "tun": "",
     "vhost_net": "",
     "vhost_vsock": "",
+    # vhost-scsi and a LIO file backstore for it, set up through configfs.
+    "vhost_scsi": "",
+    "target_core_file": "",
+    "configfs": "",
 }
 
 # The kernels L1 can boot: the suite of Debian's linux-image-amd64 they
