@@ -10,6 +10,7 @@ import sys
 
 from hw.vesa import VIDMODE, Vesa
 from include.uapi import lib
+from ipc.server import IpcServer
 from kvm import arch as arch_loader
 from kvm import fdlimit, guestdebug, guestroot, msg
 from kvm.arch import Arch
@@ -18,7 +19,6 @@ from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError, UsageError
 from kvm.gdb.stub import GdbStub
-from kvm.ipc import IpcServer
 from kvm.kvm import KVM_DEV, Kvm
 from kvm.memory import check_hugetlbfs
 from kvm.pty import PtyTerminal, parse_tty

@@ -13,8 +13,8 @@ from contextlib import ExitStack, contextmanager
 
 import pytest
 
+from ipc.client import connect
 from kvm.home import lkvm_dir
-from kvm.ipc_client import connect
 from tests.helpers import LKVM, TINY_TIMEOUT, guest, run_lkvm
 
 pytestmark = pytest.mark.usefixtures("kvm_available", "lkvm_home")
