@@ -1,8 +1,8 @@
 """lkvm balloon: grow or shrink a guest's virtio balloon, in MiB."""
 
+from cli.cmd import Parser
 from ipc.client import connect
 from ipc.server import BALLOON, S32
-from kvm.cmd import Parser
 from kvm.errors import LkvmError, UsageError
 
 

@@ -4,10 +4,10 @@ guests that are shut off, as kvmtool lists them."""
 import json
 import os
 
+from cli.cmd import Parser
 from ipc.client import GuestGone, connect, guest_names
 from ipc.server import VMSTATE_PAUSED
 from kvm import msg
-from kvm.cmd import Parser
 from kvm.errors import LkvmError
 from kvm.home import lkvm_dir
 

@@ -8,13 +8,13 @@ import signal
 import stat
 import sys
 
+from cli.cmd import Parser, size_mib
 from hw.vesa import VIDMODE, Vesa
 from include.uapi import lib
 from ipc.server import IpcServer
 from kvm import arch as arch_loader
 from kvm import fdlimit, guestdebug, guestroot, msg
 from kvm.arch import Arch
-from kvm.cmd import Parser, size_mib
 from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError, UsageError

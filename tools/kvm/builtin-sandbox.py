@@ -10,8 +10,8 @@ kvmtool's sandbox loses that status; lkvm's does not."""
 import os
 import shlex
 
+from cli.cmd import load_builtin
 from kvm import rootfs
-from kvm.cmd import load_builtin
 from kvm.errors import LkvmError, UsageError
 
 SCRIPT = "virt/sandbox.sh"

@@ -1,7 +1,7 @@
 """lkvm setup NAME: make a rootfs under ~/.lkvm for 'lkvm run -d NAME'."""
 
+from cli.cmd import Parser
 from kvm import rootfs
-from kvm.cmd import Parser
 
 
 def cmd_setup(argv: list[str]) -> int:

@@ -5,8 +5,8 @@ benchmark itself (run.py skips names that start with '_')."""
 import os
 from collections.abc import Sequence
 
+from cli.cmd import load_builtin
 from kvm import guestroot, rootfs
-from kvm.cmd import load_builtin
 
 KVMDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LKVM = os.path.join(os.path.dirname(os.path.dirname(KVMDIR)), "lkvm")

@@ -10,9 +10,9 @@ import stat
 import struct
 from collections.abc import Callable
 
+from cli.cmd import Parser
 from ipc.server import HEADER, MAX_PAYLOAD, PID, SOCK_SUFFIX, U32, VMSTATE, socket_path
 from kvm import msg
-from kvm.cmd import Parser
 from kvm.errors import KVMTOOL_DIE, LkvmError, UsageError
 from kvm.home import lkvm_dir
 

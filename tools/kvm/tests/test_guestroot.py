@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
+from cli.cmd import load_builtin
 from kvm import guestroot, rootfs
-from kvm.cmd import load_builtin
 from kvm.errors import KVMTOOL_DIE, LkvmError
 from tests.helpers import guest, run_lkvm
 from virtio.mock import mock_memory

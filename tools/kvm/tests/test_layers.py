@@ -13,6 +13,7 @@ from tests.helpers import KVMDIR
 CORE = "kvm"
 # The user's side, by package: what each holds.
 USER_SIDE = {
+    "cli": "option parsing, usage and the command table",
     "ipc": "the IPC server of a running guest and its clients",
 }
 

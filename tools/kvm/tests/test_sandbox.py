@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
+from cli.cmd import load_builtin
 from kvm import rootfs
-from kvm.cmd import load_builtin
 from kvm.errors import KVMTOOL_DIE, KVMTOOL_USAGE, LkvmError
 from tests.helpers import guest, run_lkvm
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from kvm.cmd import load_builtin
+from cli.cmd import load_builtin
 from kvm.guestroot import SCSI_ROOT
 from tests.helpers import guest, run_lkvm
 
