@@ -13,7 +13,7 @@ from hw.vesa import VIDMODE, Vesa
 from include.uapi import lib
 from ipc.server import IpcServer
 from kvm import arch as arch_loader
-from kvm import fdlimit, guestdebug, guestroot, msg
+from kvm import fdlimit, guestdebug, msg
 from kvm.arch import Arch
 from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
@@ -25,6 +25,7 @@ from kvm.pty import PtyTerminal, parse_tty
 from kvm.term import Terminal
 from kvm.vm import Vm
 from net.options import default_nics, parse_networks
+from rootfs import guestroot
 from ui.vnc import VncServer
 from virtio import setup as virtio_setup
 from virtio import vsock

@@ -15,8 +15,8 @@ import pytest
 
 from ipc import server
 from ipc.client import connect
-from kvm import rootfs
 from kvm.home import lkvm_dir
+from rootfs import tree
 from tests.helpers import TINY_TIMEOUT, run_lkvm
 from tests.test_ipc_guests import running
 
@@ -107,7 +107,7 @@ def children() -> bytes:
 def test_sixteen_guests_under_a_thousand_requests():
     before = fds()
     kids = children()
-    box = rootfs.create("box")
+    box = tree.create("box")
     names = [f"load{i:02}" for i in range(GUESTS)]
     with ExitStack() as stack:
         procs = [stack.enter_context(running(n, opts=("-d", "box"))) for n in names]

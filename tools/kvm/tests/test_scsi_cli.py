@@ -7,7 +7,7 @@ import os
 import pytest
 
 from cli.cmd import load_builtin
-from kvm.guestroot import SCSI_ROOT
+from rootfs.guestroot import SCSI_ROOT
 from tests.helpers import guest, run_lkvm
 
 run = load_builtin("run")
