@@ -9,7 +9,7 @@ from ipc.client import GuestGone, connect, guest_names
 from ipc.server import VMSTATE_PAUSED
 from kvm import msg
 from kvm.errors import LkvmError
-from kvm.home import lkvm_dir
+from util.home import lkvm_dir
 
 RUNNING, PAUSED, SHUT_OFF = "running", "paused", "shut off"
 UNKNOWN = "unknown"  # its socket is live but it did not answer

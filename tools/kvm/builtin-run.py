@@ -21,12 +21,12 @@ from kvm.errors import LkvmError, UsageError
 from kvm.gdb.stub import GdbStub
 from kvm.kvm import KVM_DEV, Kvm
 from kvm.memory import check_hugetlbfs
-from kvm.pty import PtyTerminal, parse_tty
-from kvm.term import Terminal
 from kvm.vm import Vm
 from net.options import default_nics, parse_networks
 from rootfs import guestroot
 from ui.vnc import VncServer
+from util.pty import PtyTerminal, parse_tty
+from util.term import Terminal
 from virtio import setup as virtio_setup
 from virtio import vsock
 from virtio.setup import TRANSPORTS

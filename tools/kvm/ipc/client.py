@@ -14,7 +14,7 @@ from cli.cmd import Parser
 from ipc.server import HEADER, MAX_PAYLOAD, PID, SOCK_SUFFIX, U32, VMSTATE, socket_path
 from kvm import msg
 from kvm.errors import KVMTOOL_DIE, LkvmError, UsageError
-from kvm.home import lkvm_dir
+from util.home import lkvm_dir
 
 # Long enough for a pause on a loaded host or a dump of many vCPUs.
 REPLY_TIMEOUT = 30.0

@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 from kvm.config import Root, Share
 from kvm.errors import LkvmError
-from kvm.home import lkvm_dir
 from rootfs import tree
+from util.home import lkvm_dir
 
 ROOT_TAG = "/dev/root"
 HOST_TAG = "hostfs"         # what the guest init mounts on /host

@@ -14,8 +14,8 @@ import secrets
 import stat
 
 from kvm.errors import LkvmError
-from kvm.home import lkvm_dir
 from kvm.tree import TOP
+from util.home import lkvm_dir
 
 DIRS = ("dev", "etc", "home", "host", "proc", "root", "sys", "tmp", "var", "var/lib",
         "virt", "virt/home")

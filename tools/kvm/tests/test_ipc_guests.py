@@ -14,8 +14,8 @@ from contextlib import ExitStack, contextmanager
 import pytest
 
 from ipc.client import connect
-from kvm.home import lkvm_dir
 from tests.helpers import LKVM, TINY_TIMEOUT, guest, run_lkvm
+from util.home import lkvm_dir
 
 pytestmark = pytest.mark.usefixtures("kvm_available", "lkvm_home")
 

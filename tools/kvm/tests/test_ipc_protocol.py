@@ -13,8 +13,8 @@ import pytest
 from ipc import server as ipc_server
 from ipc.client import connect
 from kvm.errors import LkvmError
-from kvm.home import lkvm_dir
 from tests.helpers import run_lkvm
+from util.home import lkvm_dir
 
 
 class FakeVcpu:

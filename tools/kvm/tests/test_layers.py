@@ -16,6 +16,7 @@ USER_SIDE = {
     "cli": "option parsing, usage and the command table",
     "ipc": "the IPC server of a running guest and its clients",
     "rootfs": "the rootfs trees lkvm setup makes and the rules for the guest's /",
+    "util": "the user's terminal, --tty's pseudo-terminals, ~/.lkvm",
 }
 
 

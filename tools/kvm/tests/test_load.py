@@ -15,10 +15,10 @@ import pytest
 
 from ipc import server
 from ipc.client import connect
-from kvm.home import lkvm_dir
 from rootfs import tree
 from tests.helpers import TINY_TIMEOUT, run_lkvm
 from tests.test_ipc_guests import running
+from util.home import lkvm_dir
 
 pytestmark = pytest.mark.usefixtures("kvm_available", "lkvm_home")
 
