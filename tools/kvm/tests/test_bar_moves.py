@@ -10,10 +10,7 @@ import pytest
 from hw.pci import CONFIG_ADDRESS, CONFIG_DATA, CONFIG_ENABLE
 from include.uapi import lib
 from kvm.config import Config
-from kvm.kvm import Kvm
-from kvm.vm import Vm
-from virtio import setup
-from x86.arch import X86
+from tests.fakevm import attached, kvm_vm
 
 MOVES = 200         # each move costs KVM two ioctls per queue, ~8 ms here
 ELSEWHERE = 0xD8000000      # free in the 32-bit MMIO gap
@@ -27,18 +24,14 @@ def open_fds() -> int:
 
 @pytest.fixture
 def vm(kvm_available):
-    kvm = Kvm()
-    vm = Vm(kvm, X86(), CONFIG)
-    yield vm
-    vm.close()
-    kvm.close()
+    with kvm_vm(CONFIG) as vm:
+        yield vm
 
 
 @pytest.mark.parametrize("transport", ["pci", "pci-legacy"])
 def test_moving_bar0_leaks_no_eventfd(vm, transport):
     cfg = dataclasses.replace(CONFIG, console="virtio", rng=True, transport=transport)
-    ctx = setup.attach(vm, cfg, lambda data: None)
-    try:
+    with attached(vm, cfg) as ctx:
         pci = ctx.devices[0].transport          # hvc0: two queues, two doorbells
         slot = ctx.pci.slots.index(pci)
         bar = lib.PCI_BASE_ADDRESS_0
@@ -54,5 +47,3 @@ def test_moving_bar0_leaks_no_eventfd(vm, transport):
         assert [efd for efd, _ in pci.notifiers] == eventfds
         home = pci.bars[0]
         assert all(home.addr <= p[0] < home.addr + home.size for _, p in pci.notifiers)
-    finally:
-        ctx.exit()
