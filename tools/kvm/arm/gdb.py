@@ -9,6 +9,7 @@ headers read by the cross compiler."""
 
 from arm.pagetable import Regime, walk
 from kvm.gdb.target import HwPoint, Reg, Stop, Watch, description
+from kvm.guestdebug import set_guest_debug
 from kvm.ioctl import ioctl
 
 # ESR_ELx's exception classes a debug exit carries (Arm ARM D17.2.37).
@@ -209,7 +210,7 @@ class Arm64Gdb:
         return dbg
 
     def set_debug(self, vcpu: object, step: bool, sw: bool, hw: list[HwPoint]) -> None:
-        ioctl(vcpu.fd, self.lib.KVM_SET_GUEST_DEBUG, self.guest_debug(step, sw, hw))
+        set_guest_debug(vcpu, self.guest_debug(step, sw, hw))
 
     def stop_reason(self, vcpu: object, hw: list[HwPoint]) -> Stop:
         d = vcpu.run.debug.arch

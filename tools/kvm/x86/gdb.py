@@ -11,7 +11,7 @@ from include.uapi import ffi, lib
 from kvm.errors import GuestError
 from kvm.gdb import target
 from kvm.gdb.target import HwPoint, Stop, Watch
-from kvm.ioctl import ioctl
+from kvm.guestdebug import set_guest_debug
 from x86 import pagetable
 
 MSR_KERNEL_GS_BASE = 0xC0000102
@@ -184,7 +184,7 @@ class X86Gdb:
         dbg.arch.debugreg[7] = dr7(hw)
         for i, p in enumerate(hw):
             dbg.arch.debugreg[i] = p.addr
-        ioctl(vcpu.fd, lib.KVM_SET_GUEST_DEBUG, dbg)
+        set_guest_debug(vcpu, dbg)
         self._debug[vcpu.id] = dbg
 
     def pass_trap(self, vcpu: object) -> None:
@@ -192,7 +192,7 @@ class X86Gdb:
         it as the guest's own, past the instruction."""
         dbg = ffi.new("struct kvm_guest_debug *", self._debug[vcpu.id][0])
         dbg.control |= lib.KVM_GUESTDBG_INJECT_BP
-        ioctl(vcpu.fd, lib.KVM_SET_GUEST_DEBUG, dbg)
+        set_guest_debug(vcpu, dbg)
 
     def stop_reason(self, vcpu: object, hw: list[HwPoint]) -> Stop:
         d = vcpu.run.debug.arch
