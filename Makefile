@@ -111,9 +111,10 @@ $(GDBGUEST): $(GDBGUEST:.elf=.S) $(BUILD)/deps.stamp
 
 # The arm64 test guests: Images linked at 0 (their header carries the
 # rest), run in the arm64 test host.  arm64's ld writes no raw binary.
-$(GUESTDIR)/arm64/%.bin: $(GUESTDIR)/arm64/%.S $(BUILD)/deps.stamp
+$(GUESTDIR)/arm64/%.bin: $(GUESTDIR)/arm64/%.S $(wildcard $(GUESTDIR)/arm64/*.inc) \
+		$(BUILD)/deps.stamp
 	$(say) AS $@
-	$(Q)aarch64-linux-gnu-as -o $(@:.bin=.o) $<
+	$(Q)aarch64-linux-gnu-as -I $(dir $<) -o $(@:.bin=.o) $<
 	$(Q)aarch64-linux-gnu-ld -Ttext=0 -o $(@:.bin=.elf) $(@:.bin=.o)
 	$(Q)aarch64-linux-gnu-objcopy -O binary $(@:.bin=.elf) $@
 	$(Q)rm -f $(@:.bin=.o)

@@ -1,9 +1,9 @@
 """lkvm balloon: grow or shrink a guest's virtio balloon, in MiB."""
 
-from kvm.cmd import Parser
+from cli.cmd import Parser
+from ipc.client import connect
+from ipc.server import BALLOON, S32
 from kvm.errors import LkvmError, UsageError
-from kvm.ipc import BALLOON, S32
-from kvm.ipc_client import connect
 
 
 def parser() -> Parser:

@@ -4,8 +4,8 @@ serial console, or a walk of its page tables."""
 import os
 import sys
 
-from kvm.errors import LkvmError, UsageError
-from kvm.ipc import (
+from ipc.client import Guest, for_each, instance_parser
+from ipc.server import (
     DEBUG,
     DEBUG_DUMP,
     DEBUG_NMI,
@@ -14,7 +14,7 @@ from kvm.ipc import (
     TRANSLATE,
     TRANSLATE_PARAMS,
 )
-from kvm.ipc_client import Guest, for_each, instance_parser
+from kvm.errors import LkvmError, UsageError
 
 
 def parser() -> object:

@@ -1,7 +1,7 @@
 """lkvm help [COMMAND]: the command list, or one command's document."""
 
-from kvm.cmd import show_doc
-from kvm.commands import usage
+from cli.cmd import show_doc
+from cli.commands import usage
 
 
 def cmd_help(argv: list[str]) -> int:

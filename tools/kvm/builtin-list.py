@@ -4,12 +4,12 @@ guests that are shut off, as kvmtool lists them."""
 import json
 import os
 
+from cli.cmd import Parser
+from ipc.client import GuestGone, connect, guest_names
+from ipc.server import VMSTATE_PAUSED
 from kvm import msg
-from kvm.cmd import Parser
 from kvm.errors import LkvmError
-from kvm.home import lkvm_dir
-from kvm.ipc import VMSTATE_PAUSED
-from kvm.ipc_client import GuestGone, connect, guest_names
+from util.home import lkvm_dir
 
 RUNNING, PAUSED, SHUT_OFF = "running", "paused", "shut off"
 UNKNOWN = "unknown"  # its socket is live but it did not answer

@@ -1,8 +1,8 @@
 """lkvm pause: stop a guest's vCPUs; the command returns once all of them
 are stopped."""
 
-from kvm.ipc import PAUSE, VMSTATE_PAUSED
-from kvm.ipc_client import Guest, for_each, instance_parser
+from ipc.client import Guest, for_each, instance_parser
+from ipc.server import PAUSE, VMSTATE_PAUSED
 
 
 def pause(guest: Guest) -> None:

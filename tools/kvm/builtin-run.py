@@ -8,24 +8,25 @@ import signal
 import stat
 import sys
 
+from cli.cmd import Parser, size_mib
 from hw.vesa import VIDMODE, Vesa
 from include.uapi import lib
+from ipc.server import IpcServer
 from kvm import arch as arch_loader
-from kvm import fdlimit, guestdebug, guestroot, msg
+from kvm import fdlimit, guestdebug, msg
 from kvm.arch import Arch
-from kvm.cmd import Parser, size_mib
 from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError, UsageError
 from kvm.gdb.stub import GdbStub
-from kvm.ipc import IpcServer
 from kvm.kvm import KVM_DEV, Kvm
 from kvm.memory import check_hugetlbfs
-from kvm.pty import PtyTerminal, parse_tty
-from kvm.term import Terminal
 from kvm.vm import Vm
 from net.options import default_nics, parse_networks
+from rootfs import guestroot
 from ui.vnc import VncServer
+from util.pty import PtyTerminal, parse_tty
+from util.term import Terminal
 from virtio import setup as virtio_setup
 from virtio import vsock
 from virtio.setup import TRANSPORTS

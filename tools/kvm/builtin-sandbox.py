@@ -10,9 +10,9 @@ kvmtool's sandbox loses that status; lkvm's does not."""
 import os
 import shlex
 
-from kvm import rootfs
-from kvm.cmd import load_builtin
+from cli.cmd import load_builtin
 from kvm.errors import LkvmError, UsageError
+from rootfs import tree
 
 SCRIPT = "virt/sandbox.sh"
 STATUS = "virt/.status"
@@ -34,7 +34,7 @@ def sandbox_script(command: list[str], cwd: str) -> bytes:
 
 
 def exit_status(root: str) -> int:
-    data = rootfs.get(root, STATUS, STATUS_MAX)
+    data = tree.get(root, STATUS, STATUS_MAX)
     try:
         status = int(data)
     except (TypeError, ValueError):
@@ -58,7 +58,7 @@ def cmd_sandbox(argv: list[str]) -> int:
     if root is None:
         raise LkvmError("lkvm sandbox runs its command in a rootfs: "
                         "give no -d, no -i, or -d with a rootfs name")
-    rootfs.remove(root, STATUS)
-    rootfs.put(root, SCRIPT, sandbox_script(command, os.getcwd()), 0o755)
+    tree.remove(root, STATUS)
+    tree.put(root, SCRIPT, sandbox_script(command, os.getcwd()), 0o755)
     status = run.launch(cfg)
     return status if status else exit_status(root)

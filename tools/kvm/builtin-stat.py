@@ -4,9 +4,9 @@ them."""
 import json
 
 from include.uapi import ffi, lib
+from ipc.client import Guest, for_each, instance_parser
+from ipc.server import STAT
 from kvm.errors import LkvmError, UsageError
-from kvm.ipc import STAT
-from kvm.ipc_client import Guest, for_each, instance_parser
 
 # The statistics kvmtool's builtin-stat.c names, in its order (which is
 # also the order Linux's driver sends them in): the tag, the JSON name,

@@ -1,8 +1,8 @@
 """lkvm stop: end a guest, as if it had rebooted; the command returns
 once the guest has let go of its socket."""
 
-from kvm.ipc import STOP
-from kvm.ipc_client import Guest, for_each, instance_parser
+from ipc.client import Guest, for_each, instance_parser
+from ipc.server import STOP
 
 
 def stop(guest: Guest) -> None:

@@ -1,7 +1,7 @@
 """lkvm version: print lkvm's version in kvmtool's form ("kvm tool
 VERSION", builtin-version.c), which scripts written for kvmtool read."""
 
-from kvm.cmd import Parser
+from cli.cmd import Parser
 from kvm.version import VERSION
 
 

@@ -1,4 +1,4 @@
-"""lkvm: the kernel's KVM tool.  Finds the command in kvm/commands.py and
+"""lkvm: the kernel's KVM tool.  Finds the command in cli/commands.py and
 runs its builtin-<name>.py."""
 
 import os
@@ -6,9 +6,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from cli.cmd import HelpRequested, load_builtin  # noqa: E402
+from cli.commands import COMMANDS, usage  # noqa: E402
 from kvm import msg  # noqa: E402
-from kvm.cmd import HelpRequested, load_builtin  # noqa: E402
-from kvm.commands import COMMANDS, usage  # noqa: E402
 from kvm.errors import KVMTOOL_USAGE, LkvmError  # noqa: E402
 
 

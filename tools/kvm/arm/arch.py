@@ -35,9 +35,9 @@ from hw.serial8250 import Serial8250
 from include.uapi import ffi, lib
 from kvm import fdt
 from kvm.arch import Arch, Boot
-from kvm.cmd import TOP
 from kvm.config import Config
 from kvm.errors import LkvmError
+from kvm.tree import TOP
 
 if TYPE_CHECKING:
     from kvm.vcpu import Vcpu

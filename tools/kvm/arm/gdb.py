@@ -7,10 +7,9 @@ The ONE_REG ids come from the uapi's macros and struct offsets, handed in
 as (ffi, lib): on an arm64 host the bindings, in the tests the arm64
 headers read by the cross compiler."""
 
-from dataclasses import dataclass
-
 from arm.pagetable import Regime, walk
-from kvm.gdb.target import HwPoint, Stop, Watch
+from kvm.gdb.target import HwPoint, Reg, Stop, Watch, description
+from kvm.guestdebug import set_guest_debug
 from kvm.ioctl import ioctl
 
 # ESR_ELx's exception classes a debug exit carries (Arm ARM D17.2.37).
@@ -36,14 +35,6 @@ SYSREGS = {
     "ttbr1_el1": (3, 0, 2, 0, 1), "tcr_el1": (3, 0, 2, 0, 2),
     "esr_el1": (3, 0, 5, 2, 0), "vbar_el1": (3, 0, 12, 0, 0),
 }
-
-
-@dataclass(frozen=True)
-class Reg:
-    name: str
-    bits: int
-    type: str
-    feature: str
 
 
 CORE, FPU = "org.gnu.gdb.aarch64.core", "org.gnu.gdb.aarch64.fpu"
@@ -87,15 +78,6 @@ TYPES = {
         '<field name="EL" start="2" end="3"/></flags>',
     FPU: _vector_types(),
 }
-
-
-def _description() -> bytes:
-    body = "".join(
-        f'<feature name="{f}">{TYPES[f]}' + "".join(
-            f'<reg name="{r.name}" bitsize="{r.bits}" type="{r.type}"/>'
-            for r in REGISTERS if r.feature == f) + "</feature>" for f in (CORE, FPU))
-    return ('<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd">'
-            f"<target><architecture>aarch64</architecture>{body}</target>").encode()
 
 
 class RegIds:
@@ -154,7 +136,7 @@ def wcr_wvr(p: HwPoint) -> tuple[int, int]:
 
 
 class Arm64Gdb:
-    features = {"target.xml": _description()}
+    features = {"target.xml": description("aarch64", REGISTERS, TYPES)}
     sizes = [r.bits // 8 for r in REGISTERS]
     BREAKPOINT = (0xD4200000).to_bytes(4, "little")  # BRK #0
     PC = PC
@@ -228,7 +210,7 @@ class Arm64Gdb:
         return dbg
 
     def set_debug(self, vcpu: object, step: bool, sw: bool, hw: list[HwPoint]) -> None:
-        ioctl(vcpu.fd, self.lib.KVM_SET_GUEST_DEBUG, self.guest_debug(step, sw, hw))
+        set_guest_debug(vcpu, self.guest_debug(step, sw, hw))
 
     def stop_reason(self, vcpu: object, hw: list[HwPoint]) -> Stop:
         d = vcpu.run.debug.arch

@@ -5,8 +5,8 @@ benchmark itself (run.py skips names that start with '_')."""
 import os
 from collections.abc import Sequence
 
-from kvm import guestroot, rootfs
-from kvm.cmd import load_builtin
+from cli.cmd import load_builtin
+from rootfs import guestroot, tree
 
 KVMDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LKVM = os.path.join(os.path.dirname(os.path.dirname(KVMDIR)), "lkvm")
@@ -19,8 +19,8 @@ def qemu_on_rootfs(kernel: str, command: list[str], shares: Sequence[tuple[str, 
     lkvm sandbox writes; `shares` are more (path, tag) 9p shares and
     `extra` more QEMU options."""
     sandbox = load_builtin("sandbox")
-    root = rootfs.prepare(rootfs.DEFAULT)
-    rootfs.put(root, sandbox.SCRIPT, sandbox.sandbox_script(command, "/"), 0o755)
+    root = tree.prepare(tree.DEFAULT)
+    tree.put(root, sandbox.SCRIPT, sandbox.sandbox_script(command, "/"), 0o755)
     append = " ".join(["console=ttyS0 quiet panic=-1", guestroot.P9_ROOT,
                        guestroot.GUEST_INIT, sandbox.PARAMS])
     cmd = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", RAM_MIB,

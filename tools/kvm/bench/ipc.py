@@ -23,8 +23,8 @@ import time
 KVMDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, KVMDIR)
 
-from kvm.ipc import PAUSE, RESUME  # noqa: E402
-from kvm.ipc_client import connect  # noqa: E402
+from ipc.client import connect  # noqa: E402
+from ipc.server import PAUSE, RESUME  # noqa: E402
 
 LKVM = os.path.join(os.path.dirname(os.path.dirname(KVMDIR)), "lkvm")
 GUESTS = os.path.join(KVMDIR, "tests", "guests")

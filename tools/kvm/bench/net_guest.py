@@ -40,9 +40,9 @@ sys.path.insert(0, KVMDIR)
 
 from _sandbox import LKVM, RAM_MIB, qemu_on_rootfs  # noqa: E402
 
-from kvm import rootfs  # noqa: E402
 from net.defaults import GUEST_IP, GUEST_MAC, HOST_IP, HOST_MAC, PREFIX_LEN  # noqa: E402
 from net.passt import has_default_route, passt_argv  # noqa: E402
+from rootfs import tree  # noqa: E402
 from tests.testhost import kvmconfig_kernel  # noqa: E402
 from tests.testhost.runner import run_bench  # noqa: E402
 
@@ -227,7 +227,7 @@ def inner(kernel: str, mib: int, trips: int,
     results = {}
     with tempfile.TemporaryDirectory(prefix="lkvm-bench-") as home, server() as port:
         os.environ["HOME"] = home
-        rootfs.prepare(rootfs.DEFAULT)
+        tree.prepare(tree.DEFAULT)
         command = guest_command(port, mib, trips)
         for backend in backends:
             for vmm, setup in VMMS.items():

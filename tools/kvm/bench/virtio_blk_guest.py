@@ -45,7 +45,7 @@ sys.path.insert(0, KVMDIR)
 
 from _sandbox import LKVM, RAM_MIB, qemu_on_rootfs  # noqa: E402
 
-from kvm import rootfs  # noqa: E402
+from rootfs import tree  # noqa: E402
 from tests.testhost import kvmconfig_kernel  # noqa: E402
 from tests.testhost.runner import run_bench  # noqa: E402
 
@@ -80,7 +80,7 @@ def lkvm(kernel: str, image: str, fmt: str, mib: int, kib: int) -> list[str]:
     # No format to give: lkvm tells it by the image's magic.
     # -d default: a disk alone would be booted as the root, as in kvmtool.
     return [LKVM, "sandbox", "-k", kernel, "-m", RAM_MIB, "-c", "1", "-p", "quiet",
-            "-d", rootfs.DEFAULT, "-d", image, "--", *guest_command(mib, kib)]
+            "-d", tree.DEFAULT, "-d", image, "--", *guest_command(mib, kib)]
 
 
 def qemu(kernel: str, image: str, fmt: str, mib: int, kib: int) -> list[str]:
@@ -143,7 +143,7 @@ def inner(kernel: str, mib: int, kib: int) -> dict[str, dict[str, float]]:
     # A rootfs of its own, and one lkvm's -d default finds.
     with tempfile.TemporaryDirectory(prefix="lkvm-bench-") as home:
         os.environ["HOME"] = home
-        rootfs.prepare(rootfs.DEFAULT)
+        tree.prepare(tree.DEFAULT)
         for fmt, make_image in formats().items():
             for vmm, command in VMMS.items():
                 # A boot that never gets going (seen in the nested test host)

@@ -24,7 +24,7 @@ sys.path.insert(0, KVMDIR)
 import virtio_blk_guest as blk  # noqa: E402
 from _sandbox import LKVM, RAM_MIB, qemu_on_rootfs  # noqa: E402
 
-from kvm import rootfs  # noqa: E402
+from rootfs import tree  # noqa: E402
 
 DISK = "/dev/sda"
 GOAL = 0.9
@@ -38,7 +38,7 @@ def guest_command(mib: int, kib: int) -> list[str]:
 
 def lkvm(kernel: str, image: str, mib: int, kib: int) -> list[str]:
     return [LKVM, "sandbox", "-k", kernel, "-m", RAM_MIB, "-c", "1", "-p", "quiet",
-            "-d", rootfs.DEFAULT, "-d", f"scsi:{image}", "--", *guest_command(mib, kib)]
+            "-d", tree.DEFAULT, "-d", f"scsi:{image}", "--", *guest_command(mib, kib)]
 
 
 def qemu(kernel: str, image: str, mib: int, kib: int) -> list[str]:
@@ -54,7 +54,7 @@ def inner(kernel: str, mib: int, kib: int) -> dict[str, dict[str, float]]:
     results = {}
     with tempfile.TemporaryDirectory(prefix="lkvm-bench-") as home:
         os.environ["HOME"] = home
-        rootfs.prepare(rootfs.DEFAULT)
+        tree.prepare(tree.DEFAULT)
         for vmm, command in VMMS.items():
             for _ in range(blk.ATTEMPTS):
                 with tempfile.TemporaryDirectory() as tmp:

@@ -6,6 +6,13 @@ them), and the MSI-X capability with its table and pending bits.
 Linux booted with `pci=conf1` finds devices through the ports, keeps the
 BAR addresses given here and takes the legacy IRQ from
 PCI_INTERRUPT_LINE; on a device tree it finds the ECAM host bridge there.
+
+A BAR decodes, its range is on the VM's bus, only while the command
+register's I/O or memory space bit for it is set, as on real PCI: a
+guest that reassigns BARs turns decoding off, moves them through each
+other's addresses and turns it back on.  Two decoding ranges may not
+overlap: a BAR that would is left dark (the range stays with the device
+that holds it) until it moves somewhere free or the other one goes.
 """
 
 import threading
@@ -14,6 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from include.uapi import lib
+from kvm import msg
+from kvm.bus import Bus
 from kvm.errors import LkvmError
 
 CONFIG_ADDRESS, CONFIG_DATA = 0xCF8, 0xCFC
@@ -34,12 +43,17 @@ INTEL_VENDOR, I440FX_DEVICE = 0x8086, 0x1237  # a host bridge Linux knows
 MSIX_ENTRY = lib.PCI_MSIX_ENTRY_SIZE
 
 
+# The command register's bit that turns a BAR's decoding on, by BAR kind.
+DECODE_BIT = {True: lib.PCI_COMMAND_IO, False: lib.PCI_COMMAND_MEMORY}
+
+
 @dataclass
 class Bar:
     size: int
     io: bool
-    dev: object            # BusDevice for the range
-    addr: int = 0
+    dev: object                 # BusDevice for the range
+    addr: int = 0               # the guest's (or lkvm's) address; 0: none
+    decoded: int | None = None  # where its range is on the bus; None: not there
 
 
 class PciDevice:
@@ -58,7 +72,9 @@ class PciDevice:
         self._put(lib.PCI_SUBSYSTEM_VENDOR_ID, 2, subsys_vendor)
         self._put(lib.PCI_SUBSYSTEM_ID, 2, subsys_id)
         self._cap_end = lib.PCI_STD_HEADER_SIZEOF
-        self.on_bar_moved: list[Callable[[int, int, int], None]] = []
+        # Called as (index, old, new) when a BAR's decoded address changes;
+        # None is off the bus.
+        self.on_bar_moved: list[Callable[[int, int | None, int | None], None]] = []
 
     def _put(self, offset: int, size: int, value: int) -> None:
         self.config[offset:offset + size] = value.to_bytes(size, "little")
@@ -95,11 +111,21 @@ class PciDevice:
         bar = (offset - lib.PCI_BASE_ADDRESS_0) // 4
         if 0 <= bar < lib.PCI_STD_NUM_BARS and offset % 4 == 0 and size == 4:
             self._write_bar(bar, value)
-        elif offset in (lib.PCI_COMMAND, lib.PCI_INTERRUPT_LINE, lib.PCI_CACHE_LINE_SIZE,
-                        lib.PCI_LATENCY_TIMER):
+        elif offset == lib.PCI_COMMAND:
+            # A dword write here also covers the status register, whose
+            # bits are the device's: only the command word is taken.
+            width = min(size, 2)
+            self._put(offset, width, value & ((1 << 8 * width) - 1))
+            self.bus.decode(self)
+        elif offset in (lib.PCI_INTERRUPT_LINE, lib.PCI_CACHE_LINE_SIZE, lib.PCI_LATENCY_TIMER):
             self._put(offset, size, value)
         else:
             self.write_capability(offset, size, value)
+
+    def decodes(self, bar: Bar) -> bool:
+        """Whether `bar` should be on the bus: its space enabled in the
+        command register and an address given."""
+        return bool(self._get(lib.PCI_COMMAND, 2) & DECODE_BIT[bar.io]) and bar.addr != 0
 
     def write_capability(self, offset: int, size: int, value: int) -> None:
         """Hook: writes to capability registers; the rest is read-only."""
@@ -112,7 +138,7 @@ class PciDevice:
         flags = lib.PCI_BASE_ADDRESS_SPACE_IO if bar.io else 0
         addr = value & ~(bar.size - 1) & 0xFFFFFFFF
         self._put(reg, 4, addr | flags)  # all ones reads back as the size mask
-        if value != 0xFFFFFFFF and addr != bar.addr and addr:
+        if value != 0xFFFFFFFF:         # sizing: the BAR decodes where it did
             self.bus.move_bar(self, bar, addr)
 
     def place_bar(self, index: int, addr: int) -> None:
@@ -156,10 +182,17 @@ class PciBus:
             raise LkvmError(f"no free PCI slot: the bus has {MAX_SLOTS}") from None
         self.slots[slot] = dev
         dev.bus = self
+        command = dev.read_config(lib.PCI_COMMAND, 2)
         for i, bar in enumerate(dev.bars):
             dev.place_bar(i, self._alloc(bar))
-            (self.vm.pio if bar.io else self.vm.mmio).register(bar.addr, bar.size, bar.dev)
+            self._space(bar).register(bar.addr, bar.size, bar.dev)
+            bar.decoded = bar.addr
+            command |= DECODE_BIT[bar.io]   # as firmware leaves a device it placed
+        dev.config[lib.PCI_COMMAND:lib.PCI_COMMAND + 2] = command.to_bytes(2, "little")
         return slot
+
+    def _space(self, bar: Bar) -> Bus:
+        return self.vm.pio if bar.io else self.vm.mmio
 
     def _alloc(self, bar: Bar) -> int:
         """Naturally aligned, as BAR sizing requires."""
@@ -174,23 +207,62 @@ class PciBus:
         return addr
 
     def move_bar(self, dev: PciDevice, bar: Bar, addr: int) -> None:
-        """The guest placed a BAR itself.  The bus range moves in one step
-        (lookups on other vCPUs see it at one place or the other); moves
-        are serialised so a BAR's address, range and hooks agree."""
-        bus = self.vm.pio if bar.io else self.vm.mmio
-        index = dev.bars.index(bar)
+        """The guest placed a BAR itself; while it decodes, its range
+        follows.  Changes are serialised so that a BAR's address, range
+        and hooks agree."""
         with self._moving:
-            old = bar.addr
-            if addr == old:
-                return
-            try:
-                bus.move(old, addr)
-            except ValueError:
-                dev.place_bar(index, old)  # overlaps another: keep it where it was
-                return
             bar.addr = addr
-            for hook in dev.on_bar_moved:
-                hook(index, old, addr)
+            self._decode(dev, dev.bars.index(bar))
+
+    def decode(self, dev: PciDevice) -> None:
+        """The guest wrote `dev`'s command register: each BAR's range goes
+        on or off the bus as its space's bit says."""
+        with self._moving:
+            for index in range(len(dev.bars)):
+                self._decode(dev, index)
+
+    def _decode(self, dev: PciDevice, index: int) -> None:
+        """Put `dev`'s BAR where dev.decodes() says, then, if that freed a
+        range, let the BARs left dark by an overlap try again."""
+        bar = dev.bars[index]
+        old = bar.decoded
+        self._place(dev, index)
+        if old is not None and bar.decoded != old:
+            for other in filter(None, self.slots):
+                for i, dark in enumerate(other.bars):
+                    if dark.decoded is None and other.decodes(dark):
+                        self._place(other, i)
+
+    def _place(self, dev: PciDevice, index: int) -> None:
+        """The bus range moves in one step (lookups on other vCPUs see it
+        at one place or the other); one that would overlap another
+        decoding range leaves the bus instead, as the guest has two
+        devices claiming one address and lkvm will not pick between them
+        by accident.  Hooks learn the old and new decoded address, None
+        when off the bus."""
+        bar = dev.bars[index]
+        old, new = bar.decoded, bar.addr if dev.decodes(bar) else None
+        if new == old:
+            return
+        bus = self._space(bar)
+        try:
+            if old is None:
+                bus.register(new, bar.size, bar.dev)
+            elif new is None:
+                bus.unregister(old)
+            else:
+                bus.move(old, new)
+        except ValueError:
+            msg.debug(f"PCI {bus.name} BAR at {new:#x}+{bar.size:#x} overlaps another "
+                      "device's: it does not decode")
+            if old is not None:
+                bus.unregister(old)
+            new = None
+        if new == old:
+            return
+        bar.decoded = new
+        for hook in dev.on_bar_moved:
+            hook(index, old, new)
 
     def intx_slots(self) -> list[tuple[int, int]]:
         """(slot, line) of each device that raises INTA#, for the arch's

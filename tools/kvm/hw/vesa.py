@@ -61,5 +61,10 @@ class Vesa(PciDevice):
         self.vm.pci.add(self)
         self._map(self.addr)
 
-    def _map(self, gpa: int) -> None:
-        self.vm.set_memory_slot(self.slot, gpa, MEM_SIZE, self.host)
+    def _map(self, gpa: int | None) -> None:
+        """The framebuffer's memory slot at `gpa`; None (the BAR does not
+        decode) deletes it, a slot of no size."""
+        if gpa is None:
+            self.vm.set_memory_slot(self.slot, 0, 0, self.host)
+        else:
+            self.vm.set_memory_slot(self.slot, gpa, MEM_SIZE, self.host)

@@ -4,8 +4,27 @@ kvmtool's struct kvm_config.  The arch's part is its own object."""
 
 from dataclasses import dataclass, field
 
-from kvm.guestroot import Root, Share
 from net.defaults import GUEST_IP, GUEST_MAC, HOST_IP, HOST_MAC
+
+
+@dataclass(frozen=True)
+class Share:
+    """A host directory the guest mounts over virtio-9p."""
+    path: str
+    tag: str | None = None      # None: the device's default tag
+    readonly: bool = False
+
+
+@dataclass
+class Root:
+    """What the guest mounts as /, as rootfs/guestroot.py reads -d, an
+    initrd and the kernel's kind."""
+    disks: list[str] = field(default_factory=list)     # -d specs for virtio-blk
+    scsi: list[str] = field(default_factory=list)      # -d scsi: specs, "scsi:" left off
+    shares: list[Share] = field(default_factory=list)  # the root's own 9p shares
+    cmdline: str | None = None  # the root's fragment; None: the arch's disk root
+    rootfs: str | None = None   # the ~/.lkvm rootfs booted, if one is
+    name: str | None = None     # the guest's name unless --name: -d NAME's
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """--debug-single-step: each vCPU stops after every guest instruction
 (KVM_SET_GUEST_DEBUG with KVM_GUESTDBG_SINGLESTEP) and lkvm prints its
 registers at each stop, as kvmtool's kvm_cpu__enable_singlestep and its
-KVM_EXIT_DEBUG case do.  Kept apart from the gdb stub's use of the same
-ioctl so the two can share it."""
+KVM_EXIT_DEBUG case do.  set_guest_debug() is where lkvm issues that
+ioctl, for this and for the gdb stub's arch targets alike."""
 
 import sys
 from typing import TYPE_CHECKING
@@ -15,10 +15,9 @@ if TYPE_CHECKING:
     from kvm.vcpu import Vcpu
 
 
-def set_guest_debug(vcpu: "Vcpu", control: int) -> None:
-    """KVM_SET_GUEST_DEBUG with `control` (KVM_GUESTDBG_* flags), no
-    hardware breakpoints."""
-    dbg = ffi.new("struct kvm_guest_debug *", {"control": control})
+def set_guest_debug(vcpu: "Vcpu", dbg: object) -> None:
+    """KVM_SET_GUEST_DEBUG with `dbg`, a struct kvm_guest_debug pointer:
+    its control flags (KVM_GUESTDBG_*) and the arch's debug registers."""
     ioctl(vcpu.fd, lib.KVM_SET_GUEST_DEBUG, dbg)
 
 
@@ -29,7 +28,8 @@ def single_step(vcpu: "Vcpu") -> None:
         raise LkvmError("--debug-single-step: the host's KVM cannot single-step guests "
                         "(no KVM_CAP_SET_GUEST_DEBUG)")
     try:
-        set_guest_debug(vcpu, lib.KVM_GUESTDBG_ENABLE | lib.KVM_GUESTDBG_SINGLESTEP)
+        set_guest_debug(vcpu, ffi.new("struct kvm_guest_debug *", {
+            "control": lib.KVM_GUESTDBG_ENABLE | lib.KVM_GUESTDBG_SINGLESTEP}))
     except OSError as e:
         raise LkvmError(f"--debug-single-step: KVM_SET_GUEST_DEBUG failed: "
                         f"{e.strerror}") from None

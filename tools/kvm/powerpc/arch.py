@@ -17,10 +17,10 @@ from hw.panic_watch import PanicWatch
 from include.uapi import lib
 from kvm import fdt
 from kvm.arch import Arch, Boot
-from kvm.cmd import TOP
 from kvm.config import Config
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
+from kvm.tree import TOP
 from powerpc import boot as loader
 from powerpc import dtb, hcall, xics
 from powerpc import vcpu as regs

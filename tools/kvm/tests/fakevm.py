@@ -1,10 +1,18 @@
-"""A VM without KVM for transport tests: real buses and guest memory, and
-interrupts, routes and eventfds recorded instead of handed to the kernel."""
+"""VMs for device tests.  FakeVm has no KVM: real buses and guest memory,
+and interrupts, routes and eventfds recorded instead of handed to the
+kernel.  kvm_vm() is a real x86 VM that runs no guest code, for what only
+KVM checks: ioeventfds, irqfds, GSI routes, the local APIC."""
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hw.pci import PciBus
 from kvm.bus import Bus
+from kvm.config import Config
+from kvm.kvm import Kvm
+from kvm.vm import Vm
+from virtio import setup
 from virtio.mock import mock_memory
 from virtio.setup import Context
 from x86.arch import X86
@@ -80,3 +88,27 @@ class FakeVm:
 def context(vm: FakeVm) -> Context:
     return Context(vm, FakeRouting(), lambda why: None,
                    PciBus(vm, *X86.PCI_MMIO, X86.PCI_CONFIG), X86.VIRTIO_MMIO_START)
+
+
+@contextmanager
+def kvm_vm(config: Config) -> Iterator[Vm]:
+    """A real VM made as `config` says, closed afterwards."""
+    kvm = Kvm()
+    try:
+        vm = Vm(kvm, X86(), config)
+        try:
+            yield vm
+        finally:
+            vm.close()
+    finally:
+        kvm.close()
+
+
+@contextmanager
+def attached(vm: Vm, config: Config) -> Iterator[Context]:
+    """The virtio devices `config` asks for on `vm`, taken down afterwards."""
+    ctx = setup.attach(vm, config, lambda data: None)
+    try:
+        yield ctx
+    finally:
+        ctx.exit()

@@ -9,11 +9,11 @@ import threading
 
 import pytest
 
+from cli.cmd import load_builtin
 from include import uapi_build
 from include.uapi import ffi, lib
 from kvm import arch as arch_loader
 from kvm.arch import Arch
-from kvm.cmd import load_builtin
 from kvm.config import Config
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl

@@ -166,6 +166,20 @@ def test_bad_images(data, message):
         Arm64.boots_linux(data)
 
 
+@pytest.mark.parametrize("name", ["hello", "gdb"])
+def test_guests_share_one_image_header(name):
+    """Every arm64 test guest takes its Image header from image.inc (as
+    the x86 guests share puts.inc), and what make built from it is one
+    lkvm loads: the header's own size, text_offset 0."""
+    with open(f"{GUESTS}/arm64/{name}.S") as f:
+        source = f.read()
+    assert '.include "image.inc"' in source and '"ARM\\x64"' not in source
+    with open(f"{GUESTS}/arm64/{name}.bin", "rb") as f:
+        data = f.read()
+    image = Image.parse(data)
+    assert (image.text_offset, image.size) == (0, len(data))
+
+
 def fake_vm(ram_mib: int) -> SimpleNamespace:
     return SimpleNamespace(ram_size=ram_mib * MIB,
                            mem=GuestMemory(Arm64().memory_layout(ram_mib * MIB)))

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from kvm.cmd import Parser, load_builtin, size_mib
-from kvm.commands import COMMANDS
+from cli.cmd import Parser, load_builtin, size_mib
+from cli.commands import COMMANDS
 from kvm.errors import KVMTOOL_DIE, KVMTOOL_USAGE, LkvmError, UsageError
 from kvm.version import VERSION
 from tests.helpers import KVMDIR, LKVM, TINY_TIMEOUT, guest, run_lkvm

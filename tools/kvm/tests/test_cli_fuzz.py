@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lkvm
-from kvm.cmd import load_builtin
-from kvm.commands import COMMANDS
-from kvm.ipc_client import instance_parser
+from cli.cmd import load_builtin
+from cli.commands import COMMANDS
+from ipc.client import instance_parser
 from tests.helpers import TINY_TIMEOUT, guest, run_lkvm
 from virtio.setup import parse_disk
 

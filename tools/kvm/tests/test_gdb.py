@@ -12,12 +12,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from arm import gdb as arm_gdb
 from include.uapi import lib
+from kvm.gdb import target
 from kvm.gdb.packet import MAX_PACKET, Event, Reader, checksum, frame
 from kvm.gdb.stub import GdbStub
 from kvm.gdb.target import HwPoint, Stop, Watch
 from tests.helpers import GUESTS, LKVM, TINY_TIMEOUT, guest, run_lkvm
 from tests.test_ipc_guests import read_until
+from x86 import gdb as x86_gdb
 from x86.gdb import REGISTERS, X86Gdb, dr7
 
 GDB = shutil.which("gdb")
@@ -71,6 +74,14 @@ def test_target_description_names_registers_in_order():
                           *(f"r{i}" for i in range(8, 16)), "rip"]
     assert names == [r.name for r in REGISTERS]
     assert {"fs_base", "gs_base", "k_gs_base", "cr3", "efer", "xmm15"} <= set(names)
+
+
+def test_every_arch_declares_registers_with_the_cores_reg():
+    """x86 and arm64 describe their registers with kvm/gdb's one Reg (x86
+    adding where KVM keeps each) and one builder of target.xml."""
+    assert all(isinstance(r, target.Reg) for r in [*REGISTERS, *arm_gdb.REGISTERS])
+    assert X86Gdb.features["target.xml"] == target.description(
+        "i386:x86-64", REGISTERS, x86_gdb.TYPES)
 
 
 # lkvm with --gdb, against long64.

@@ -8,9 +8,9 @@ import stat
 
 import pytest
 
-from kvm import guestroot, rootfs
-from kvm.cmd import load_builtin
+from cli.cmd import load_builtin
 from kvm.errors import KVMTOOL_DIE, LkvmError
+from rootfs import guestroot, tree
 from tests.helpers import guest, run_lkvm
 from virtio.mock import mock_memory
 from virtio.p9 import Server
@@ -74,7 +74,7 @@ def test_a_directory_is_the_root_with_its_own_init(home, tmp_path):
 
 
 def test_a_rootfs_name_boots_it_and_names_the_guest(home, tmp_path):
-    rootfs.create("box")
+    tree.create("box")
     (tmp_path / "img").write_bytes(bytes(512))
     root = guestroot.choose(["img", "box"], initrd=False, linux=True)
     assert root.disks == ["img"] and root.name == "box"

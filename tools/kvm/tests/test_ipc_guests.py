@@ -13,9 +13,9 @@ from contextlib import ExitStack, contextmanager
 
 import pytest
 
-from kvm.home import lkvm_dir
-from kvm.ipc_client import connect
+from ipc.client import connect
 from tests.helpers import LKVM, TINY_TIMEOUT, guest, run_lkvm
+from util.home import lkvm_dir
 
 pytestmark = pytest.mark.usefixtures("kvm_available", "lkvm_home")
 

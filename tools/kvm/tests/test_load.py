@@ -13,11 +13,12 @@ from contextlib import ExitStack
 
 import pytest
 
-from kvm import ipc, rootfs
-from kvm.home import lkvm_dir
-from kvm.ipc_client import connect
+from ipc import server
+from ipc.client import connect
+from rootfs import tree
 from tests.helpers import TINY_TIMEOUT, run_lkvm
 from tests.test_ipc_guests import running
+from util.home import lkvm_dir
 
 pytestmark = pytest.mark.usefixtures("kvm_available", "lkvm_home")
 
@@ -28,19 +29,19 @@ IO_TIMEOUT = 30     # one request, or one guest's answer to garbage
 
 # Requests a guest must answer, and garbage it must survive.
 VALID = [
-    (ipc.PID, b""), (ipc.VMSTATE, b""), (ipc.PAUSE, b""), (ipc.RESUME, b""),
-    (ipc.STAT, b""), (ipc.BALLOON, ipc.S32.pack(16)),
-    (ipc.DEBUG, ipc.DEBUG_PARAMS.pack(ipc.DEBUG_DUMP, 0, b"\0")),
+    (server.PID, b""), (server.VMSTATE, b""), (server.PAUSE, b""), (server.RESUME, b""),
+    (server.STAT, b""), (server.BALLOON, server.S32.pack(16)),
+    (server.DEBUG, server.DEBUG_PARAMS.pack(server.DEBUG_DUMP, 0, b"\0")),
 ]
 # (garbage, whether the guest must answer it by closing the connection):
 # else we hang up ourselves, mid-request.
 GARBAGE = [
     (lambda r: r.randbytes(r.randint(1, 64)), False),
-    (lambda r: ipc.HEADER.pack(ipc.PID, ipc.MAX_PAYLOAD + 1), True),
-    (lambda r: ipc.HEADER.pack(r.randint(9, (1 << 32) - 1), 0), True),
-    (lambda r: ipc.HEADER.pack(ipc.PAUSE, 3) + b"abc", True),
-    (lambda r: ipc.HEADER.pack(ipc.DEBUG, 12)[:r.randint(1, 7)], False),
-    (lambda r: ipc.HEADER.pack(ipc.DEBUG, 12) + bytes(r.randint(0, 11)), False),
+    (lambda r: server.HEADER.pack(server.PID, server.MAX_PAYLOAD + 1), True),
+    (lambda r: server.HEADER.pack(r.randint(9, (1 << 32) - 1), 0), True),
+    (lambda r: server.HEADER.pack(server.PAUSE, 3) + b"abc", True),
+    (lambda r: server.HEADER.pack(server.DEBUG, 12)[:r.randint(1, 7)], False),
+    (lambda r: server.HEADER.pack(server.DEBUG, 12) + bytes(r.randint(0, 11)), False),
 ]
 
 
@@ -86,8 +87,8 @@ def settled(name: str, pid: int) -> tuple[int, int]:
     every earlier client's hang-up handled: the guest answered twice on
     it since they hung up."""
     with connect(name) as g:
-        g.request(ipc.PAUSE)
-        g.request(ipc.RESUME)
+        g.request(server.PAUSE)
+        g.request(server.RESUME)
         g.pid()
         g.pid()
         return fds(pid), threads(pid)
@@ -106,7 +107,7 @@ def children() -> bytes:
 def test_sixteen_guests_under_a_thousand_requests():
     before = fds()
     kids = children()
-    box = rootfs.create("box")
+    box = tree.create("box")
     names = [f"load{i:02}" for i in range(GUESTS)]
     with ExitStack() as stack:
         procs = [stack.enter_context(running(n, opts=("-d", "box"))) for n in names]

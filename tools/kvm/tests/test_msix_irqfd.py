@@ -12,10 +12,8 @@ import pytest
 from include.uapi import ffi, lib
 from kvm.config import Config
 from kvm.ioctl import ioctl
-from kvm.kvm import Kvm
 from kvm.vm import Vm
-from virtio import setup
-from x86.arch import X86
+from tests.fakevm import attached, kvm_vm
 
 CONFIG = dataclasses.replace(Config(name="irqfd", cpus=1, ram_mib=16), rng=True)
 MSI_ADDR = 0xFEE00000       # to APIC 0, physical destination, fixed delivery
@@ -26,11 +24,8 @@ ENTRY = lib.PCI_MSIX_ENTRY_SIZE
 
 @pytest.fixture
 def vm(kvm_available):
-    kvm = Kvm()
-    vm = Vm(kvm, X86(), CONFIG)
-    yield vm
-    vm.close()
-    kvm.close()
+    with kvm_vm(CONFIG) as vm:
+        yield vm
 
 
 def lapic(vm: Vm) -> object:
@@ -61,8 +56,7 @@ def test_a_live_vectors_irqfd_reaches_the_local_apic(vm):
     svr = register(state, APIC_SVR) | APIC_SW_ENABLE        # as the guest's kernel does
     ffi.buffer(state.regs)[APIC_SVR:APIC_SVR + 4] = svr.to_bytes(4, "little")
     ioctl(vm.vcpus[0].fd, lib.KVM_SET_LAPIC, state)
-    ctx = setup.attach(vm, CONFIG, lambda data: None)
-    try:
+    with attached(vm, CONFIG) as ctx:
         (pci,) = [d.transport for d in ctx.devices if d.name == "rng"]
         msix = pci.msix
         pci.dev.queues[0].vector = 0
@@ -80,5 +74,3 @@ def test_a_live_vectors_irqfd_reaches_the_local_apic(vm):
         assert pci.queue_irqfd(0) == fd
         os.eventfd_write(fd, 1)
         assert wait_requested(vm, 0x62)
-    finally:
-        ctx.exit()

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from kvm.cmd import load_builtin
+from cli.cmd import load_builtin
 from tests.helpers import guest
 from x86.arch import X86Config
 

@@ -13,11 +13,11 @@ import time
 
 import pytest
 
+from cli.cmd import load_builtin
 from disk.iodelay import IoDelay
 from hw.vesa import STRIDE, Framebuffer
 from include.uapi import ffi, lib
 from kvm import guestdebug, msg
-from kvm.cmd import load_builtin
 from kvm.errors import KVMTOOL_USAGE, LkvmError
 from kvm.kvm import Kvm
 from kvm.vm import Vm

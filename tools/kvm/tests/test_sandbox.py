@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 
-from kvm import rootfs
-from kvm.cmd import load_builtin
+from cli.cmd import load_builtin
 from kvm.errors import KVMTOOL_DIE, KVMTOOL_USAGE, LkvmError
+from rootfs import tree
 from tests.helpers import guest, run_lkvm
 
 sandbox = load_builtin("sandbox")
@@ -44,19 +44,19 @@ def test_script_keeps_undecodable_bytes():
 @pytest.fixture
 def root(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    return rootfs.prepare("default")
+    return tree.prepare("default")
 
 
 @pytest.mark.parametrize("data,status", [(b"7\n", 7), (b"0\n", 0), (b"255", 255)])
 def test_exit_status(root, data, status):
-    rootfs.put(root, sandbox.STATUS, data, 0o644)
+    tree.put(root, sandbox.STATUS, data, 0o644)
     assert sandbox.exit_status(root) == status
 
 
 @pytest.mark.parametrize("data", [None, b"", b"seven\n", b"-1\n", b"256\n", b"9" * 100])
 def test_exit_status_refuses(root, data):
     if data is not None:
-        rootfs.put(root, sandbox.STATUS, data, 0o644)
+        tree.put(root, sandbox.STATUS, data, 0o644)
     with pytest.raises(LkvmError):
         sandbox.exit_status(root)
 

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from kvm.cmd import load_builtin
-from kvm.guestroot import SCSI_ROOT
+from cli.cmd import load_builtin
+from rootfs.guestroot import SCSI_ROOT
 from tests.helpers import guest, run_lkvm
 
 run = load_builtin("run")

@@ -55,3 +55,16 @@ def test_the_headers_numbers():
     assert zeropage.MAGIC_OFFSET == 0x202
     assert sorted(LEGACY_DEVICE.values()) == sorted(
         getattr(lib, n) for n in dir(lib) if n.startswith("VIRTIO_TRANS_ID_"))
+
+
+def test_guest_debug_is_set_in_one_place():
+    """--debug-single-step and the gdb stub's arch targets all program a
+    vCPU's debugging through kvm/guestdebug.py's set_guest_debug()."""
+    users = set()
+    for path in lkvm_sources():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        if any(isinstance(node, ast.Attribute) and node.attr == "KVM_SET_GUEST_DEBUG"
+               for node in ast.walk(tree)):
+            users.add(os.path.relpath(path, KVMDIR))
+    assert users == {os.path.join("kvm", "guestdebug.py")}

@@ -11,9 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from include.uapi import ffi, lib
-from kvm import ipc
+from ipc.server import BALLOON, S32, STAT, IpcError, IpcServer
 from kvm.config import Config
-from kvm.ipc import BALLOON, S32, STAT, IpcError
 from tests.fakevm import FakeVm, context
 from tests.helpers import run_lkvm
 from virtio import balloon as balloon_mod
@@ -248,7 +247,7 @@ def test_stat_through_the_ipc_socket(lkvm_home):
     server carrying the device's handlers."""
     drv = StatsDriver()
     vm = SimpleNamespace(vcpus=[], paused=False, stopping=False)
-    with ipc.IpcServer(vm, "mock", handlers=drv.dev.ipc_handlers("mock")):
+    with IpcServer(vm, "mock", handlers=drv.dev.ipc_handlers("mock")):
         r = run_lkvm("stat", "-n", "mock", "--memory", "--json")
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout) == {"name": "mock", "memory": {"free": MIB,

@@ -19,10 +19,10 @@ import threading
 from collections.abc import Iterator
 
 from include.uapi import ffi, lib
+from ipc.server import BALLOON, S32, STAT, Handler, IpcError
 from kvm import msg
 from kvm.cstruct import CODES, to_bytes
 from kvm.errors import GuestError
-from kvm.ipc import BALLOON, S32, STAT, Handler, IpcError
 from virtio.device import VirtioDevice
 from virtio.iov import prefix
 from virtio.queue import Chain, Virtqueue

@@ -63,7 +63,7 @@ class VirtioPci(PciDevice, Transport):
         self.set_irq(ctx.routing.alloc_line())
         self.isr = IrqLatch(lambda level: ctx.vm.irq_line(self.irq_line, level))
         self.iothread = ctx.iothread(dev)
-        self.notifiers: list[tuple[int, tuple]] = []
+        self.notifiers: list[tuple[int, tuple | None]] = []
         self._add_notifiers()
         self.on_bar_moved.append(self._bar_moved)
 
@@ -83,9 +83,8 @@ class VirtioPci(PciDevice, Transport):
         cap(lib.VIRTIO_PCI_CAP_DEVICE_CFG, DEVICE, max(len(self.dev.config), 1))
 
     # Notifications.
-    def _notify_points(self) -> list[tuple]:
-        """(addr, len, pio, datamatch) of each queue's doorbell."""
-        base = self.bars[0].addr
+    def _notify_points(self, base: int) -> list[tuple]:
+        """(addr, len, pio, datamatch) of each queue's doorbell, BAR 0 at `base`."""
         if self.modern:
             return [(base + NOTIFY + NOTIFY_MULTIPLIER * q, 2, False, None)
                     for q in range(len(self.dev.queues))]
@@ -93,7 +92,7 @@ class VirtioPci(PciDevice, Transport):
                 for q in range(len(self.dev.queues))]
 
     def _add_notifiers(self) -> None:
-        for q, point in enumerate(self._notify_points()):
+        for q, point in enumerate(self._notify_points(self.bars[0].decoded)):
             efd = self.vm.ioeventfd(*point)
             self.iothread.add(efd, lambda q=q: self.dev.notify(q))
             self.notifiers.append((efd, point))
@@ -103,16 +102,20 @@ class VirtioPci(PciDevice, Transport):
         """Each queue's doorbell, as an ioeventfd (the same across BAR moves)."""
         return [efd for efd, _ in self.notifiers]
 
-    def _bar_moved(self, index: int, old: int, new: int) -> None:
+    def _bar_moved(self, index: int, old: int | None, new: int | None) -> None:
         """The doorbells follow BAR 0 with the eventfds they had: the I/O
         thread goes on waiting on them, and a guest moving the BAR over
-        and over makes lkvm open nothing."""
+        and over makes lkvm open nothing.  While BAR 0 does not decode,
+        KVM has none of them (a point of None)."""
         if index != 0:
             return
+        points = self._notify_points(new) if new is not None else [None] * len(self.notifiers)
         moved = []
-        for (efd, point), new_point in zip(self.notifiers, self._notify_points(), strict=True):
-            self.vm.remove_ioeventfd(efd, *point)
-            self.vm.ioeventfd(*new_point, efd=efd)
+        for (efd, point), new_point in zip(self.notifiers, points, strict=True):
+            if point is not None:
+                self.vm.remove_ioeventfd(efd, *point)
+            if new_point is not None:
+                self.vm.ioeventfd(*new_point, efd=efd)
             moved.append((efd, new_point))
         self.notifiers = moved
 

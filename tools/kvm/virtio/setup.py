@@ -19,12 +19,12 @@ from typing import Protocol, TypeVar
 from disk.core import Disk, open_disk
 from disk.iodelay import IoDelay
 from hw.pci import PciBus
+from ipc.server import SOCK_SUFFIX, socket_path
 from kvm import msg
 from kvm.config import Config, Nic
 from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
 from kvm.iothread import IoThread, stop_all
-from kvm.ipc import SOCK_SUFFIX, socket_path
 from kvm.irq import IrqRouting
 from net.backend import Backend
 from net.defaults import PREFIX_LEN

@@ -36,11 +36,11 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from include.uapi import ffi, lib
+from ipc.server import is_live
 from kvm import msg
 from kvm.cstruct import packer, to_bytes
 from kvm.errors import GuestError, LkvmError
 from kvm.iothread import IoThread
-from kvm.ipc import is_live
 from virtio.device import VirtioDevice
 from virtio.iov import prefix, scatter, total
 from virtio.queue import Chain, QueueError, Virtqueue

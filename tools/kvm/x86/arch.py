@@ -18,10 +18,10 @@ from hw.serial8250 import Serial8250
 from include.uapi import ffi, lib
 from kvm import msg
 from kvm.arch import Arch, Boot
-from kvm.cmd import TOP
 from kvm.config import Config
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
+from kvm.tree import TOP
 from x86 import acpi, bios, cpu, ioport, irqchip, mptable, probe
 from x86.bzimage import BzImage
 from x86.cmdline import kernel_cmdline

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from include.uapi import ffi, lib
 from kvm.errors import GuestError
+from kvm.gdb import target
 from kvm.gdb.target import HwPoint, Stop, Watch
-from kvm.ioctl import ioctl
+from kvm.guestdebug import set_guest_debug
 from x86 import pagetable
 
 MSR_KERNEL_GS_BASE = 0xC0000102
@@ -47,11 +48,7 @@ class State:
 
 
 @dataclass(frozen=True)
-class Reg:
-    name: str
-    bits: int
-    type: str
-    feature: str
+class Reg(target.Reg):
     part: str  # the State member it lives in, "msr" for an MSR
     get: Callable[[State], int | bytes]
     put: Callable[[State, int | bytes], None]
@@ -146,18 +143,8 @@ TYPES = {
 }
 
 
-def _description() -> bytes:
-    features = dict.fromkeys(r.feature for r in REGISTERS)
-    body = "".join(
-        f'<feature name="{f}">{TYPES.get(f, "")}' + "".join(
-            f'<reg name="{r.name}" bitsize="{r.bits}" type="{r.type}"/>'
-            for r in REGISTERS if r.feature == f) + "</feature>" for f in features)
-    return ('<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd">'
-            f"<target><architecture>i386:x86-64</architecture>{body}</target>").encode()
-
-
 class X86Gdb:
-    features = {"target.xml": _description()}
+    features = {"target.xml": target.description("i386:x86-64", REGISTERS, TYPES)}
     sizes = [r.bits // 8 for r in REGISTERS]
     BREAKPOINT = b"\xcc"  # int3
     PC = [r.name for r in REGISTERS].index("rip")
@@ -197,7 +184,7 @@ class X86Gdb:
         dbg.arch.debugreg[7] = dr7(hw)
         for i, p in enumerate(hw):
             dbg.arch.debugreg[i] = p.addr
-        ioctl(vcpu.fd, lib.KVM_SET_GUEST_DEBUG, dbg)
+        set_guest_debug(vcpu, dbg)
         self._debug[vcpu.id] = dbg
 
     def pass_trap(self, vcpu: object) -> None:
@@ -205,7 +192,7 @@ class X86Gdb:
         it as the guest's own, past the instruction."""
         dbg = ffi.new("struct kvm_guest_debug *", self._debug[vcpu.id][0])
         dbg.control |= lib.KVM_GUESTDBG_INJECT_BP
-        ioctl(vcpu.fd, lib.KVM_SET_GUEST_DEBUG, dbg)
+        set_guest_debug(vcpu, dbg)
 
     def stop_reason(self, vcpu: object, hw: list[HwPoint]) -> Stop:
         d = vcpu.run.debug.arch

@@ -1,6 +1,7 @@
 """What the stub needs from an architecture: its registers in gdb's
 order and target description, virtual-to-physical translation, and its
-debug hardware.  x86/gdb.py implements it; Arch.gdb_target() hands it out."""
+debug hardware.  x86/gdb.py and arm/gdb.py implement it;
+Arch.gdb_target() hands it out."""
 
 from dataclasses import dataclass
 from enum import Enum
@@ -13,6 +14,28 @@ class Watch(Enum):
     WRITE = 2
     READ = 3
     ACCESS = 4
+
+
+@dataclass(frozen=True)
+class Reg:
+    """A register as the target description declares it to gdb; an arch
+    adds where KVM keeps it."""
+    name: str
+    bits: int
+    type: str       # gdb's type name, or one of the feature's own types
+    feature: str    # the feature that holds it, e.g. org.gnu.gdb.i386.core
+
+
+def description(architecture: str, registers: list[Reg], types: dict[str, str]) -> bytes:
+    """target.xml: each feature in the order its first register comes, with
+    the types it defines beyond gdb's predefined ones and its registers."""
+    features = dict.fromkeys(r.feature for r in registers)
+    body = "".join(
+        f'<feature name="{f}">{types.get(f, "")}' + "".join(
+            f'<reg name="{r.name}" bitsize="{r.bits}" type="{r.type}"/>'
+            for r in registers if r.feature == f) + "</feature>" for f in features)
+    return ('<?xml version="1.0"?><!DOCTYPE target SYSTEM "gdb-target.dtd">'
+            f"<target><architecture>{architecture}</architecture>{body}</target>").encode()
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@
  */
 	.equ UART_THR, 0x09000000
 	.equ PSCI_SYSTEM_OFF, 0x84000008
-	.equ FLAGS, 0xa			/* little-endian, 4K pages, placed anywhere */
 	.equ RAM, 0x80000000
 	.equ HIGH, 0xffffff8000000000	/* TTBR1's base with T1SZ 25 */
 	.equ DEVICE_BLOCK, 0x405	/* valid block, AttrIndx 1, AF */
@@ -18,17 +17,7 @@
 	.equ TCR, 25 | 25 << 16 | 2 << 30 | 0x3500 | 0x3500 << 16 | 1 << 32
 	.equ SCTLR_MCI, 1 | 1 << 2 | 1 << 12
 
-	.text
-	.globl _start
-_start:
-	b	start			/* code0 */
-	.long	0			/* code1 */
-	.quad	0			/* text_offset */
-	.quad	image_end - _start	/* image_size */
-	.quad	FLAGS
-	.quad	0, 0, 0			/* res2-res4 */
-	.ascii	"ARM\x64"		/* magic */
-	.long	0			/* res5 */
+	.include "image.inc"
 
 start:
 	adr	x1, table

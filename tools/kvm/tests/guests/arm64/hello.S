@@ -6,19 +6,8 @@
 	.equ UART_THR, 0x09000000
 	.equ FDT_MAGIC_LE, 0xedfe0dd0	/* 0xd00dfeed read little-endian */
 	.equ PSCI_SYSTEM_OFF, 0x84000008
-	.equ FLAGS, 0xa			/* little-endian, 4K pages, placed anywhere */
 
-	.text
-	.globl _start
-_start:
-	b	start			/* code0 */
-	.long	0			/* code1 */
-	.quad	0			/* text_offset */
-	.quad	image_end - _start	/* image_size */
-	.quad	FLAGS
-	.quad	0, 0, 0			/* res2-res4 */
-	.ascii	"ARM\x64"		/* magic */
-	.long	0			/* res5 */
+	.include "image.inc"
 
 start:
 	ldr	w1, [x0]

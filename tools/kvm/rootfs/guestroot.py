@@ -18,11 +18,11 @@ mounts "/dev/root" with rootfstype, and 9p takes that name as the tag.
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from kvm import rootfs
+from kvm.config import Root, Share
 from kvm.errors import LkvmError
-from kvm.home import lkvm_dir
+from rootfs import tree
+from util.home import lkvm_dir
 
 ROOT_TAG = "/dev/root"
 HOST_TAG = "hostfs"         # what the guest init mounts on /host
@@ -33,24 +33,6 @@ SCSI_ROOT = "root=/dev/sda rw"
 # What kvmtool adds after a rootfs's init unless --no-dhcp: the kernel
 # configures the first NIC itself, so the guest init need not.
 DHCP = "ip=dhcp"
-
-
-@dataclass(frozen=True)
-class Share:
-    """A host directory the guest mounts over virtio-9p."""
-    path: str
-    tag: str | None = None      # None: the device's default tag
-    readonly: bool = False
-
-
-@dataclass
-class Root:
-    disks: list[str] = field(default_factory=list)     # -d specs for virtio-blk
-    scsi: list[str] = field(default_factory=list)      # -d scsi: specs, "scsi:" left off
-    shares: list[Share] = field(default_factory=list)  # the root's own 9p shares
-    cmdline: str | None = None  # the root's fragment; None: the arch's disk root
-    rootfs: str | None = None   # the ~/.lkvm rootfs booted, if one is
-    name: str | None = None     # the guest's name unless --name: -d NAME's
 
 
 SHARE_FLAGS = {"ro": "readonly"}
@@ -70,7 +52,7 @@ def parse_share(spec: str) -> Share:
 
 def boot_rootfs(name: str, root: Root, dhcp: bool) -> None:
     """Boot ~/.lkvm/NAME: its init, the host's / read-only beside it."""
-    path = rootfs.prepare(name)
+    path = tree.prepare(name)
     root.shares += [Share(path, ROOT_TAG), Share("/", HOST_TAG, readonly=True)]
     root.cmdline = " ".join([P9_ROOT, GUEST_INIT, *[DHCP] * dhcp])
     root.rootfs = path
@@ -101,7 +83,7 @@ def reader(spec: str) -> Callable[[str, Root, bool], None]:
         return scsi
     if os.path.isdir(spec):
         return directory
-    if rootfs.is_name(spec) and os.path.isdir(os.path.join(lkvm_dir(), spec)):
+    if tree.is_name(spec) and os.path.isdir(os.path.join(lkvm_dir(), spec)):
         return named_rootfs
     path = spec.split(",")[0]
     if os.path.isdir(path):
@@ -126,5 +108,5 @@ def choose(disk_specs: list[str], initrd: bool, linux: bool, dhcp: bool = True) 
     if root.cmdline is None and not root.disks and root.scsi:
         root.cmdline = SCSI_ROOT
     if root.cmdline is None and not root.disks and not initrd and linux:
-        boot_rootfs(rootfs.DEFAULT, root, dhcp)
+        boot_rootfs(tree.DEFAULT, root, dhcp)
     return root

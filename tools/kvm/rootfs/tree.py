@@ -13,9 +13,9 @@ import re
 import secrets
 import stat
 
-from kvm.cmd import TOP
 from kvm.errors import LkvmError
-from kvm.home import lkvm_dir
+from kvm.tree import TOP
+from util.home import lkvm_dir
 
 DIRS = ("dev", "etc", "home", "host", "proc", "root", "sys", "tmp", "var", "var/lib",
         "virt", "virt/home")

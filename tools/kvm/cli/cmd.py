@@ -9,12 +9,11 @@ import re
 import sys
 from types import ModuleType
 
+from cli.usage import Groups, format_usage
 from kvm.errors import LkvmError, UsageError
-from kvm.usage import Groups, format_usage
+from kvm.tree import KVMDIR, TOP
 
-TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 DOC_DIR = os.path.join(TOP, "Documentation")
-KVMDIR = os.path.join(TOP, "tools", "kvm")
 
 
 def load_builtin(name: str) -> ModuleType:

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from include.uapi import lib
 from kvm import msg
 from kvm.errors import LkvmError
-from kvm.home import lkvm_dir
 from kvm.ioctl import ioctl
+from util.home import lkvm_dir
 
 # Message types, kvmtool's numbers (include/kvm/kvm-ipc.h).
 BALLOON, DEBUG, STAT, PAUSE, RESUME, STOP, PID, VMSTATE = range(1, 9)

@@ -1,4 +1,4 @@
-"""The client side of the guests' IPC sockets (kvm/ipc.py): find running
+"""The client side of the guests' IPC sockets (ipc/server.py): find running
 guests, send a request, read the framed reply.  lkvm's own commands use
 it; anything that speaks the protocol in Documentation/lkvm-ipc.txt can."""
 
@@ -10,11 +10,11 @@ import stat
 import struct
 from collections.abc import Callable
 
+from cli.cmd import Parser
+from ipc.server import HEADER, MAX_PAYLOAD, PID, SOCK_SUFFIX, U32, VMSTATE, socket_path
 from kvm import msg
-from kvm.cmd import Parser
 from kvm.errors import KVMTOOL_DIE, LkvmError, UsageError
-from kvm.home import lkvm_dir
-from kvm.ipc import HEADER, MAX_PAYLOAD, PID, SOCK_SUFFIX, U32, VMSTATE, socket_path
+from util.home import lkvm_dir
 
 # Long enough for a pause on a loaded host or a dump of many vCPUs.
 REPLY_TIMEOUT = 30.0
