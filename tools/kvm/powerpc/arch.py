@@ -3,7 +3,7 @@ powerpc port ran: a radix MMU, the hypercalls KVM leaves to userspace
 handled here (hcall.py), RTAS (rtas.py), the hypervisor console, all
 described by a device tree; ppc64le vmlinux ELF kernels or flat binaries
 at 0; the in-kernel XICS; SMP, the other CPUs started by the guest
-through RTAS.  Not yet: the PCI host bridge."""
+through RTAS; virtio-pci behind an sPAPR PCI host bridge (phb.py)."""
 
 import argparse
 import os
@@ -22,7 +22,7 @@ from kvm.config import Config
 from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
 from powerpc import boot as loader
-from powerpc import dtb, hcall, xics
+from powerpc import dtb, hcall, phb, xics
 from powerpc import vcpu as regs
 from powerpc.boot import PpcBoot
 from powerpc.cmdline import kernel_cmdline
@@ -34,19 +34,13 @@ from powerpc.rtas import TOKENS, Rtas
 from powerpc.spapr import Spapr, configure_mmu
 
 if TYPE_CHECKING:
-    from hw.pci import PciBus
     from kvm.vcpu import Vcpu
     from kvm.vm import Vm
 
 U64 = (1 << 64) - 1
-
-
-class RtasConfigAccess:
-    """sPAPR guests reach PCI configuration space through RTAS calls
-    (read-pci-config), not through memory or ports: nothing to map."""
-
-    def attach(self, bus: "PciBus") -> None:
-        pass
+# Transports whose registers are I/O ports (legacy virtio-pci's BAR 0):
+# sPAPR's host bridge has no I/O space.
+NO_IO_PORTS = ("pci-legacy",)
 
 
 @dataclass(frozen=True)
@@ -60,7 +54,7 @@ class Ppc64(Arch):
     MAX_CPUS = 64
     LEGACY_IRQS = tuple(range(xics.IRQ_BASE, xics.IRQ_BASE + xics.NR_IRQS))
     PCI_MMIO = (PCI_MMIO_START, PCI_MMIO_END)
-    PCI_CONFIG = RtasConfigAccess()
+    PCI_CONFIG = phb.PhbAccess()
     VIRTIO_MMIO_START = VIRTIO_MMIO_START
     CONSOLES = ("serial", "hv")    # both the hypervisor console, hvc0
 
@@ -73,6 +67,9 @@ class Ppc64(Arch):
 
     @classmethod
     def configure(cls, args: argparse.Namespace) -> PpcConfig:
+        if args.virtio_transport in NO_IO_PORTS:
+            raise LkvmError(f"--virtio-transport {args.virtio_transport} needs I/O ports, "
+                            "which ppc64 guests have not: use pci or mmio")
         return PpcConfig(dump_dtb=args.dump_dtb)
 
     @classmethod
@@ -139,7 +136,7 @@ class Ppc64(Arch):
         blob = dtb.build(dtb.Machine(
             ram=tuple((r.gpa, r.size) for r in vm.mem.regions), cpus=len(vm.vcpus),
             cmdline=boot.cmdline, rtas=(boot.rtas, RTAS_SIZE), tokens=TOKENS, dtb=boot.dtb,
-            initrd=boot.initrd))
+            initrd=boot.initrd, pci=vm.pci))
         fdt.dump(self.config.dump_dtb, blob)
         vm.mem.write(boot.dtb, blob)
 
@@ -202,6 +199,12 @@ class _Services:
 
     def stop_cpu(self, cpu: int) -> None:
         self.vm.vcpu_off(cpu)
+
+    def pci_read(self, buid: int | None, addr: int, size: int) -> tuple[int, int]:
+        return phb.read_config(self.vm.pci, buid, addr, size)
+
+    def pci_write(self, buid: int | None, addr: int, size: int, value: int) -> int:
+        return phb.write_config(self.vm.pci, buid, addr, size, value)
 
 
 ARCH = Ppc64
