@@ -56,6 +56,9 @@ class Ppc64(Arch):
     PCI_MMIO = (PCI_MMIO_START, PCI_MMIO_END)
     PCI_CONFIG = phb.PhbAccess()
     VIRTIO_MMIO_START = VIRTIO_MMIO_START
+    # KVM's XICS has no GSI routing; a pseries guest would ask for MSIs
+    # through RTAS ibm,change-msi, which lkvm does not give: INTx it is.
+    MSI_ROUTES = False
     CONSOLES = ("serial", "hv")    # both the hypervisor console, hvc0
 
     config: PpcConfig

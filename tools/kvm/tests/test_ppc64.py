@@ -13,6 +13,7 @@ import pytest
 from kvm.irq import IrqRouting
 from kvm.memory import GuestMemory
 from powerpc import dtb, hcall, rtas
+from powerpc.arch import Ppc64
 from powerpc.boot import load
 from powerpc.console import INPUT_LIMIT, VTY_REG, HvConsole
 from powerpc.image import EHDR, PHDR, Image
@@ -395,8 +396,19 @@ def test_placement_that_does_not_fit(segments, initrd, message) -> None:
 
 def test_irq_routing_without_irqchip_routes() -> None:
     """An arch with no in-kernel controller yet (ppc64): MSIs from GSI 0."""
-    vm = SimpleNamespace(arch=SimpleNamespace(irqchip_routes=list, LEGACY_IRQS=(4096,)))
+    vm = SimpleNamespace(arch=SimpleNamespace(irqchip_routes=list, LEGACY_IRQS=(4096,),
+                                              MSI_ROUTES=True))
     assert IrqRouting(vm).next_gsi == 0
+
+
+def test_no_msi_routes_on_xics() -> None:
+    """KVM's XICS takes no KVM_SET_GSI_ROUTING (ENOTTY): virtio-pci's MSI-X
+    vectors get GSIs, and lkvm asks KVM nothing (no fd to ask here)."""
+    vm = SimpleNamespace(fd=-1, arch=Ppc64())
+    routing = IrqRouting(vm)
+    gsis = [routing.add_msi() for _ in range(3)]
+    routing.set_msi(gsis[0], 0xFEE00000, 0x41)
+    assert gsis == [0, 1, 2]
 
 
 def test_console_hv_is_the_hypervisor_consoles() -> None:
