@@ -32,6 +32,7 @@ from powerpc.image import Image
 from powerpc.layout import PCI_MMIO_END, PCI_MMIO_START, RAM_START, RTAS_SIZE, VIRTIO_MMIO_START
 from powerpc.rtas import TOKENS, Rtas
 from powerpc.spapr import Spapr, configure_mmu
+from powerpc.tce import TceTable
 
 if TYPE_CHECKING:
     from kvm.vcpu import Vcpu
@@ -90,6 +91,7 @@ class Ppc64(Arch):
         self.console: HvConsole | None = None
         self.panic: PanicWatch | None = None
         self.rtas: Rtas | None = None
+        self.tces = TceTable()
         self.xics = xics.Xics()
 
     def memory_layout(self, ram_size: int) -> list[tuple[int, int]]:
@@ -159,8 +161,8 @@ class Ppc64(Arch):
         on back (KVM copies args[] to r4 on as it resumes)."""
         assert self.console is not None and self.rtas is not None
         call = vcpu.run.papr_hcall
-        status, *outs = hcall.dispatch(Spapr(vcpu.vm, vcpu, self.console, self.rtas),
-                                       call.nr, list(call.args))
+        status, *outs = hcall.dispatch(
+            Spapr(vcpu.vm, vcpu, self.console, self.rtas, self.tces), call.nr, list(call.args))
         call.ret = status & U64
         for i, value in enumerate(outs):
             call.args[i] = value & U64

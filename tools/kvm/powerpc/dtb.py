@@ -25,7 +25,9 @@ L1_CACHE = 0x8000
 RADIX_AP = [0x0000000C, 0xA0000010, 0x20000015, 0x4000001E]
 # The hypercall sets KVM and lkvm implement (/rtas ibm,hypertas-functions):
 # the kernel takes it as running in an LPAR at all.
-HYPERTAS = ["hcall-term", "hcall-set-mode", "hcall-splpar"]
+# hcall-multi-tce: H_STUFF_TCE clears the DMA window in 512 pages a call,
+# where H_PUT_TCE would take one each.
+HYPERTAS = ["hcall-term", "hcall-set-mode", "hcall-splpar", "hcall-tce", "hcall-multi-tce"]
 
 
 # /chosen's ibm,architecture-vec-5: option vector 5 as the firmware would

@@ -9,14 +9,11 @@ and keeps the BARs they give (PCI_PROBE_ONLY).
 The BARs hold PCI bus addresses in the bridge's 32-bit window, which the
 CPU sees far above RAM (layout.py); INTA# of each slot is an XICS source.
 
-No DMA window (ibm,dma-window) is described: lkvm's virtio devices do not
-offer VIRTIO_F_ACCESS_PLATFORM, so their drivers hand them guest physical
-addresses without the DMA API, and a window would need the TCE hypercalls
-(H_PUT_TCE, H_STUFF_TCE, which the kernel makes as it clears the table)
-that lkvm does not implement.  /chosen's linux,iommu-off, the other way
-out, would also cap the guest's RAM at 2 GiB.  Without a window the kernel
-warns once per device ("no DMA window found") and goes on.  MSI needs RTAS
-ibm,change-msi, which lkvm does not give: the drivers fall back to INTx.
+The bridge has a DMA window (ibm,dma-window, tce.py): Linux's pseries code
+warns for each device without one and fails its drivers' DMA masks.
+/chosen's linux,iommu-off, the other way out, would cap the guest's RAM
+at 2 GiB.  MSI needs RTAS ibm,change-msi, which lkvm does not give: the
+drivers fall back to INTx.
 """
 
 from typing import TYPE_CHECKING
@@ -26,6 +23,7 @@ from kvm.fdt import DeviceTree, Value, u64_cells
 from powerpc import xics
 from powerpc.layout import PCI_BUS_START, PCI_MMIO_END, PCI_MMIO_START
 from powerpc.rtas import RTAS_HARDWARE_ERROR, RTAS_PARAMETER_ERROR, RTAS_SUCCESS
+from powerpc.tce import LIOBN, WINDOW_SIZE
 
 if TYPE_CHECKING:
     from hw.pci import PciBus, PciDevice
@@ -102,7 +100,11 @@ def describe(dt: DeviceTree, bus: "PciBus | None") -> None:
             "reg": u64_cells(BUID, BUID_REG_SIZE),
             "#address-cells": 3, "#size-cells": 2, "#interrupt-cells": 1,
             "bus-range": [0, 0], "ibm,pci-config-space-type": EXTENDED_CONFIG,
-            "ranges": [PCI_MEM32, 0, PCI_BUS_START, *u64_cells(PCI_MMIO_START, window)]}):
+            "ranges": [PCI_MEM32, 0, PCI_BUS_START, *u64_cells(PCI_MMIO_START, window)],
+            # The DMA window: its LIOBN, bus address and size, in the cells
+            # these say (the bridge's own #address-cells is the PCI three).
+            "ibm,#dma-address-cells": 2, "ibm,#dma-size-cells": 2,
+            "ibm,dma-window": [LIOBN, *u64_cells(0, WINDOW_SIZE)]}):
         intx = [(slot, dev.irq_line) for slot, dev in devices
                 if dev.config[lib.PCI_INTERRUPT_PIN]]
         if intx:

@@ -14,7 +14,7 @@ from hw.pci import INTEL_VENDOR, PciBus
 from include.uapi import lib
 from kvm.errors import LkvmError
 from kvm.memory import GuestMemory
-from powerpc import dtb, phb, rtas, xics
+from powerpc import dtb, phb, rtas, tce, xics
 from powerpc.arch import Ppc64, _Services
 from powerpc.layout import PCI_BUS_START, PCI_MMIO_END, PCI_MMIO_START, RTAS_SIZE
 from tests.fakevm import FakeRouting, FakeVm
@@ -173,7 +173,9 @@ def test_dt_host_bridge(m: Machine) -> None:
     assert cells(bridge["interrupt-map"]) == [RNG_SLOT << 11, 0, 0, 1, xics.PHANDLE,
                                               xics.IRQ_BASE, 1]
     assert cells(bridge["interrupt-map-mask"]) == [0xF800, 0, 0, 7]
-    assert "ibm,dma-window" not in bridge          # phb.py says why
+    # The DMA window pseries' code looks for: LIOBN, bus address 0, size.
+    assert cells(bridge["ibm,#dma-address-cells"]) == cells(bridge["ibm,#dma-size-cells"]) == [2]
+    assert cells(bridge["ibm,dma-window"]) == [tce.LIOBN, 0, 0, 0, tce.WINDOW_SIZE]
     # The kernel takes its devices from these nodes; lkvm's own host
     # bridge in slot 0 is not one of them.
     assert f"{PHB}/pci@0" not in dt
