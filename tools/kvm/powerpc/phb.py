@@ -12,8 +12,14 @@ CPU sees far above RAM (layout.py); INTA# of each slot is an XICS source.
 The bridge has a DMA window (ibm,dma-window, tce.py): Linux's pseries code
 warns for each device without one and fails its drivers' DMA masks.
 /chosen's linux,iommu-off, the other way out, would cap the guest's RAM
-at 2 GiB.  MSI needs RTAS ibm,change-msi, which lkvm does not give: the
-drivers fall back to INTx.
+at 2 GiB.
+
+No MSIs: they need RTAS ibm,change-msi, which lkvm does not give, and KVM's
+XICS takes no MSI routes.  The bridge says so (ibm,pe-total-#msi 0), which
+gives it a pseries MSI domain that refuses the drivers' requests (their
+nodes have no ibm,req#msi-x), so they fall back to INTx.  Without one, the
+kernel would take the XICS's own domain for the bridge's MSI domain and
+oops in a driver's first pci_alloc_irq_vectors() (6.1 does).
 """
 
 from typing import TYPE_CHECKING
@@ -104,7 +110,8 @@ def describe(dt: DeviceTree, bus: "PciBus | None") -> None:
             # The DMA window: its LIOBN, bus address and size, in the cells
             # these say (the bridge's own #address-cells is the PCI three).
             "ibm,#dma-address-cells": 2, "ibm,#dma-size-cells": 2,
-            "ibm,dma-window": [LIOBN, *u64_cells(0, WINDOW_SIZE)]}):
+            "ibm,dma-window": [LIOBN, *u64_cells(0, WINDOW_SIZE)],
+            "ibm,pe-total-#msi": 0}):
         intx = [(slot, dev.irq_line) for slot, dev in devices
                 if dev.config[lib.PCI_INTERRUPT_PIN]]
         if intx:
