@@ -39,9 +39,16 @@ if TYPE_CHECKING:
     from kvm.vm import Vm
 
 U64 = (1 << 64) - 1
-# Transports whose registers are I/O ports (legacy virtio-pci's BAR 0):
-# sPAPR's host bridge has no I/O space.
-NO_IO_PORTS = ("pci-legacy",)
+# Transports a pseries guest cannot reach: legacy virtio-pci's registers
+# are I/O ports (its BAR 0), which sPAPR's host bridge has not; and powerpc
+# kernels make no devices of the device tree's virtio-mmio nodes (6.1's
+# of_platform_default_populate_init() leaves them alone under CONFIG_PPC),
+# nor does Debian's take them from its command line.
+UNREACHABLE = {
+    "pci-legacy": "its registers are I/O ports, which ppc64 guests have not",
+    "mmio": "ppc64 (pseries) kernels find no virtio-mmio devices",
+    "mmio-legacy": "ppc64 (pseries) kernels find no virtio-mmio devices",
+}
 
 
 @dataclass(frozen=True)
@@ -71,9 +78,9 @@ class Ppc64(Arch):
 
     @classmethod
     def configure(cls, args: argparse.Namespace) -> PpcConfig:
-        if args.virtio_transport in NO_IO_PORTS:
-            raise LkvmError(f"--virtio-transport {args.virtio_transport} needs I/O ports, "
-                            "which ppc64 guests have not: use pci or mmio")
+        if args.virtio_transport in UNREACHABLE:
+            raise LkvmError(f"--virtio-transport {args.virtio_transport}: "
+                            f"{UNREACHABLE[args.virtio_transport]}; use pci")
         return PpcConfig(dump_dtb=args.dump_dtb)
 
     @classmethod

@@ -149,10 +149,14 @@ def test_config_access_with_no_bus() -> None:
     assert phb.write_config(None, phb.BUID, 0, 4, 0) == HW
 
 
-def test_no_legacy_virtio_pci() -> None:
-    """Its BAR 0 is I/O space, which sPAPR's bridge has not."""
-    with pytest.raises(LkvmError, match="I/O ports"):
-        Ppc64.configure(SimpleNamespace(virtio_transport="pci-legacy", dump_dtb=None))
+@pytest.mark.parametrize("transport, why", [
+    ("pci-legacy", "its registers are I/O ports"),   # the bridge has no I/O space
+    ("mmio", "ppc64 .pseries. kernels find no"),    # powerpc populates no mmio nodes
+    ("mmio-legacy", "ppc64 .pseries. kernels find no"),
+])
+def test_unreachable_transports(transport: str, why: str) -> None:
+    with pytest.raises(LkvmError, match=f"^--virtio-transport {transport}: {why}.*; use pci$"):
+        Ppc64.configure(SimpleNamespace(virtio_transport=transport, dump_dtb=None))
 
 
 def tree(m: Machine) -> bytes:
