@@ -41,6 +41,7 @@ CLASS_BRIDGE_HOST = 0x060000
 INTEL_VENDOR, I440FX_DEVICE = 0x8086, 0x1237  # a host bridge Linux knows
 
 MSIX_ENTRY = lib.PCI_MSIX_ENTRY_SIZE
+UNKNOWN_LINE = 0xFF               # PCI_INTERRUPT_LINE's "unknown or none"
 
 
 # The command register's bit that turns a BAR's decoding on, by BAR kind.
@@ -101,7 +102,9 @@ class PciDevice:
     def set_irq(self, line: int) -> None:
         self.irq_line = line
         self.config[lib.PCI_INTERRUPT_PIN] = 1  # INTA#
-        self.config[lib.PCI_INTERRUPT_LINE] = line
+        # A byte: lines past it (XICS numbers its sources from 4096) read
+        # as 0xFF, "unknown", and the guest learns them from its firmware.
+        self.config[lib.PCI_INTERRUPT_LINE] = min(line, UNKNOWN_LINE)
 
     # Configuration space as the guest sees it.
     def read_config(self, offset: int, size: int) -> int:
@@ -139,13 +142,18 @@ class PciDevice:
         addr = value & ~(bar.size - 1) & 0xFFFFFFFF
         self._put(reg, 4, addr | flags)  # all ones reads back as the size mask
         if value != 0xFFFFFFFF:         # sizing: the BAR decodes where it did
+            if addr and not bar.io:
+                addr += self.bus.mem_offset     # where the CPU sees it
             self.bus.move_bar(self, bar, addr)
 
     def place_bar(self, index: int, addr: int) -> None:
+        """Put BAR `index` at `addr`, where the CPU sees it; the register
+        holds its PCI bus address."""
         bar = self.bars[index]
         bar.addr = addr
         flags = lib.PCI_BASE_ADDRESS_SPACE_IO if bar.io else 0
-        self._put(lib.PCI_BASE_ADDRESS_0 + 4 * index, 4, addr | flags)
+        offset = 0 if bar.io or self.bus is None else self.bus.mem_offset
+        self._put(lib.PCI_BASE_ADDRESS_0 + 4 * index, 4, addr - offset | flags)
 
 
 class HostBridge(PciDevice):
@@ -170,6 +178,10 @@ class PciBus:
         self.slots: list[PciDevice | None] = [None] * MAX_SLOTS
         self.next_mmio, self.mmio_end = mmio_start, mmio_end
         self.next_io = IO_BAR_START
+        # What a memory BAR's CPU address exceeds its PCI bus address by:
+        # 0 but behind a host bridge that maps its window elsewhere (sPAPR's
+        # PHB, which sets it as it attaches).
+        self.mem_offset = 0
         self._moving = threading.Lock()
         config.attach(self)
         self.add(HostBridge())

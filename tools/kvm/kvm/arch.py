@@ -62,6 +62,9 @@ class Arch(ABC):
     PCI_CONFIG: ClassVar["ConfigAccess"]
     # Where virtio-mmio devices go, one region after another.
     VIRTIO_MMIO_START: ClassVar[int]
+    # Whether the in-kernel controller takes MSI routes (KVM_SET_GSI_ROUTING):
+    # without, MSI-X vectors get GSIs and irqfds that nothing routes.
+    MSI_ROUTES: ClassVar[bool] = True
     # Whether a guest can stop every CPU for good without an exit (x86's
     # HLT with interrupts off, held by the in-kernel LAPIC): the core then
     # parks the vCPUs twice a second to ask guest_halted().  arm64 guests

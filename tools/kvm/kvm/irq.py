@@ -22,6 +22,7 @@ class IrqRouting:
         self.msi: dict[int, tuple[int, int]] = {}    # gsi -> (address, data)
         self.legacy_lines = list(vm.arch.LEGACY_IRQS)
         self.next_line = 0
+        self.msi_routes = vm.arch.MSI_ROUTES
 
     def alloc_line(self) -> int:
         """A legacy interrupt line for a device; lines are shared, as PCI
@@ -46,6 +47,8 @@ class IrqRouting:
                 self._commit()
 
     def _commit(self) -> None:
+        if not self.msi_routes:
+            return  # KVM would refuse the table (ENOTTY), and the guest has no MSI
         n = len(self.chip_routes) + len(self.msi)
         buf = ffi.new("char[]", ffi.sizeof("struct kvm_irq_routing") +
                       n * ffi.sizeof("struct kvm_irq_routing_entry"))

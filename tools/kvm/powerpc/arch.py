@@ -3,7 +3,7 @@ powerpc port ran: a radix MMU, the hypercalls KVM leaves to userspace
 handled here (hcall.py), RTAS (rtas.py), the hypervisor console, all
 described by a device tree; ppc64le vmlinux ELF kernels or flat binaries
 at 0; the in-kernel XICS; SMP, the other CPUs started by the guest
-through RTAS.  Not yet: the PCI host bridge."""
+through RTAS; virtio-pci behind an sPAPR PCI host bridge (phb.py)."""
 
 import argparse
 import os
@@ -22,7 +22,7 @@ from kvm.errors import LkvmError
 from kvm.ioctl import ioctl
 from kvm.tree import TOP
 from powerpc import boot as loader
-from powerpc import dtb, hcall, xics
+from powerpc import dtb, hcall, phb, xics
 from powerpc import vcpu as regs
 from powerpc.boot import PpcBoot
 from powerpc.cmdline import kernel_cmdline
@@ -32,21 +32,23 @@ from powerpc.image import Image
 from powerpc.layout import PCI_MMIO_END, PCI_MMIO_START, RAM_START, RTAS_SIZE, VIRTIO_MMIO_START
 from powerpc.rtas import TOKENS, Rtas
 from powerpc.spapr import Spapr, configure_mmu
+from powerpc.tce import TceTable
 
 if TYPE_CHECKING:
-    from hw.pci import PciBus
     from kvm.vcpu import Vcpu
     from kvm.vm import Vm
 
 U64 = (1 << 64) - 1
-
-
-class RtasConfigAccess:
-    """sPAPR guests reach PCI configuration space through RTAS calls
-    (read-pci-config), not through memory or ports: nothing to map."""
-
-    def attach(self, bus: "PciBus") -> None:
-        pass
+# Transports a pseries guest cannot reach: legacy virtio-pci's registers
+# are I/O ports (its BAR 0), which sPAPR's host bridge has not; and powerpc
+# kernels make no devices of the device tree's virtio-mmio nodes (6.1's
+# of_platform_default_populate_init() leaves them alone under CONFIG_PPC),
+# nor does Debian's take them from its command line.
+UNREACHABLE = {
+    "pci-legacy": "its registers are I/O ports, which ppc64 guests have not",
+    "mmio": "ppc64 (pseries) kernels find no virtio-mmio devices",
+    "mmio-legacy": "ppc64 (pseries) kernels find no virtio-mmio devices",
+}
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,11 @@ class Ppc64(Arch):
     MAX_CPUS = 64
     LEGACY_IRQS = tuple(range(xics.IRQ_BASE, xics.IRQ_BASE + xics.NR_IRQS))
     PCI_MMIO = (PCI_MMIO_START, PCI_MMIO_END)
-    PCI_CONFIG = RtasConfigAccess()
+    PCI_CONFIG = phb.PhbAccess()
     VIRTIO_MMIO_START = VIRTIO_MMIO_START
+    # KVM's XICS has no GSI routing; a pseries guest would ask for MSIs
+    # through RTAS ibm,change-msi, which lkvm does not give: INTx it is.
+    MSI_ROUTES = False
     CONSOLES = ("serial", "hv")    # both the hypervisor console, hvc0
 
     config: PpcConfig
@@ -73,6 +78,9 @@ class Ppc64(Arch):
 
     @classmethod
     def configure(cls, args: argparse.Namespace) -> PpcConfig:
+        if args.virtio_transport in UNREACHABLE:
+            raise LkvmError(f"--virtio-transport {args.virtio_transport}: "
+                            f"{UNREACHABLE[args.virtio_transport]}; use pci")
         return PpcConfig(dump_dtb=args.dump_dtb)
 
     @classmethod
@@ -90,6 +98,7 @@ class Ppc64(Arch):
         self.console: HvConsole | None = None
         self.panic: PanicWatch | None = None
         self.rtas: Rtas | None = None
+        self.tces = TceTable()
         self.xics = xics.Xics()
 
     def memory_layout(self, ram_size: int) -> list[tuple[int, int]]:
@@ -139,7 +148,7 @@ class Ppc64(Arch):
         blob = dtb.build(dtb.Machine(
             ram=tuple((r.gpa, r.size) for r in vm.mem.regions), cpus=len(vm.vcpus),
             cmdline=boot.cmdline, rtas=(boot.rtas, RTAS_SIZE), tokens=TOKENS, dtb=boot.dtb,
-            initrd=boot.initrd))
+            initrd=boot.initrd, pci=vm.pci))
         fdt.dump(self.config.dump_dtb, blob)
         vm.mem.write(boot.dtb, blob)
 
@@ -159,8 +168,8 @@ class Ppc64(Arch):
         on back (KVM copies args[] to r4 on as it resumes)."""
         assert self.console is not None and self.rtas is not None
         call = vcpu.run.papr_hcall
-        status, *outs = hcall.dispatch(Spapr(vcpu.vm, vcpu, self.console, self.rtas),
-                                       call.nr, list(call.args))
+        status, *outs = hcall.dispatch(
+            Spapr(vcpu.vm, vcpu, self.console, self.rtas, self.tces), call.nr, list(call.args))
         call.ret = status & U64
         for i, value in enumerate(outs):
             call.args[i] = value & U64
@@ -202,6 +211,12 @@ class _Services:
 
     def stop_cpu(self, cpu: int) -> None:
         self.vm.vcpu_off(cpu)
+
+    def pci_read(self, buid: int | None, addr: int, size: int) -> tuple[int, int]:
+        return phb.read_config(self.vm.pci, buid, addr, size)
+
+    def pci_write(self, buid: int | None, addr: int, size: int, value: int) -> int:
+        return phb.write_config(self.vm.pci, buid, addr, size, value)
 
 
 ARCH = Ppc64

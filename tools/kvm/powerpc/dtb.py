@@ -1,15 +1,19 @@
 """The device tree of lkvm's sPAPR (pseries) machine: RAM, the CPUs with
 what the kernel cannot learn from the PVR (caches, timebase, radix page
 sizes, ibm,pa-features), /chosen, /rtas with the services' tokens (lkvm's and the in-kernel
-XICS's) and the blob's place, the XICS, and /vdevice with the hypervisor
-console."""
+XICS's) and the blob's place, the XICS, /vdevice with the hypervisor
+console, and the PCI host bridge with its devices."""
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kvm.fdt import DeviceTree, Value, chosen_and_memory
-from powerpc import xics
+from powerpc import phb, xics
 from powerpc.console import VTY_REG
 from powerpc.layout import FDT_MAX_SIZE
+
+if TYPE_CHECKING:
+    from hw.pci import PciBus
 
 VTY = f"/vdevice/vty@{VTY_REG:x}"
 TIMEBASE_HZ = 512000000         # POWER8 and POWER9's timebase
@@ -21,7 +25,9 @@ L1_CACHE = 0x8000
 RADIX_AP = [0x0000000C, 0xA0000010, 0x20000015, 0x4000001E]
 # The hypercall sets KVM and lkvm implement (/rtas ibm,hypertas-functions):
 # the kernel takes it as running in an LPAR at all.
-HYPERTAS = ["hcall-term", "hcall-set-mode", "hcall-splpar"]
+# hcall-multi-tce: H_STUFF_TCE clears the DMA window in 512 pages a call,
+# where H_PUT_TCE would take one each.
+HYPERTAS = ["hcall-term", "hcall-set-mode", "hcall-splpar", "hcall-tce", "hcall-multi-tce"]
 
 
 # /chosen's ibm,architecture-vec-5: option vector 5 as the firmware would
@@ -62,6 +68,7 @@ class Machine:
     tokens: dict[str, int]                  # RTAS service -> token
     dtb: int                                # where the tree itself goes
     initrd: tuple[int, int] | None = None   # [start, end)
+    pci: "PciBus | None" = None             # the devices behind the host bridge
 
 
 def build(m: Machine) -> bytes:
@@ -96,4 +103,5 @@ def build(m: Machine) -> bytes:
                                  "#address-cells": 1, "#size-cells": 0}):
             dt.leaf(VTY[len("/vdevice/"):], {"device_type": "serial", "compatible": "hvterm1",
                                              "reg": VTY_REG})
+        phb.describe(dt, m.pci)
     return dt.finish(FDT_MAX_SIZE)

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from kvm.errors import GuestError
 from kvm.memory import GuestMemory
+from powerpc.tce import TceTable
 
 # Status codes.
 H_SUCCESS = 0
@@ -25,6 +26,10 @@ H_P2, H_P3, H_P4 = -55, -56, -57
 H_UNSUPPORTED_FLAG = -256
 
 # Calls.
+H_GET_TCE = 0x1C
+H_PUT_TCE = 0x20
+H_STUFF_TCE = 0x138
+H_PUT_TCE_INDIRECT = 0x13C
 H_GET_TERM_CHAR = 0x54
 H_PUT_TERM_CHAR = 0x58
 H_LOGICAL_CI_LOAD = 0x3C
@@ -53,6 +58,7 @@ Result = tuple[int, ...]        # (status, outputs...)
 class Platform(Protocol):
     """What the hypercalls act on: lkvm's side of the sPAPR machine."""
     mem: GuestMemory
+    tces: TceTable          # the PCI host bridge's DMA window
 
     def term_write(self, termno: int, data: bytes) -> bool:
         """Output to the terminal `termno`; False if there is none."""
@@ -145,6 +151,31 @@ def ci_store(p: Platform, args: Sequence[int]) -> Result:
     return (H_SUCCESS,)
 
 
+def status(ok: bool) -> Result:
+    return (H_SUCCESS,) if ok else (H_PARAMETER,)
+
+
+def get_tce(p: Platform, args: Sequence[int]) -> Result:
+    liobn, ioba = args[:2]
+    tce = p.tces.get(liobn, ioba)
+    return (H_PARAMETER,) if tce is None else (H_SUCCESS, tce)
+
+
+def put_tce(p: Platform, args: Sequence[int]) -> Result:
+    liobn, ioba, tce = args[:3]
+    return status(p.tces.put(liobn, ioba, tce))
+
+
+def stuff_tce(p: Platform, args: Sequence[int]) -> Result:
+    liobn, ioba, tce, npages = args[:4]
+    return status(p.tces.put(liobn, ioba, tce, npages))
+
+
+def put_tce_indirect(p: Platform, args: Sequence[int]) -> Result:
+    liobn, ioba, tce_list, npages = args[:4]
+    return status(p.tces.put_indirect(p.mem, liobn, ioba, tce_list, npages))
+
+
 def rtas(p: Platform, args: Sequence[int]) -> Result:
     return (p.rtas(args[0]),)
 
@@ -157,6 +188,10 @@ HCALLS: dict[int, Handler] = {
     H_REGISTER_PROC_TBL: register_proc_tbl,
     H_LOGICAL_CI_LOAD: ci_load,
     H_LOGICAL_CI_STORE: ci_store,
+    H_GET_TCE: get_tce,
+    H_PUT_TCE: put_tce,
+    H_STUFF_TCE: stuff_tce,
+    H_PUT_TCE_INDIRECT: put_tce_indirect,
     KVMPPC_H_RTAS: rtas,
 }
 

@@ -11,7 +11,9 @@ RAM_START = 0
 FDT_MAX_SIZE = SZ_64K
 RTAS_SIZE = SZ_4K
 
-# PCI BARs, far above any RAM lkvm gives (sPAPR's host bridge window is a
-# 64-bit one: there is no 32-bit hole to fit under).
+# PCI BARs, far above any RAM lkvm gives, where the CPU sees them: the
+# host bridge (phb.py) maps them there from the top 2 GiB of the PCI bus's
+# 32-bit space, the BARs' own addresses (lkvm's BARs are 32-bit ones).
 PCI_MMIO_START, PCI_MMIO_END = 0x2000_0000_0000, 0x2000_8000_0000
+PCI_BUS_START = 0x8000_0000
 VIRTIO_MMIO_START = 0x2001_0000_0000

@@ -52,6 +52,13 @@ class Services(Protocol):
 
     def stop_cpu(self, cpu: int) -> None: ...
 
+    def pci_read(self, buid: int | None, addr: int, size: int) -> tuple[int, int]:
+        """(status, value) of a PCI configuration read; the bridge by its
+        BUID, or None for the one there is."""
+
+    def pci_write(self, buid: int | None, addr: int, size: int, value: int) -> int:
+        """The status of a PCI configuration write."""
+
 
 @dataclass
 class Clock:
@@ -140,6 +147,26 @@ def set_time_of_day(r: Context, args: Sequence[int]) -> list[int]:
     return [RTAS_SUCCESS]
 
 
+def read_pci_config(r: Context, args: Sequence[int]) -> list[int]:
+    addr, size = args
+    return list(r.services.pci_read(None, addr, size))
+
+
+def write_pci_config(r: Context, args: Sequence[int]) -> list[int]:
+    addr, size, value = args
+    return [r.services.pci_write(None, addr, size, value)]
+
+
+def ibm_read_pci_config(r: Context, args: Sequence[int]) -> list[int]:
+    addr, buid_hi, buid_lo, size = args
+    return list(r.services.pci_read(buid_hi << 32 | buid_lo, addr, size))
+
+
+def ibm_write_pci_config(r: Context, args: Sequence[int]) -> list[int]:
+    addr, buid_hi, buid_lo, size, value = args
+    return [r.services.pci_write(buid_hi << 32 | buid_lo, addr, size, value)]
+
+
 # The services, whose tokens are their place here from TOKEN_BASE: the
 # /rtas node names each with its token.
 TOKEN_BASE = 0x2000
@@ -152,6 +179,10 @@ SERVICES = (
     Service("query-cpu-stopped-state", 1, 2, query_cpu_stopped_state),
     Service("start-cpu", 3, 1, start_cpu),
     Service("stop-self", 0, 1, stop_self),
+    Service("read-pci-config", 2, 2, read_pci_config),
+    Service("write-pci-config", 3, 1, write_pci_config),
+    Service("ibm,read-pci-config", 4, 2, ibm_read_pci_config),
+    Service("ibm,write-pci-config", 5, 1, ibm_write_pci_config),
 )
 TOKENS = {s.name: TOKEN_BASE + i for i, s in enumerate(SERVICES)}
 

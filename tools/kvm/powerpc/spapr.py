@@ -1,5 +1,6 @@
 """The sPAPR machine as one vCPU's hypercalls see it (hcall.Platform): its
-console, interrupt endianness, radix process table, devices and RTAS."""
+console, interrupt endianness, radix process table, devices, DMA window and
+RTAS."""
 
 from typing import TYPE_CHECKING
 
@@ -8,6 +9,7 @@ from kvm.ioctl import ioctl
 from powerpc import vcpu as regs
 from powerpc.console import HvConsole
 from powerpc.rtas import Rtas
+from powerpc.tce import TceTable
 
 if TYPE_CHECKING:
     from kvm.vcpu import Vcpu
@@ -26,9 +28,10 @@ def configure_mmu(vm_fd: int, process_table: int, gtse: bool) -> None:
 
 
 class Spapr:
-    def __init__(self, vm: "Vm", vcpu: "Vcpu", console: HvConsole, rtas: Rtas) -> None:
+    def __init__(self, vm: "Vm", vcpu: "Vcpu", console: HvConsole, rtas: Rtas,
+                 tces: TceTable) -> None:
         self.vm, self.vcpu, self.mem = vm, vcpu, vm.mem
-        self.console, self._rtas = console, rtas
+        self.console, self._rtas, self.tces = console, rtas, tces
 
     def term_write(self, termno: int, data: bytes) -> bool:
         return self.console.write(termno, data)

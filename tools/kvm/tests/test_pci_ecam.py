@@ -93,3 +93,28 @@ def test_an_arch_of_its_own_gets_neither_ports_nor_ecam(vm):
     bus = PciBus(vm, *MMIO, own)
     assert own.buses == [bus]
     assert vm.pio.find(CONFIG_DATA) is None and vm.mmio.find(ECAM) is None
+
+
+class TranslatingBridge:
+    """A host bridge that shows the CPU its BAR window elsewhere than the
+    PCI bus addresses the BARs hold (sPAPR's)."""
+    OFFSET = 0x2000_0000_0000 - 0x8000_0000
+
+    def attach(self, bus: PciBus) -> None:
+        bus.mem_offset = self.OFFSET
+
+
+def test_bars_behind_a_translating_bridge(vm):
+    cpu = 0x2000_0000_0000
+    bus = PciBus(vm, cpu, cpu + 0x8000_0000, TranslatingBridge())
+    dev = PciDevice(VIRTIO_VENDOR, NET_DEVICE, CLASS_NET)
+    dev.add_bar(0x1000, False, Regs())
+    dev.set_irq(4096)                       # an XICS source: past the config byte
+    bus.add(dev)
+    bar0 = lib.PCI_BASE_ADDRESS_0
+    assert dev.read_config(lib.PCI_INTERRUPT_LINE, 1) == 0xFF and dev.irq_line == 4096
+    assert dev.read_config(bar0, 4) == dev.bars[0].addr - TranslatingBridge.OFFSET
+    assert vm.mmio.find(dev.bars[0].addr)[1] is dev.bars[0].dev
+    dev.write_config(bar0, 4, 0x9000_0000)
+    assert dev.read_config(bar0, 4) == 0x9000_0000
+    assert vm.mmio.find(0x9000_0000 + TranslatingBridge.OFFSET)[1] is dev.bars[0].dev

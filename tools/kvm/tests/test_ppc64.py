@@ -12,7 +12,8 @@ import pytest
 
 from kvm.irq import IrqRouting
 from kvm.memory import GuestMemory
-from powerpc import dtb, hcall, rtas
+from powerpc import dtb, hcall, rtas, tce
+from powerpc.arch import Ppc64
 from powerpc.boot import load
 from powerpc.console import INPUT_LIMIT, VTY_REG, HvConsole
 from powerpc.image import EHDR, PHDR, Image
@@ -63,6 +64,7 @@ class Platform:
         self.console = HvConsole(self._out)
         self.services = Services()
         self.rtas_ = rtas.Rtas(self.mem, self.services)
+        self.tces = tce.TceTable()
         self.endian: list[bool] = []
         self.tables: list[tuple[int, bool]] = []
         self.mmio: list[tuple[int, int, int]] = []
@@ -101,6 +103,52 @@ def p() -> Platform:
 def call(p: Platform, nr: int, *args: int) -> tuple[int, ...]:
     """A hypercall as KVM hands it over: nine argument registers."""
     return hcall.dispatch(p, nr, [*args, *[0] * (9 - len(args))])
+
+
+# The DMA window's TCEs.
+LIOBN, PAGE, LAST = tce.LIOBN, tce.TCE_PAGE, tce.WINDOW_SIZE - tce.TCE_PAGE
+
+
+def test_tces_put_stuffed_and_read_back(p: Platform) -> None:
+    assert call(p, hcall.H_PUT_TCE, LIOBN, PAGE, 0x1234000 | 3) == (hcall.H_SUCCESS,)
+    assert call(p, hcall.H_GET_TCE, LIOBN, PAGE) == (hcall.H_SUCCESS, 0x1234003)
+    # The clear the kernel makes as it sets the bus up: 512 at a time.
+    assert call(p, hcall.H_STUFF_TCE, LIOBN, 0, 0, 512) == (hcall.H_SUCCESS,)
+    assert call(p, hcall.H_GET_TCE, LIOBN, PAGE) == (hcall.H_SUCCESS, 0)
+    assert call(p, hcall.H_STUFF_TCE, LIOBN, LAST, 0x5000 | 1, 1) == (hcall.H_SUCCESS,)
+    assert call(p, hcall.H_GET_TCE, LIOBN, LAST) == (hcall.H_SUCCESS, 0x5001)
+    # A list of big-endian TCEs in guest memory.
+    p.mem.write(0x3000, struct.pack(">3Q", 0x7000 | 1, 0x8000 | 2, 0x9000 | 3))
+    assert call(p, hcall.H_PUT_TCE_INDIRECT, LIOBN, 2 * PAGE, 0x3000, 3) == (hcall.H_SUCCESS,)
+    assert [call(p, hcall.H_GET_TCE, LIOBN, i * PAGE)[1] for i in (2, 3, 4)] == \
+        [0x7001, 0x8002, 0x9003]
+
+
+@pytest.mark.parametrize("nr, args", [
+    (hcall.H_PUT_TCE, [LIOBN + 1, 0, 0]),               # another window
+    (hcall.H_PUT_TCE, [(1 << 64) - 1, 0, 0]),
+    (hcall.H_PUT_TCE, [LIOBN, 8, 0]),                   # unaligned
+    (hcall.H_PUT_TCE, [LIOBN, tce.WINDOW_SIZE, 0]),     # past the window
+    (hcall.H_PUT_TCE, [LIOBN, (1 << 64) - PAGE, 0]),
+    (hcall.H_PUT_TCE, [LIOBN, 0, 0x1234 << 12 | 4]),    # reserved TCE bits
+    (hcall.H_GET_TCE, [LIOBN, tce.WINDOW_SIZE]),
+    (hcall.H_GET_TCE, [LIOBN + 1, 0]),
+    (hcall.H_STUFF_TCE, [LIOBN, LAST, 0, 2]),           # runs past the window
+    (hcall.H_STUFF_TCE, [LIOBN, 0, 0, (1 << 64) - 1]),
+    (hcall.H_STUFF_TCE, [LIOBN, 0, 0, 0]),
+    (hcall.H_STUFF_TCE, [LIOBN, 0, 0x10, 1]),
+    (hcall.H_PUT_TCE_INDIRECT, [LIOBN, 0, 0x3000, 513]),        # more than a page
+    (hcall.H_PUT_TCE_INDIRECT, [LIOBN, 0, 0x3008, 1]),          # list unaligned
+    (hcall.H_PUT_TCE_INDIRECT, [LIOBN, 0, RAM, 1]),             # list outside RAM
+    (hcall.H_PUT_TCE_INDIRECT, [LIOBN, 0, (1 << 64) - PAGE, 1]),
+    (hcall.H_PUT_TCE_INDIRECT, [LIOBN, LAST, 0x3000, 2]),
+    (hcall.H_PUT_TCE_INDIRECT, [LIOBN, 0, 0x4000, 2]),          # a bad TCE in the list
+])
+def test_tce_hypercalls_refuse(p: Platform, nr: int, args: list[int]) -> None:
+    p.mem.write(0x4000, struct.pack(">2Q", 0x7000, 0x8000 | 0x10))
+    before = [call(p, hcall.H_GET_TCE, LIOBN, i * PAGE) for i in (0, 1)]
+    assert call(p, nr, *args) == (hcall.H_PARAMETER,)
+    assert [call(p, hcall.H_GET_TCE, LIOBN, i * PAGE) for i in (0, 1)] == before
 
 
 def test_put_term_char(p: Platform) -> None:
@@ -395,8 +443,19 @@ def test_placement_that_does_not_fit(segments, initrd, message) -> None:
 
 def test_irq_routing_without_irqchip_routes() -> None:
     """An arch with no in-kernel controller yet (ppc64): MSIs from GSI 0."""
-    vm = SimpleNamespace(arch=SimpleNamespace(irqchip_routes=list, LEGACY_IRQS=(4096,)))
+    vm = SimpleNamespace(arch=SimpleNamespace(irqchip_routes=list, LEGACY_IRQS=(4096,),
+                                              MSI_ROUTES=True))
     assert IrqRouting(vm).next_gsi == 0
+
+
+def test_no_msi_routes_on_xics() -> None:
+    """KVM's XICS takes no KVM_SET_GSI_ROUTING (ENOTTY): virtio-pci's MSI-X
+    vectors get GSIs, and lkvm asks KVM nothing (no fd to ask here)."""
+    vm = SimpleNamespace(fd=-1, arch=Ppc64())
+    routing = IrqRouting(vm)
+    gsis = [routing.add_msi() for _ in range(3)]
+    routing.set_msi(gsis[0], 0xFEE00000, 0x41)
+    assert gsis == [0, 1, 2]
 
 
 def test_console_hv_is_the_hypervisor_consoles() -> None:
