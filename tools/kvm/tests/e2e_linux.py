@@ -2,6 +2,7 @@
 lkvm run in the test host, shell scripts run there that boot a guest and
 drive it as a user does, and the marks the guest and the scripts print."""
 
+import json
 import os
 import time
 
@@ -160,3 +161,32 @@ python3 {lkvm} balloon -n {name} -i {mib}; echo "HOST balloon=$?"
 upto "MARK inflated="
 wait $lkvm; echo "HOST rc=$?"
 """
+
+
+# What a user sees of IPC_HOST's round, and of DEVICES_HOST's: the same
+# on every arch.  Plain asserts: pytest shows each message, `out`.
+def check_ipc(r, marks: dict[str, str], name: str) -> None:
+    out = r.stdout + r.stderr
+
+    def states(when: str) -> list[tuple[str, str]]:
+        return [(g["name"], g["state"]) for g in json.loads(marks[f"HOST {when}"])]
+
+    assert states("booted") == [(name, "running")], out
+    assert marks.get("HOST pause") == "0" and f"Guest {name} paused" in r.stdout, out
+    assert states("paused") == [(name, "paused")], out
+    assert marks.get("HOST resume") == "0", out
+    assert states("resumed") == [(name, "running")], out
+    assert marks.get("MARK got") == "typed-while-paused", out
+    assert marks.get("HOST stop") == "0", out
+    assert marks.get("HOST rc") == "0", out
+    assert states("stopped") == [], out
+
+
+def check_devices(r, marks: dict[str, str]) -> None:
+    out = r.stdout + r.stderr
+    assert marks.get("MARK console") == "hvc0", out
+    assert marks.get("MARK rng", "").startswith("virtio_rng"), out
+    assert len(marks.get("MARK random", "")) == 32, out
+    assert marks.get("HOST balloon") == "0", out
+    assert int(marks.get("MARK inflated", "0")) >= INFLATE_MIB, out
+    assert marks.get("HOST rc") == "0", out

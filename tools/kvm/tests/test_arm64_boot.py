@@ -3,7 +3,6 @@ this machine is no arm64 one).  First the tiny Image of tests/guests/arm64,
 which checks the device tree in x0, writes to the UART and powers off with
 PSCI; timed with the host's clock, as the guest's own disagrees there."""
 
-import json
 import os
 import shlex
 import subprocess
@@ -23,6 +22,8 @@ from tests.e2e_linux import (
     ROOT_MODULES,
     SANDBOX_COMMAND,
     SANDBOX_HOST,
+    check_devices,
+    check_ipc,
     in_background,
     lkvm_run,
     marks_of,
@@ -181,20 +182,7 @@ def test_arm64_pause_resume_stop(arm64host) -> None:
     script = in_background(arm64_guest_kernel(), initrd, "-c 2 --name arm64ipc")
     script += IPC_HOST.format(lkvm=LKVM, name="arm64ipc")
     r, marks = run_script(arm64host, script, "arm64 pause, resume and stop", DRIVEN_TIMEOUT)
-    out = r.stdout + r.stderr
-
-    def states(when: str) -> list[tuple[str, str]]:
-        return [(g["name"], g["state"]) for g in json.loads(marks[f"HOST {when}"])]
-
-    assert states("booted") == [("arm64ipc", "running")], out
-    assert marks.get("HOST pause") == "0" and "Guest arm64ipc paused" in r.stdout, out
-    assert states("paused") == [("arm64ipc", "paused")], out
-    assert marks.get("HOST resume") == "0", out
-    assert states("resumed") == [("arm64ipc", "running")], out
-    assert marks.get("MARK got") == "typed-while-paused", out
-    assert marks.get("HOST stop") == "0", out
-    assert marks.get("HOST rc") == "0", out
-    assert states("stopped") == [], out
+    check_ipc(r, marks, "arm64ipc")
 
 
 def test_arm64_console_rng_balloon(arm64host) -> None:
@@ -207,10 +195,4 @@ def test_arm64_console_rng_balloon(arm64host) -> None:
     script += DEVICES_HOST.format(lkvm=LKVM, name="arm64dev", mib=INFLATE_MIB)
     r, marks = run_script(arm64host, script, "arm64 virtio console, rng and balloon",
                           DRIVEN_TIMEOUT)
-    out = r.stdout + r.stderr
-    assert marks.get("MARK console") == "hvc0", out
-    assert marks.get("MARK rng", "").startswith("virtio_rng"), out
-    assert len(marks.get("MARK random", "")) == 32, out
-    assert marks.get("HOST balloon") == "0", out
-    assert int(marks.get("MARK inflated", "0")) >= INFLATE_MIB, out
-    assert marks.get("HOST rc") == "0", out
+    check_devices(r, marks)

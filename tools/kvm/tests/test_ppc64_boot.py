@@ -4,7 +4,6 @@ tests/guests/ppc64 prints through H_PUT_TERM_CHAR on the hypervisor
 console and powers off through RTAS, both hypercalls lkvm answers; then
 Debian's ppc64el kernel (the host's own vmlinux) to a marker from init."""
 
-import json
 import os
 import shlex
 import subprocess
@@ -24,6 +23,8 @@ from tests.e2e_linux import (
     ROOT_MODULES,
     SANDBOX_COMMAND,
     SANDBOX_HOST,
+    check_devices,
+    check_ipc,
     in_background,
     run_script,
 )
@@ -152,20 +153,7 @@ def test_ppc64_pause_resume_stop(ppc64host) -> None:
     script = in_background(ppc64_guest_kernel(), initrd, "-c 2 --console hv --name ppc64ipc")
     script += IPC_HOST.format(lkvm=LKVM, name="ppc64ipc")
     r, marks = run_script(ppc64host, script, "ppc64 pause, resume and stop", DRIVEN_TIMEOUT)
-    out = r.stdout + r.stderr
-
-    def states(when: str) -> list[tuple[str, str]]:
-        return [(g["name"], g["state"]) for g in json.loads(marks[f"HOST {when}"])]
-
-    assert states("booted") == [("ppc64ipc", "running")], out
-    assert marks.get("HOST pause") == "0" and "Guest ppc64ipc paused" in r.stdout, out
-    assert states("paused") == [("ppc64ipc", "paused")], out
-    assert marks.get("HOST resume") == "0", out
-    assert states("resumed") == [("ppc64ipc", "running")], out
-    assert marks.get("MARK got") == "typed-while-paused", out
-    assert marks.get("HOST stop") == "0", out
-    assert marks.get("HOST rc") == "0", out
-    assert states("stopped") == [], out
+    check_ipc(r, marks, "ppc64ipc")
 
 
 def test_ppc64_rng_balloon(ppc64host) -> None:
@@ -177,10 +165,4 @@ def test_ppc64_rng_balloon(ppc64host) -> None:
                            "-c 1 --console hv --name ppc64dev --rng --balloon")
     script += DEVICES_HOST.format(lkvm=LKVM, name="ppc64dev", mib=INFLATE_MIB)
     r, marks = run_script(ppc64host, script, "ppc64 virtio rng and balloon", DRIVEN_TIMEOUT)
-    out = r.stdout + r.stderr
-    assert marks.get("MARK console") == "hvc0", out
-    assert marks.get("MARK rng", "").startswith("virtio_rng"), out
-    assert len(marks.get("MARK random", "")) == 32, out
-    assert marks.get("HOST balloon") == "0", out
-    assert int(marks.get("MARK inflated", "0")) >= INFLATE_MIB, out
-    assert marks.get("HOST rc") == "0", out
+    check_devices(r, marks)
