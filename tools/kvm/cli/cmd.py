@@ -43,6 +43,16 @@ def show_doc(cmd: str) -> int:
     return 0
 
 
+UNRECOGNIZED = "unrecognized arguments: "   # argparse's words
+# What --no-OPTION sets OPTION's destination to, by the kind of option.
+NEGATED = {
+    argparse._StoreTrueAction: lambda action: False,
+    argparse._StoreFalseAction: lambda action: True,
+    argparse._StoreAction: lambda action: action.default,
+    argparse._StoreConstAction: lambda action: action.default,
+}
+
+
 class HelpRequested(Exception):
     """-h or --help: the exception's text is the command's option list."""
 
@@ -57,13 +67,41 @@ class Parser(argparse.ArgumentParser):
         self.cmd = cmd
         self.synopsis = synopsis or f"lkvm {cmd} [<options>]"
         self.groups = groups
+        self._negated = False
         self.add_argument("-h", "--help", action="store_true", help=argparse.SUPPRESS)
 
     def format_help(self) -> str:
         return format_usage(self.synopsis, self, self.groups)
 
     def error(self, message: str) -> None:
+        """One line; an unknown option in kvmtool's words (its
+        parse_long_opt() and parse_short_opt() refusals)."""
+        if message.startswith(UNRECOGNIZED):
+            word = message.removeprefix(UNRECOGNIZED).partition(" ")[0]
+            if word.startswith("--"):
+                message = f"unknown option `{word[2:].partition('=')[0]}'"
+            elif word.startswith("-") and word != "-":
+                message = f"unknown switch `{word[1]}'"
         raise UsageError(f"{message} (see 'lkvm help {self.cmd}')")
+
+    def negations(self) -> None:
+        """--no-OPTION for each option that takes one value or none, as
+        kvmtool's parse_options() reads it: a flag cleared, a value back
+        to its default.  Added once, when the command's options are all
+        in; hidden from -h as in kvmtool's usage."""
+        if self._negated:
+            return
+        self._negated = True
+        for action in list(self._actions):
+            unset = NEGATED.get(type(action))
+            if unset is None or action.nargs not in (None, 0):
+                continue
+            for name in action.option_strings:
+                negated = "--no-" + name[2:]
+                if name.startswith("--") and not name.startswith("--no-") and \
+                        negated not in self._option_string_actions:
+                    self.add_argument(negated, action="store_const", dest=action.dest,
+                                      const=unset(action), help=argparse.SUPPRESS)
 
     def parse(self, argv: list[str]) -> argparse.Namespace:
         args = self.parse_args(self.unabbreviate(argv))
@@ -77,6 +115,7 @@ class Parser(argparse.ArgumentParser):
         error naming the last two, in kvmtool's words.  Option values and
         everything after "--" are left as they are.  (argparse's own
         abbreviations would do, but its ambiguity message is not kvmtool's.)"""
+        self.negations()
         actions = self._option_string_actions
         longs = [name for action in self._actions for name in action.option_strings
                  if name.startswith("--")]

@@ -94,6 +94,7 @@ def test_unbuilt_launcher_is_a_fatal_error(tmp_path):
 # (argv, status, the first word of the one line on stderr)
 STATUSES = [
     (("run", "--frob", "{hello}"), KVMTOOL_USAGE, "Error:"),     # unknown option
+    (("run", "--no-frob", "{hello}"), KVMTOOL_USAGE, "Error:"),
     (("run", "-Z", "{hello}"), KVMTOOL_USAGE, "Error:"),         # unknown switch
     (("run", "{hello}", "-c"), KVMTOOL_USAGE, "Error:"),         # a value missing
     (("run", "--console", "x", "{hello}"), KVMTOOL_USAGE, "Error:"),
@@ -177,6 +178,38 @@ def test_ambiguous_prefix_is_refused_as_kvmtool_does(word, message):
     with pytest.raises(UsageError) as e:
         small_parser().unabbreviate([word])
     assert str(e.value) == message and e.value.status == KVMTOOL_USAGE
+
+
+# kvmtool's parse_long_opt() takes --no-NAME for any option NAME (its
+# OPT_UNSET): a flag cleared, a value back to none; prefixes as before.
+NEGATIONS = [
+    (["--debug", "--no-debug"], {"debug": False}),
+    (["--no-debug", "--debug"], {"debug": True}),
+    (["--params", "x", "--no-params"], {"params": None}),
+    (["--debug-mmio", "--no-debug-m"], {"debug_mmio": False}),
+]
+
+
+@pytest.mark.parametrize("argv,values", NEGATIONS, ids=[" ".join(a) for a, _ in NEGATIONS])
+def test_no_option_undoes_it_as_in_kvmtool(argv, values):
+    args = vars(small_parser().parse(argv))
+    assert {k: args[k] for k in values} == values
+
+
+def test_negations_stay_out_of_the_option_list():
+    p = small_parser()
+    p.negations()
+    assert "--no-debug" in p._option_string_actions and "no-debug" not in p.format_help()
+
+
+@pytest.mark.parametrize("word,message", [
+    ("--frob", "unknown option `frob'"), ("--frob=1", "unknown option `frob'"),
+    ("-Z", "unknown switch `Z'"), ("--no-frob", "unknown option `no-frob'"),
+])
+def test_unknown_options_in_kvmtools_words(word, message):
+    with pytest.raises(UsageError) as e:
+        small_parser().parse([word])
+    assert str(e.value) == f"{message} (see 'lkvm help t')"
 
 
 def test_prefixes_as_a_user_types_them(lkvm_home):
