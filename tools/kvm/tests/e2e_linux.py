@@ -163,8 +163,21 @@ wait $lkvm; echo "HOST rc=$?"
 """
 
 
-# What a user sees of IPC_HOST's round, and of DEVICES_HOST's: the same
-# on every arch.  Plain asserts: pytest shows each message, `out`.
+# What a user sees of SANDBOX_HOST's run, of IPC_HOST's round and of
+# DEVICES_HOST's: the same on every arch.  Plain asserts: pytest shows
+# each message, `out`.
+def check_sandbox(r, marks: dict[str, str], name: str, e_machine: str, machine: str) -> None:
+    """lkvm put the arch's init (ELF e_machine) in the rootfs `name`, and
+    the command ran on `machine` (uname -m) with its exit status lkvm's."""
+    out = r.stdout + r.stderr
+    assert f"Your new rootfs named {name} has been created" in r.stdout, out
+    assert marks.get("HOST init") == e_machine, out
+    assert marks.get("MARK arch") == machine, out
+    assert marks.get("MARK pwd") == "/host" + KVMDIR, out
+    assert marks.get("MARK hostfs") == "/host/bin/busybox", out
+    assert marks.get("HOST rc") == "7", out
+
+
 def check_ipc(r, marks: dict[str, str], name: str) -> None:
     out = r.stdout + r.stderr
 

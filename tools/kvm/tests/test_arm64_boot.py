@@ -24,12 +24,13 @@ from tests.e2e_linux import (
     SANDBOX_HOST,
     check_devices,
     check_ipc,
+    check_sandbox,
     in_background,
     lkvm_run,
     marks_of,
     run_script,
 )
-from tests.helpers import GUESTS, KVMDIR
+from tests.helpers import GUESTS
 from tests.testhost import arm64_guest_kernel, make_initrd
 
 pytestmark = pytest.mark.e2e
@@ -164,13 +165,7 @@ def test_arm64_sandbox_on_a_9p_root(arm64host) -> None:
                                  name="arm64box", args="",
                                  command=shlex.quote(SANDBOX_COMMAND))
     r, marks = run_script(arm64host, script, "arm64 sandbox on a 9p root", DRIVEN_TIMEOUT)
-    out = r.stdout + r.stderr
-    assert "Your new rootfs named arm64box has been created" in r.stdout, out
-    assert marks.get("HOST init") == EM_AARCH64, out     # lkvm put arm64's init in
-    assert marks.get("MARK arch") == "aarch64", out
-    assert marks.get("MARK pwd") == "/host" + KVMDIR, out
-    assert marks.get("MARK hostfs") == "/host/bin/busybox", out
-    assert marks.get("HOST rc") == "7", out
+    check_sandbox(r, marks, "arm64box", EM_AARCH64, "aarch64")
 
 
 def test_arm64_pause_resume_stop(arm64host) -> None:

@@ -25,6 +25,7 @@ from tests.e2e_linux import (
     SANDBOX_HOST,
     check_devices,
     check_ipc,
+    check_sandbox,
     in_background,
     run_script,
 )
@@ -135,13 +136,7 @@ def test_ppc64_sandbox_on_a_9p_root(ppc64host) -> None:
                                  name="ppc64box", args="--console hv",
                                  command=shlex.quote(SANDBOX_COMMAND))
     r, marks = run_script(ppc64host, script, "ppc64 sandbox on a 9p root", DRIVEN_TIMEOUT)
-    out = r.stdout + r.stderr
-    assert "Your new rootfs named ppc64box has been created" in r.stdout, out
-    assert marks.get("HOST init") == EM_PPC64, out     # lkvm put ppc64's init in
-    assert marks.get("MARK arch") == "ppc64le", out
-    assert marks.get("MARK pwd") == "/host" + KVMDIR, out
-    assert marks.get("MARK hostfs") == "/host/bin/busybox", out
-    assert marks.get("HOST rc") == "7", out
+    check_sandbox(r, marks, "ppc64box", EM_PPC64, "ppc64le")
 
 
 def test_ppc64_pause_resume_stop(ppc64host) -> None:
