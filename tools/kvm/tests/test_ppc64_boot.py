@@ -49,51 +49,23 @@ def test_tiny_ppc64_guest(ppc64host) -> None:
     assert "KVM session ended normally" in r.stdout + r.stderr
 
 
-# What the Linux guest's init prints: the marker, and what lkvm told it.
+# Debian's kernel with two vCPUs, the second started through RTAS
+# start-cpu: the marker, what lkvm told it, then virtio-blk written and
+# read back; the init's reboot (RTAS system-reboot) ends lkvm.
 LINUX_SCRIPT = r"""
 echo "MARK booted"
 echo "MARK cpus=$(grep -c ^processor /proc/cpuinfo)"
 echo "MARK cmdline=$(cat /proc/cmdline)"
 echo "MARK model=$(cat /proc/device-tree/model)"
 echo "MARK mmu=$(grep ^MMU /proc/cpuinfo)"
-"""
-LINUX_TIMEOUT = 300
-
-
-def test_debian_ppc64_kernel_two_cpus(ppc64host) -> None:
-    """Debian's ppc64el vmlinux on the radix MMU, the hypervisor console
-    and the in-kernel XICS with two vCPUs, the second started through
-    RTAS start-cpu, to a marker from init, then rebooted through RTAS,
-    which ends lkvm."""
-    initrd = make_initrd(LINUX_SCRIPT, modules=False, arch="ppc64el")
-    start = time.monotonic()
-    r = ppc64host.run(["python3", LKVM, "run", "-k", str(ppc64_guest_kernel()), "-i", str(initrd),
-                       "-m", "512", "-c", "2", "--console", "hv", "-p", "quiet"],
-                      timeout=LINUX_TIMEOUT, cwd=KVMDIR)
-    print(f"ppc64 Debian kernel, 2 vCPUs: lkvm run to reboot in {time.monotonic() - start:.1f} s")
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out
-    marks = dict(line.split("=", 1) for line in r.stdout.splitlines()
-                 if line.startswith("MARK ") and "=" in line)
-    assert "MARK booted" in r.stdout, out
-    assert marks["MARK cpus"].strip() == "2", out
-    assert "console=hvc0" in marks["MARK cmdline"], out
-    assert marks["MARK model"].strip("\0\r\n ") == "IBM pSeries (emulated by lkvm)", out
-    assert "Radix" in marks["MARK mmu"], out
-    assert "testhost-l2: exit 0" in r.stdout, out
-
-
-BLK_SCRIPT = r"""
-echo "MARK booted"
 printf lkvm-ppc64-blk > /dev/vda && sync
 echo "MARK read=$(head -c 14 /dev/vda)"
 echo "MARK pci=$(ls /sys/bus/pci/devices)"
 echo "MARK irq=$(grep -c virtio /proc/interrupts)"
-poweroff -f
 """
 # Run in the host: a disk on its tmpfs, the guest writes it, then what the
 # host's file holds and the device tree lkvm wrote, in hex.
-BLK_HOST = """
+LINUX_HOST = """
 dd if=/dev/zero of="$HOME/disk" bs=1M count=4 2>/dev/null || exit 1
 python3 {lkvm} run -k {kernel} -i {initrd} -m 512 -c 2 --console hv -p quiet \
     -d "$HOME/disk" --dump-dtb "$HOME/dtb" </dev/null
@@ -103,16 +75,26 @@ echo "HOST dtb=$(od -An -v -tx1 "$HOME/dtb" | tr -d ' \\n')"
 """
 
 
-def test_ppc64_virtio_blk_over_pci(ppc64host) -> None:
-    """virtio-blk on virtio-pci behind the sPAPR host bridge, written and
-    read back by the guest: the kernel finds the disk in the bridge's
-    device tree node, reaches its configuration space through RTAS and
-    takes its INTA# from an XICS source; then an RTAS power-off."""
-    initrd = make_initrd(BLK_SCRIPT, arch="ppc64el")
-    script = BLK_HOST.format(lkvm=LKVM, kernel=ppc64_guest_kernel(), initrd=initrd)
-    r, marks = run_script(ppc64host, script, "ppc64 virtio-blk over pci")
+def test_debian_ppc64_kernel_two_cpus_and_virtio_blk(ppc64host) -> None:
+    """Debian's ppc64el vmlinux on the radix MMU, the hypervisor console
+    and the in-kernel XICS with two vCPUs, to a marker from init; then
+    virtio-blk on virtio-pci behind the sPAPR host bridge, written and
+    read back: the kernel finds the disk in the bridge's device tree
+    node, reaches its configuration space through RTAS and takes its
+    INTA# from an XICS source."""
+    initrd = make_initrd(LINUX_SCRIPT, arch="ppc64el")
+    script = LINUX_HOST.format(lkvm=LKVM, kernel=ppc64_guest_kernel(), initrd=initrd)
+    start = time.monotonic()
+    r, marks = run_script(ppc64host, script, "ppc64 Debian kernel with virtio-blk")
+    print(f"ppc64 Debian kernel, 2 vCPUs: to reboot in {time.monotonic() - start:.1f} s")
     out = r.stdout + r.stderr
     assert marks.get("HOST rc") == "0", out
+    assert "MARK booted" in r.stdout, out
+    assert marks["MARK cpus"].strip() == "2", out
+    assert "console=hvc0" in marks["MARK cmdline"], out
+    assert marks["MARK model"].strip("\0\r\n ") == "IBM pSeries (emulated by lkvm)", out
+    assert "Radix" in marks["MARK mmu"], out
+    assert "testhost-l2: exit 0" in r.stdout, out
     assert marks.get("MARK read") == "lkvm-ppc64-blk", out
     assert marks.get("HOST disk") == "lkvm-ppc64-blk", out
     assert marks.get("MARK pci", "").split() == ["0000:00:01.0"], out   # the disk alone
