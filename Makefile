@@ -148,7 +148,7 @@ lint: all
 
 test: all guest-kernel
 	$(say) PYTEST $(KVMDIR)/tests
-	$(Q)$(PY) -m pytest -q -rs $(PYTEST_FLAGS) $(KVMDIR)/tests
+	$(Q)$(PY) -m pytest -q -rs --durations=15 $(PYTEST_FLAGS) $(KVMDIR)/tests
 
 check: lint test check-uapi
 
