@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from hw.pci import PciDevice
 from include.uapi import ffi
+from kvm import msg
+from kvm.errors import LkvmError
 
 # kvmtool's device: Red Hat/Qumranet's vendor ID and its VESA device ID.
 VENDOR, DEVICE = 0x1AF4, 0x2000
@@ -51,6 +53,7 @@ class Vesa(PciDevice):
         self.bar = self.add_bar(MEM_SIZE, io=False, dev=_Unused())
         self.on_bar_moved.append(lambda index, old, new: self._map(new))
         self.framebuffer = Framebuffer(memoryview(self.mem)[:STRIDE * HEIGHT])
+        self.warned = False     # of a guest's BAR over its RAM, said once
 
     @property
     def addr(self) -> int:
@@ -63,8 +66,15 @@ class Vesa(PciDevice):
 
     def _map(self, gpa: int | None) -> None:
         """The framebuffer's memory slot at `gpa`; None (the BAR does not
-        decode) deletes it, a slot of no size."""
-        if gpa is None:
-            self.vm.set_memory_slot(self.slot, 0, 0, self.host)
-        else:
-            self.vm.set_memory_slot(self.slot, gpa, MEM_SIZE, self.host)
+        decode) deletes it, a slot of no size.  A guest that puts the BAR
+        over its RAM (KVM refuses overlapping slots) finds no framebuffer
+        there, only its RAM, and lkvm says so once."""
+        if gpa is not None:
+            try:
+                self.vm.set_memory_slot(self.slot, gpa, MEM_SIZE, self.host)
+                return
+            except LkvmError as e:
+                if not self.warned:
+                    msg.warning(f"vesa: the guest moved the framebuffer onto its memory: {e}")
+                    self.warned = True
+        self.vm.set_memory_slot(self.slot, 0, 0, self.host)

@@ -208,3 +208,20 @@ def test_framebuffer_slot_follows_decoding(vm):
         config_write(vm, slot, bar_reg(fb.bar), ELSEWHERE)
         config_write(vm, slot, lib.PCI_COMMAND, lib.PCI_COMMAND_MEMORY, size=2)
         assert fb.bars[fb.bar].decoded == fb.addr == ELSEWHERE
+
+
+def test_framebuffer_moved_onto_ram_is_dark_not_fatal(vm, capsys):
+    """KVM refuses a slot over the guest's RAM: the framebuffer is then
+    nowhere, the guest's RAM stays its RAM, and lkvm runs on, saying so
+    once however often the guest does it."""
+    with two_devices(vm, "pci") as ctx:
+        fb = Vesa(vm)
+        fb.plug()
+        slot = ctx.pci.slots.index(fb)
+        for _ in range(3):
+            config_write(vm, slot, bar_reg(fb.bar), 0x400000)      # its RAM
+            config_write(vm, slot, bar_reg(fb.bar), ELSEWHERE)
+        config_write(vm, slot, bar_reg(fb.bar), 0x400000)
+        assert capsys.readouterr().err.count("moved the framebuffer onto its memory") == 1
+        config_write(vm, slot, bar_reg(fb.bar), ELSEWHERE)         # and back: it works again
+        assert fb.bars[fb.bar].decoded == ELSEWHERE
