@@ -7,7 +7,8 @@ import os
 
 from include.uapi import ffi, lib
 from kvm.iothread import IoThread
-from virtio.mock import MockTransport
+from virtio.device import VirtioDevice
+from virtio.mock import Driver, MockTransport
 
 # Every VHOST_* request by its number, to record calls by name.
 NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("VHOST_")}
@@ -66,3 +67,12 @@ class KickTransport(MockTransport):
         self.iothread.join(0)
         for fd in self.kicks:
             os.close(fd)
+
+
+def driven(dev: VirtioDevice) -> tuple[Driver, KickTransport]:
+    """A mock driver for vhost back end `dev`, on a KickTransport whose
+    I/O thread the device takes its kicks from."""
+    drv = Driver(dev)
+    transport = drv.transport = dev.transport = KickTransport()
+    dev.serve_on(transport.iothread)
+    return drv, transport

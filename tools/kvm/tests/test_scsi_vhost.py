@@ -9,7 +9,7 @@ import pytest
 
 from include.uapi import ffi, lib
 from kvm.errors import LkvmError
-from tests.fakevhost import FakeVhostKernel, KickTransport
+from tests.fakevhost import FakeVhostKernel, KickTransport, driven
 from virtio import setup
 from virtio.mock import Driver, mock_memory
 from virtio.scsi import MAX_WWPN, VhostScsi
@@ -21,10 +21,7 @@ WWPN = "naa.5001405abcdef012"
 def adapter(mem: object, wwpn: str = WWPN, tpgt: int = 1) -> tuple[VhostScsi, Driver,
                                                                    KickTransport]:
     dev = VhostScsi(mem, wwpn, tpgt, Vhost(os.devnull, "test", mem, 3))
-    drv = Driver(dev)
-    transport = drv.transport = dev.transport = KickTransport()
-    dev.serve_on(transport.iothread)
-    return dev, drv, transport
+    return dev, *driven(dev)
 
 
 def test_the_rings_go_to_vhost_then_the_endpoint_is_set(vhost_kernel):
@@ -116,9 +113,7 @@ def test_wwpn_and_tpgt_as_kvmtool_reads_them(spec, wwpn, tpgt, vhost_kernel, mon
     assert setup.is_vhost_scsi(spec)
     mem = mock_memory()
     dev = setup.vhost_scsi(mem, spec)
-    drv = Driver(dev)
-    transport = drv.transport = dev.transport = KickTransport()
-    dev.serve_on(transport.iothread)
+    drv, transport = driven(dev)
     drv.start()
     assert vhost_kernel.calls[-1] == ("VHOST_SCSI_SET_ENDPOINT", 1, wwpn, tpgt)
     dev.close()

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from include.uapi import lib
-from tests.fakevhost import FakeVhostKernel, KickTransport
+from tests.fakevhost import FakeVhostKernel, KickTransport, driven
 from tests.helpers import guest, run_lkvm
 from virtio.mock import LOW_RAM, Driver, mock_memory
 from virtio.vhost import Vhost
@@ -418,10 +418,7 @@ def test_a_dead_lkvms_socket_is_replaced_and_a_file_is_not(tmp_path):
 # The vhost back end, against a kernel that records what it is told.
 def vhost_vsock(mem: object) -> tuple[VhostVsock, Driver, KickTransport]:
     dev = VhostVsock(mem, CID, Vhost(os.devnull, f"--vsock {CID}", mem, 2))
-    drv = Driver(dev)
-    transport = drv.transport = dev.transport = KickTransport()
-    dev.serve_on(transport.iothread)
-    return dev, drv, transport
+    return dev, *driven(dev)
 
 
 def test_vhost_gets_the_memory_table_rings_and_eventfds(vhost_kernel):
