@@ -160,7 +160,7 @@ def is_vhost_scsi(spec: str) -> bool:
 
 
 def vhost_scsi(mem: object, spec: str) -> VhostScsi:
-    """kvmtool's -d scsi:WWPN:TPGT: an adapter of its own for that target."""
+    """kvmtool's -d scsi:WWPN[:TPGT]: an adapter of its own for that target."""
     what = f"--disk scsi:{spec}"
     if not os.path.exists(VHOST_SCSI):
         raise LkvmError(f"{what}: a vhost-scsi target needs {VHOST_SCSI}, which "
