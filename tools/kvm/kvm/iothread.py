@@ -16,9 +16,10 @@ import os
 import select
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
+
+from kvm import msg
 
 
 class IoThread:
@@ -84,7 +85,7 @@ class IoThread:
                 try:
                     handler()
                 except Exception as e:  # a device bug must end the VM, not hang it
-                    traceback.print_exc()
+                    msg.trace(e)
                     self.on_error(f"I/O thread {self.name}: {e}")
                     return
 

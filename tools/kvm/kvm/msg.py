@@ -4,6 +4,7 @@ pr_info, pr_warning, pr_err, pr_debug and die).  --loglevel picks how
 much: kvmtool's levels, info by default; errors are always told."""
 
 import sys
+import traceback
 
 from kvm.errors import LkvmError
 
@@ -33,6 +34,14 @@ def _say(prefix: str, text: str, fresh_line: bool = False, level: str = "error")
 
 def debug(text: str) -> None:
     _say("Debug: ", text, level="debug")
+
+
+def trace(exc: BaseException) -> None:
+    """The Python traceback of an exception lkvm did not expect, only under
+    --loglevel debug: the user is told in one line by the caller, as kvmtool
+    tells every error, and whoever debugs lkvm asks for the rest."""
+    if _level >= LEVELS["debug"]:
+        traceback.print_exception(exc, file=sys.stderr)
 
 
 def info(text: str) -> None:

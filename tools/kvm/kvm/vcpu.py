@@ -92,8 +92,7 @@ class Vcpu:
         except VcpuStop:
             pass
         except Exception as e:  # a bug in a device model must not hang the VM
-            import traceback
-            traceback.print_exc()
+            msg.trace(e)
             self.vm.stop(1, f"vCPU {self.id}: {e}")
 
     def _loop(self) -> None:
