@@ -46,6 +46,10 @@ UNKNOWN_LINE = 0xFF               # PCI_INTERRUPT_LINE's "unknown or none"
 
 # The command register's bit that turns a BAR's decoding on, by BAR kind.
 DECODE_BIT = {True: lib.PCI_COMMAND_IO, False: lib.PCI_COMMAND_MEMORY}
+# The address bits a BAR keeps, by kind: an I/O BAR decodes the 16 bits
+# of port space and hardwires the rest to 0, as PCI lets such a device
+# do, so no guest write puts its ports where no IN or OUT reaches them.
+ADDRESS_BITS = {True: 0xFFFF, False: 0xFFFFFFFF}
 
 
 @dataclass
@@ -139,7 +143,7 @@ class PciDevice:
             return  # unimplemented BARs read as zero and stay so
         bar = self.bars[index]
         flags = lib.PCI_BASE_ADDRESS_SPACE_IO if bar.io else 0
-        addr = value & ~(bar.size - 1) & 0xFFFFFFFF
+        addr = value & ~(bar.size - 1) & ADDRESS_BITS[bar.io]
         self._put(reg, 4, addr | flags)  # all ones reads back as the size mask
         if value != 0xFFFFFFFF:         # sizing: the BAR decodes where it did
             if addr and not bar.io:

@@ -130,6 +130,19 @@ def test_decoding_off_takes_the_range_and_doorbells_away(vm, transport):
         check_consistent(vm, ctx)
 
 
+def test_an_io_bar_keeps_16_bits(vm):
+    """Ports are 16 bits: a legacy BAR 0 written above 0xFFFF reads back
+    and decodes with its upper half 0, doorbells included."""
+    with two_devices(vm, "pci-legacy") as ctx:
+        a = ctx.devices[0].transport
+        slot = ctx.pci.slots.index(a)
+        config_write(vm, slot, bar_reg(0), 0xABCD0000 | IO_ELSEWHERE)
+        assert config_read(vm, slot, bar_reg(0)) == IO_ELSEWHERE | lib.PCI_BASE_ADDRESS_SPACE_IO
+        assert a.bars[0].decoded == IO_ELSEWHERE
+        assert vm.pio.find(IO_ELSEWHERE) == (IO_ELSEWHERE, a.bars[0].dev)
+        check_consistent(vm, ctx)
+
+
 def test_overlap_while_decoding_leaves_the_newcomer_dark(vm):
     """Enabled onto another decoding BAR, a BAR does not decode: the range
     stays with the device that has it.  Once that one moves away, the
