@@ -270,6 +270,8 @@ def configure(argv: list[str], params: str = "") -> Config:
     if args.sandbox:
         params = " ".join(filter(None, [sandbox_param(args.sandbox), params]))
     nics = parse_networks(args.network)     # bad input first, before any file is read
+    arch.check_transports([("--virtio-transport ", args.virtio_transport),
+                           *(("-n trans=", nic.trans) for nic in nics if nic.trans)])
     check_vsock(args)
     kernel = args.firmware or args.image or args.kernel or find_kernel(arch)
     image = read_file(kernel, "firmware" if args.firmware else "kernel", ram << 20)

@@ -11,7 +11,7 @@ import argparse
 import importlib
 import platform
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from kvm.errors import LkvmError
@@ -73,8 +73,19 @@ class Arch(ABC):
     # The consoles of the arch's own (--console), beside virtio's: a UART
     # ("serial"), or sPAPR's hypervisor console ("hv").
     CONSOLES: ClassVar[tuple[str, ...]] = ("serial",)
+    # The virtio transports the arch's guests never find, each with why:
+    # asking for one is refused in one line, never a guest without it.
+    UNREACHABLE: ClassVar[Mapping[str, str]] = {}
 
     # Before a VM exists.
+    @classmethod
+    def check_transports(cls, asked: Iterable[tuple[str, str]]) -> None:
+        """Refuse a transport in UNREACHABLE; `asked` pairs each transport
+        with the option that asked for it, for the message."""
+        for option, transport in asked:
+            if transport in cls.UNREACHABLE:
+                raise LkvmError(f"{option}{transport}: {cls.UNREACHABLE[transport]}; use pci")
+
     @classmethod
     @abstractmethod
     def add_options(cls, parser: argparse.ArgumentParser) -> None:

@@ -68,6 +68,7 @@ class Ppc64(Arch):
     # through RTAS ibm,change-msi, which lkvm does not give: INTx it is.
     MSI_ROUTES = False
     CONSOLES = ("serial", "hv")    # both the hypervisor console, hvc0
+    UNREACHABLE = UNREACHABLE
 
     config: PpcConfig
 
@@ -78,9 +79,6 @@ class Ppc64(Arch):
 
     @classmethod
     def configure(cls, args: argparse.Namespace) -> PpcConfig:
-        if args.virtio_transport in UNREACHABLE:
-            raise LkvmError(f"--virtio-transport {args.virtio_transport}: "
-                            f"{UNREACHABLE[args.virtio_transport]}; use pci")
         return PpcConfig(dump_dtb=args.dump_dtb)
 
     @classmethod

@@ -6,12 +6,13 @@ source, and the device tree that describes them, read back by dtc."""
 
 import struct
 import subprocess
-from types import SimpleNamespace
 
 import pytest
 
+from cli.cmd import load_builtin
 from hw.pci import INTEL_VENDOR, PciBus
 from include.uapi import lib
+from kvm import arch as arch_loader
 from kvm.errors import LkvmError
 from kvm.memory import GuestMemory
 from powerpc import dtb, phb, rtas, tce, xics
@@ -22,6 +23,8 @@ from tests.test_arm64 import cells, decompile
 from virtio.pci import VIRTIO_VENDOR, VirtioPci
 from virtio.rng import Rng
 from virtio.setup import Context
+
+run = load_builtin("run")
 
 MIB = 1 << 20
 BLOCK = 0x1000
@@ -154,9 +157,14 @@ def test_config_access_with_no_bus() -> None:
     ("mmio", "ppc64 .pseries. kernels find no"),    # powerpc populates no mmio nodes
     ("mmio-legacy", "ppc64 .pseries. kernels find no"),
 ])
-def test_unreachable_transports(transport: str, why: str) -> None:
-    with pytest.raises(LkvmError, match=f"^--virtio-transport {transport}: {why}.*; use pci$"):
-        Ppc64.configure(SimpleNamespace(virtio_transport=transport, dump_dtb=None))
+def test_unreachable_transports(transport: str, why: str, monkeypatch) -> None:
+    """Asked for by --virtio-transport or by one NIC's trans=."""
+    monkeypatch.setattr(arch_loader, "load", lambda: Ppc64)
+    for argv, option in [(["--virtio-transport", transport], "--virtio-transport "),
+                         (["-n", "mode=user", "-n", f"mode=user,trans={transport}"],
+                          "-n trans=")]:
+        with pytest.raises(LkvmError, match=f"^{option}{transport}: {why}.*; use pci$"):
+            run.configure(["-k", "/nonexistent", *argv])
 
 
 def tree(m: Machine) -> bytes:
