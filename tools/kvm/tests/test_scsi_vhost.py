@@ -8,8 +8,10 @@ import os
 import pytest
 
 from include.uapi import ffi, lib
+from kvm.config import Config
 from kvm.errors import LkvmError
 from tests.fakevhost import FakeVhostKernel, KickTransport, driven
+from tests.fakevm import FakeVm, context
 from virtio import setup
 from virtio.mock import Driver, mock_memory
 from virtio.scsi import MAX_WWPN, VhostScsi
@@ -125,3 +127,29 @@ def test_an_image_file_is_never_taken_for_a_wwpn(tmp_path, monkeypatch):
     (tmp_path / "naa.5001405abcdef012").write_bytes(bytes(512))
     assert not setup.is_vhost_scsi("naa.5001405abcdef012")
     assert not setup.is_vhost_scsi("disk.img") and not setup.is_vhost_scsi("lun:1")
+
+
+@pytest.mark.parametrize("order", [["vhost", "image", "vhost2"], ["image", "vhost"],
+                                   ["image", "vhost", "image2"]])
+def test_adapters_come_in_the_order_of_their_first_option(order, tmp_path, vhost_kernel,
+                                                         monkeypatch):
+    """With no virtio-blk disk the first -d scsi: is the root, sda: the
+    guest names disks in the order it finds the adapters."""
+    monkeypatch.setattr(setup, "VHOST_SCSI", os.devnull)
+    specs = {"vhost": f"{WWPN}:1", "vhost2": f"{WWPN}:2"}
+    for name in ("image", "image2"):
+        (tmp_path / name).write_bytes(bytes(1 << 20))
+        specs[name] = str(tmp_path / name)
+    vm = FakeVm()
+    ctx = context(vm)
+    cfg = Config(name="scsi", cpus=1, ram_mib=16, scsi=tuple(specs[o] for o in order))
+    ctx.devices = setup.scsi(ctx, cfg, lambda data: None)
+    try:
+        got = [dev.endpoint.vhost_tpgt if isinstance(dev, VhostScsi) else "image"
+               for dev in ctx.devices]
+        kinds = {"vhost": 1, "vhost2": 2, "image": "image", "image2": "image"}
+        want = list(dict.fromkeys(kinds[o] for o in order))
+        assert got == want
+    finally:
+        ctx.exit()
+        vm.close()

@@ -178,7 +178,10 @@ def vhost_scsi(mem: object, spec: str) -> VhostScsi:
 
 def scsi(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
     """One adapter for the image LUNs, in the order of their -d scsi:
-    options, then one for each vhost-scsi target."""
+    options, and one for each vhost-scsi target; the adapters come in the
+    order of their first option, as the guest names disks in the order it
+    finds adapters: with no virtio-blk disk, the first -d scsi: is sda,
+    the root."""
     files = [spec for spec in cfg.scsi if not is_vhost_scsi(spec)]
     if len(files) > MAX_LUNS:
         raise LkvmError(f"--disk scsi: at most {MAX_LUNS} LUNs, not {len(files)}")
@@ -193,8 +196,10 @@ def scsi(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[Virtio
         raise
     for target in targets:
         target.serve_on(ctx.iothread(target))
-    adapters: list[VirtioDevice] = [Scsi(ctx.vm.mem, luns)] if luns else []
-    return adapters + targets
+    first = [cfg.scsi.index(files[0])] if luns else []
+    adapters = [*([Scsi(ctx.vm.mem, luns)] if luns else []), *targets]
+    places = first + [i for i, spec in enumerate(cfg.scsi) if is_vhost_scsi(spec)]
+    return [dev for _, dev in sorted(zip(places, adapters, strict=True), key=lambda p: p[0])]
 
 
 def p9(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
