@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools" / "kvm")
 
 from tests import testhost
 from tests.helpers import LKVM
-from tests.testhost import l1, probe
+from tests.testhost import l1, probe, qemu
 from tests.testhost.hosts import DEFAULT, HOSTS
 
 TOP = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def cmd_initrd(args: argparse.Namespace) -> int:
 
 def _config(args: argparse.Namespace) -> testhost.HostConfig:
     return testhost.HostConfig(cpus=args.cpus, mem=args.mem, tcg_thread=args.tcg_thread,
-                               kvm_amd=args.kvm_amd, kernel=args.l1_kernel)
+                               kvm_amd=args.kvm_amd, kernel=args.l1_kernel, qemu=args.qemu)
 
 
 # The soak's workload: what the e2e tier's guests do, in one boot: two vCPUs,
@@ -166,6 +166,9 @@ def cmd_soak_e2e(args: argparse.Namespace) -> int:
     env = {"LKVM_TESTHOST_CPUS": str(args.cpus)} if args.cpus else {}
     if args.cpus:
         print(f"e2e soak: the default test host with {args.cpus} CPUs", flush=True)
+    if args.qemu:
+        env["LKVM_TESTHOST_QEMU"] = args.qemu
+        print(f"e2e soak: the default test host in QEMU from {args.qemu}", flush=True)
     for n in range(1, args.runs + 1):
         with tempfile.NamedTemporaryFile(prefix="lkvm-soak-", suffix=".log") as log:
             start = time.monotonic()
@@ -229,12 +232,16 @@ def main() -> int:
                       help="kvm_amd's parameters in L1")
     soak.add_argument("--l1-kernel", choices=sorted(l1.KERNELS),
                       default=testhost.HostConfig.kernel)
+    soak.add_argument("--qemu", choices=sorted(qemu.SOURCES),
+                      help="the Debian suite of L1's QEMU (default: the host's own choice)")
     soak.add_argument("-v", "--verbose", action="store_true")
     soak.set_defaults(func=cmd_soak)
     soak_e2e = sub.add_parser("soak-e2e", help="the e2e tier N times")
     soak_e2e.add_argument("-n", "--runs", type=int, default=20)
     soak_e2e.add_argument("-c", "--cpus", type=int,
                           help="the default test host's CPUs (default: its own)")
+    soak_e2e.add_argument("--qemu", choices=sorted(qemu.SOURCES),
+                          help="the Debian suite of the default test host's QEMU")
     soak_e2e.add_argument("-v", "--verbose", action="store_true")
     soak_e2e.add_argument("tests", nargs="*", help="test files or ids (default: all)")
     soak_e2e.set_defaults(func=cmd_soak_e2e)

@@ -165,11 +165,13 @@ def _show(names: list[str], arch: str, suite: str = "") -> dict[str, dict[str, s
 
 
 # What the test hosts fetch by name, per architecture: x86's L1 kernel, its
-# L2 guests' kernel and busybox; arm64's and ppc64el's L1 kernel, busybox,
-# and what their bindings are cross-built from. Each architecture's names
+# L2 guests' kernel and busybox, and a QEMU from another suite (qemu.py);
+# arm64's and ppc64el's L1 kernel, busybox, and what their bindings are
+# cross-built from. Each architecture's names
 # are looked up in one apt-cache call: that can take seconds on the host.
 PACKAGES = {
-    "amd64": ("linux-image-amd64", "linux-image-cloud-amd64", "busybox-static"),
+    "amd64": ("linux-image-amd64", "linux-image-cloud-amd64", "busybox-static",
+              "qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios"),
     "arm64": ("linux-image-arm64", "busybox-static", "linux-libc-dev", "libpython3.11-dev"),
     "ppc64el": ("linux-image-powerpc64le", "busybox-static", "linux-libc-dev",
                 "libpython3.11-dev"),
@@ -304,11 +306,12 @@ def unpacked(name: str, arch: str | None = None, suite: str = "") -> Path:
     return fetched(*resolve(name, arch, suite), arch, suite)
 
 
-def install(pkgs: list[tuple[str, str]], arch: str, dest: Path) -> None:
-    """Unpack `pkgs` (package, version) of `arch` into the directory `dest`,
+def install(pkgs: list[tuple[str, str]], arch: str, dest: Path, suite: str = "") -> None:
+    """Unpack `pkgs` (package, version) of `arch`, from `suite` (the host's
+    own by default), into the directory `dest`,
     over each other as dpkg would install them (no maintainer scripts run:
     none of them can, on another architecture)."""
     debs = dest / ".debs"
     debs.mkdir(parents=True)
-    _extract(_download(pkgs, arch, debs), dest)
+    _extract(_download(pkgs, arch, debs, suite), dest)
     debs.rmdir()

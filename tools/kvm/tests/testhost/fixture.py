@@ -84,9 +84,11 @@ def l2host() -> Iterator[Direct | L1]:
             f"this KVM can't boot Linux guests and {spec.qemu} for the L1 test host "
             f"is missing: install {spec.package}"
         )
-    # The soak (scripts/testhost.py soak-e2e -c N) runs the tier on other L1 CPU counts.
+    # The soak (scripts/testhost.py soak-e2e -c N --qemu SUITE) runs the tier on
+    # other L1 CPU counts and QEMUs.
     cpus = int(os.environ.get("LKVM_TESTHOST_CPUS", 0)) or None
-    yield from shared_host("l2host", L1(HostConfig(cpus=cpus)))
+    qemu = os.environ.get("LKVM_TESTHOST_QEMU") or None
+    yield from shared_host("l2host", L1(HostConfig(cpus=cpus, qemu=qemu)))
 
 
 @pytest.fixture

@@ -21,12 +21,13 @@ class HostConfig:
     tcg_thread: str = "multi"         # QEMU's -accel tcg,thread=
     kvm_amd: str = "nested=1 npt=1"   # amd64: kvm_amd's module parameters
     kernel: str = "stable"            # amd64: one of l1.KERNELS
+    qemu: str | None = None           # one of qemu.SOURCES; None: the host's own default
 
 
 @dataclass(frozen=True)
 class L1Host:
     qemu: str  # the QEMU binary ...
-    package: str  # ... and the Debian package that has it
+    package: str  # ... and the Debian package that has it ...
     machine: tuple[str, ...]  # QEMU's machine and CPU options
     console: str  # the kernel's name for the serial port QEMU's -serial makes
     control: tuple[str, ...]  # QEMU options putting chardev "ctl" on a port ...
@@ -34,6 +35,7 @@ class L1Host:
     mem: str  # default memory size ...
     cpus: int  # ... and number of CPUs
     prepare: Callable[[HostConfig], l1.L1Assets]
+    qemu_source: str = "stable"  # ... from the suite of qemu.SOURCES named
 
 
 HOSTS = {

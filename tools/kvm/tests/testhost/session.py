@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from . import cache, l1, liveness
+from . import cache, l1, liveness, qemu
 from .cache import TestHostError
 from .hosts import DEFAULT, HOSTS, HostConfig
 from .liveness import Liveness
@@ -79,8 +79,8 @@ class Session:
             raise TestHostError(f"no {config.arch} test host: there are {', '.join(HOSTS)}")
         self.config = config
         self._host = HOSTS[config.arch]
-        if shutil.which(self._host.qemu) is None:
-            raise TestHostError(f"{self._host.qemu} not found: install {self._host.package}")
+        self._qemu = qemu.command(self._host.qemu, self._host.package,
+                                  config.qemu or self._host.qemu_source)
         assets = self._host.prepare(config)
         self._own_root = assets.shares["hostfs"] != Path("/")
         self._tmp = Path(tempfile.mkdtemp(prefix="lkvm-l1-"))
@@ -118,7 +118,7 @@ class Session:
         # setpriv: qemu must not outlive a test run that was killed.
         cmd = [
             "setpriv", "--pdeathsig", "KILL",
-            host.qemu, "-accel", f"tcg,thread={cfg.tcg_thread}", *host.machine,
+            *self._qemu, "-accel", f"tcg,thread={cfg.tcg_thread}", *host.machine,
             "-m", cfg.mem or host.mem, "-smp", str(cfg.cpus or host.cpus),
             "-nodefaults", "-no-reboot", "-display", "none",
             "-kernel", str(assets.kernel), "-initrd", str(assets.initrd),
