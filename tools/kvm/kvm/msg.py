@@ -4,7 +4,6 @@ pr_info, pr_warning, pr_err, pr_debug and die).  --loglevel picks how
 much: kvmtool's levels, info by default; errors are always told."""
 
 import sys
-import traceback
 
 from kvm.errors import LkvmError
 
@@ -41,6 +40,7 @@ def trace(exc: BaseException) -> None:
     --loglevel debug: the user is told in one line by the caller, as kvmtool
     tells every error, and whoever debugs lkvm asks for the rest."""
     if _level >= LEVELS["debug"]:
+        import traceback  # with linecache and tokenize: not on every start's path
         traceback.print_exception(exc, file=sys.stderr)
 
 
