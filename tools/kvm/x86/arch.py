@@ -4,7 +4,6 @@ devices on I/O ports, a BIOS, MP and ACPI tables, and bzImage, vmlinux
 
 import argparse
 import os
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -104,7 +103,7 @@ class X86(Arch):
     @classmethod
     def kernel_candidates(cls) -> list[str]:
         """kvmtool's list: a kernel tree's build, then the host's own."""
-        release = platform.release()
+        release = os.uname().release
         return ["./bzImage", "arch/x86/boot/bzImage",
                 os.path.normpath(os.path.join(TOP, "../../arch/x86/boot/bzImage")),
                 f"/boot/vmlinuz-{release}", f"/boot/bzImage-{release}"]
