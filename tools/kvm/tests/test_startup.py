@@ -26,10 +26,9 @@ DEVICE_MODULES = (
     "ui.vnc", "kvm.exitstats",
 )
 # Standard modules that cost milliseconds to import and that nothing a
-# trivial guest needs calls for.  (shutil is not among them: argparse
-# imports it to size its help for the terminal.)
+# trivial guest needs calls for.
 HEAVY_STDLIB = (
-    "platform", "subprocess", "tempfile", "secrets", "ipaddress", "ctypes",
+    "platform", "subprocess", "tempfile", "shutil", "secrets", "ipaddress", "ctypes",
     "traceback", "json",
 )
 
