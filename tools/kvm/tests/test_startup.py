@@ -3,9 +3,14 @@ devices and options it was given and no others.  Checked by the names
 in sys.modules when lkvm exits, never by timing: a sitecustomize put on
 PYTHONPATH (which the launcher's exec passes on) writes them out."""
 
+import subprocess
+import sys
+
 import pytest
 
-from tests.helpers import guest, run_lkvm
+from include.uapi import lib
+from kvm import vcpu
+from tests.helpers import KVMDIR, TINY_TIMEOUT, guest, run_lkvm
 
 DUMP = """\
 import atexit, os, sys
@@ -90,3 +95,15 @@ def test_launcher_runs_no_command_before_python(tmp_path):
     r = run_lkvm("version", env={"PATH": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(b"kvm tool ")
+
+
+def test_exit_names_wait_for_their_first_use():
+    """The table of exit names walks all of the bindings' names: made for
+    a message, not by importing the vCPU code."""
+    r = subprocess.run([sys.executable, "-c", "from kvm import vcpu; "
+                        "print(vcpu.exit_names.cache_info().currsize)"],
+                       cwd=KVMDIR, capture_output=True, timeout=TINY_TIMEOUT, check=True)
+    assert r.stdout == b"0\n"
+    names = vcpu.exit_names()
+    assert names[lib.KVM_EXIT_HLT] == "KVM_EXIT_HLT" and names[lib.KVM_EXIT_IO] == "KVM_EXIT_IO"
+    assert not any(n.startswith("KVM_EXIT_IO_") for n in names.values())
