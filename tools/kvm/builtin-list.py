@@ -1,7 +1,6 @@
 """lkvm list: running and paused guests, and the rootfs directories of
 guests that are shut off, as kvmtool lists them."""
 
-import json
 import os
 
 from cli.cmd import Parser
@@ -60,6 +59,7 @@ def cmd_list(argv: list[str]) -> int:
         args.run = args.rootfs = True
     rows = (running_guests() if args.run else []) + (rootfs_dirs() if args.rootfs else [])
     if args.json:
+        import json  # only --json's output needs it
         print(json.dumps(rows, indent=1))
         return 0
     print(f"{'PID':>6} {'NAME':<20} STATE")

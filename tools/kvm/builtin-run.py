@@ -18,17 +18,14 @@ from kvm.arch import Arch
 from kvm.config import Config
 from kvm.devices import Hooks, Level, Registry
 from kvm.errors import LkvmError, UsageError
-from kvm.gdb.stub import GdbStub
 from kvm.kvm import KVM_DEV, Kvm
 from kvm.memory import check_hugetlbfs
 from kvm.vm import Vm
 from net.options import default_nics, parse_networks
 from rootfs import guestroot
-from ui.vnc import VncServer
 from util.pty import PtyTerminal, parse_tty
 from util.term import Terminal
 from virtio import setup as virtio_setup
-from virtio import vsock
 from virtio.setup import TRANSPORTS
 
 MIN_RAM_MIB = 1
@@ -310,6 +307,7 @@ def check_vsock(args: object) -> None:
         if args.vsock_uds is not None or args.vsock_backend != "auto":
             raise LkvmError("--vsock-uds and --vsock-backend need --vsock CID")
         return
+    from virtio import vsock  # its back ends' modules, for --vsock only
     vsock.check_cid(args.vsock)
     vsock.check_backend(args.vsock_backend, args.vsock_uds)
 
@@ -365,6 +363,7 @@ def attach_tty(vm: Vm, arch: Arch, n: int, devices: Registry) -> None:
 
 def attach_vnc(vm: Vm, name: str, devices: Registry) -> None:
     """--vnc: the VESA framebuffer on the PCI bus, and its VNC server."""
+    from ui.vnc import VncServer  # only --vnc loads the server
     vesa = Vesa(vm)
     vesa.plug()
     vm.framebuffer = (vesa.addr, vesa.framebuffer)
@@ -400,6 +399,7 @@ def build(cfg: Config, devices: Registry) -> Vm:
             guestdebug.single_step(vcpu)
 
     if cfg.gdb is not None:
+        from kvm.gdb.stub import GdbStub  # only --gdb loads the stub
         target = arch.gdb_target(vm)
         if target is None:
             raise LkvmError("--gdb: no gdb stub for this architecture yet")

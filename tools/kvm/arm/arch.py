@@ -4,7 +4,6 @@ on MMIO, described to the kernel by a device tree; arm64 Images only."""
 
 import argparse
 import os
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -87,7 +86,7 @@ class Arm64(Arch):
 
     @classmethod
     def kernel_candidates(cls) -> list[str]:
-        release = platform.release()
+        release = os.uname().release
         return ["./Image", "arch/arm64/boot/Image",
                 os.path.normpath(os.path.join(TOP, "../../arch/arm64/boot/Image")),
                 f"/boot/vmlinuz-{release}"]

@@ -44,6 +44,7 @@ def show_doc(cmd: str) -> int:
 
 
 UNRECOGNIZED = "unrecognized arguments: "   # argparse's words
+FORMATTER_WIDTH = 80
 # What --no-OPTION sets OPTION's destination to, by the kind of option.
 NEGATED = {
     argparse._StoreTrueAction: lambda action: False,
@@ -72,6 +73,13 @@ class Parser(argparse.ArgumentParser):
 
     def format_help(self) -> str:
         return format_usage(self.synopsis, self, self.groups)
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        """argparse makes a formatter at each add_argument(), only to check
+        the option's metavar, and each asked the terminal its width (and
+        imported shutil for it): a tenth of lkvm run's start.  lkvm's help
+        is cli/usage.py's, which needs no width."""
+        return self.formatter_class(prog=self.prog, width=FORMATTER_WIDTH)
 
     def error(self, message: str) -> None:
         """One line; an unknown option in kvmtool's words (its

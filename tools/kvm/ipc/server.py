@@ -19,10 +19,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from include.uapi import lib
 from kvm import msg
 from kvm.errors import LkvmError
-from kvm.ioctl import ioctl
 from util.home import lkvm_dir
 
 # Message types, kvmtool's numbers (include/kvm/kvm-ipc.h).
@@ -434,6 +432,10 @@ class IpcServer:
 def kvmclock_ctrl(vcpu: object) -> None:
     """KVM_KVMCLOCK_CTRL: the guest will see it was stopped, not stuck.
     Hosts or guests without kvmclock refuse it, which is fine."""
+    # The KVM bindings, imported here: the clients (lkvm list, stop ...)
+    # share this module's protocol and have no VM to drive.
+    from include.uapi import lib
+    from kvm.ioctl import ioctl
     try:
         ioctl(vcpu.fd, lib.KVM_KVMCLOCK_CTRL, 0)
     except OSError as e:

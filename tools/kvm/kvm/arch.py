@@ -9,7 +9,7 @@ The core calls these hooks and never asks which arch it runs on.
 
 import argparse
 import importlib
-import platform
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, ClassVar, Protocol
@@ -207,7 +207,7 @@ class Arch(ABC):
 
 def load() -> type[Arch]:
     """The arch class for this host."""
-    machine = platform.machine()
+    machine = os.uname().machine
     try:
         module = importlib.import_module(f"{ARCHES[machine]}.arch")
     except (KeyError, ModuleNotFoundError):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, TextIO
 
 from include.uapi import lib
-from kvm.vcpu import EXIT_NAMES, IO, IO_AT
+from kvm.vcpu import IO, IO_AT, exit_names
 
 if TYPE_CHECKING:
     from kvm.vcpu import Vcpu
@@ -45,7 +45,7 @@ ADDRESSED = {lib.KVM_EXIT_IO: _io_key, lib.KVM_EXIT_MMIO: _mmio_key}
 
 
 def kind(reason: int) -> str:
-    return EXIT_NAMES.get(reason, f"reason {reason}").removeprefix("KVM_EXIT_")
+    return exit_names().get(reason, f"reason {reason}").removeprefix("KVM_EXIT_")
 
 
 class ExitStats:

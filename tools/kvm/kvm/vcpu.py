@@ -8,6 +8,7 @@ inside the ioctl or just before it.
 """
 
 import fcntl
+import functools
 import mmap
 import signal
 import sys
@@ -21,8 +22,14 @@ from kvm.ioctl import ioctl, ioctl_fd
 
 KICK_SIGNAL = signal.SIGUSR1
 
-EXIT_NAMES = {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_")
-              and not n.startswith(("KVM_EXIT_IO_", "KVM_EXIT_HYPERV_", "KVM_EXIT_XEN_"))}
+
+@functools.cache
+def exit_names() -> dict[int, str]:
+    """KVM_EXIT_<NAME> by exit reason, for messages.  Made on first use:
+    it walks every name of the bindings, 1.5 ms and half a MB of RSS that
+    a guest ending normally never needs."""
+    return {getattr(lib, n): n for n in dir(lib) if n.startswith("KVM_EXIT_")
+            and not n.startswith(("KVM_EXIT_IO_", "KVM_EXIT_HYPERV_", "KVM_EXIT_XEN_"))}
 
 
 # The exit path reads kvm_run with one unpack each, not a cffi read per field.
@@ -162,7 +169,7 @@ class Vcpu:
 
     def _exit_fatal(self) -> None:
         reason = self.run.exit_reason
-        name = EXIT_NAMES.get(reason, "unknown")
+        name = exit_names().get(reason, "unknown")
         detail = ""
         if reason == lib.KVM_EXIT_INTERNAL_ERROR:
             detail = f", suberror {self.run.internal.suberror}"

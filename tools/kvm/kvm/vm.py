@@ -17,7 +17,6 @@ from kvm.bus import Bus
 from kvm.config import Config
 from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
-from kvm.exitstats import ExitStats
 from kvm.haltwatch import HaltWatch
 from kvm.ioctl import ioctl
 from kvm.kvm import Kvm
@@ -27,6 +26,7 @@ from kvm.vcpu import KICK_SIGNAL, Vcpu, VcpuStop
 if TYPE_CHECKING:
     from hw.pci import PciBus
     from hw.vesa import Framebuffer
+    from kvm.exitstats import ExitStats
 
 HALT_CHECK_SECONDS = 0.5
 
@@ -47,8 +47,10 @@ class Vm:
         arch.create_irqchip(self)
         self.vcpus = [Vcpu(self, i) for i in range(cfg.cpus)]
         arch.vcpus_created(self)
-        self.exit_stats = ExitStats() if cfg.debug_exits else None
-        if self.exit_stats is not None:
+        self.exit_stats: ExitStats | None = None
+        if cfg.debug_exits:
+            from kvm import exitstats  # loaded for --debug-exits only
+            self.exit_stats = exitstats.ExitStats()
             for vcpu in self.vcpus:
                 vcpu.exits = self.exit_stats.wrap(vcpu, vcpu.exits)
         self.exit_status = 0

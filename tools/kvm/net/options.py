@@ -10,14 +10,12 @@ differ without being told to.  Bad input ends lkvm as kvmtool's die()
 does, with status 128.
 """
 
-import ipaddress
 from collections.abc import Callable
 from dataclasses import replace
 
 from kvm import msg
 from kvm.config import Nic
 from kvm.errors import KVMTOOL_DIE, LkvmError
-from net import passt
 from net.mac import parse_mac
 
 MODES = ("user", "tap", "none")
@@ -32,6 +30,7 @@ class BadSetting(ValueError):
 
 
 def ip(value: str) -> str:
+    import ipaddress  # only for -n's addresses: a guest without -n needs none
     try:
         return str(ipaddress.IPv4Address(value))
     except ValueError:
@@ -153,6 +152,7 @@ def default_nics(linux: bool) -> tuple[Nic, ...]:
     a network, and is told why: asked for with -n, mode=user fails."""
     if not linux:
         return ()
+    from net import passt  # its subprocess and tempfile: a flat guest needs none
     if not passt.available():
         msg.warning(f"no passt for the default network, so the guest has none: {passt.INSTALL}")
         return ()

@@ -7,7 +7,6 @@ through RTAS; virtio-pci behind an sPAPR PCI host bridge (phb.py)."""
 
 import argparse
 import os
-import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -83,7 +82,7 @@ class Ppc64(Arch):
 
     @classmethod
     def kernel_candidates(cls) -> list[str]:
-        release = platform.release()
+        release = os.uname().release
         return ["./vmlinux", os.path.normpath(os.path.join(TOP, "../../vmlinux")),
                 f"/boot/vmlinux-{release}"]
 

@@ -10,7 +10,6 @@ walk the path without following symlinks and replace files by rename."""
 import errno
 import os
 import re
-import secrets
 import stat
 
 from kvm.errors import LkvmError
@@ -79,10 +78,17 @@ def put(root: str, rel: str, data: bytes, mode: int) -> None:
         os.close(dfd)
 
 
+def random_hex() -> str:
+    """16 random hex digits, a temporary name's tail.  (os.urandom, as the
+    secrets module would use: importing that is a cost every lkvm run
+    paid, rootfs or not.)"""
+    return os.urandom(8).hex()
+
+
 def _create_beside(dfd: int, name: str, mode: int) -> tuple[int, str]:
     """A new file .NAME.lkvm-RANDOM in dfd, opened for writing."""
     for _ in range(TMP_TRIES):
-        tmp = f".{name}.lkvm-{secrets.token_hex(8)}"
+        tmp = f".{name}.lkvm-{random_hex()}"
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                            | os.O_CLOEXEC, mode, dir_fd=dfd), tmp

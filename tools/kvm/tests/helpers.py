@@ -21,11 +21,13 @@ def guest(name: str) -> str:
     return path
 
 
-def run_lkvm(*args: str, timeout: float = TINY_TIMEOUT,
-             input: bytes | None = None) -> subprocess.CompletedProcess:
-    """`./lkvm ARGS`, as a user would type it, with output captured."""
+def run_lkvm(*args: str, timeout: float = TINY_TIMEOUT, input: bytes | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`./lkvm ARGS`, as a user would type it, with output captured; env
+    adds to the environment."""
     return subprocess.run([LKVM, *args], input=input, capture_output=True, timeout=timeout,
-                          stdin=None if input is not None else subprocess.DEVNULL)
+                          stdin=None if input is not None else subprocess.DEVNULL,
+                          env={**os.environ, **env} if env else None)
 
 
 # Cases each fuzz target ran, printed in the session's summary (conftest.py).

@@ -86,12 +86,12 @@ def test_put_retries_a_taken_random_name_and_gives_up_in_one_line(root, monkeypa
     path, _ = root
     virt = os.path.join(path, "virt")
     names = iter(["aa", "aa", "bb"])
-    monkeypatch.setattr(tree.secrets, "token_hex", lambda n: next(names))
+    monkeypatch.setattr(tree, "random_hex", lambda: next(names))
     tree.put(path, "virt/x", b"1", 0o644)                 # aa is free
     os.rename(os.path.join(virt, "x"), os.path.join(virt, ".x.lkvm-aa"))
     tree.put(path, "virt/x", b"2", 0o644)                 # aa taken, bb free
     assert open(os.path.join(virt, "x"), "rb").read() == b"2"
-    monkeypatch.setattr(tree.secrets, "token_hex", lambda n: "aa")
+    monkeypatch.setattr(tree, "random_hex", lambda: "aa")
     with pytest.raises(LkvmError, match="cannot write .*virt/x: "):
         tree.put(path, "virt/x", b"3", 0o644)
     assert open(os.path.join(virt, ".x.lkvm-aa"), "rb").read() == b"1"   # not ours to remove

@@ -6,7 +6,14 @@ one table of transports.
 
 Every device gets an I/O thread of its own for its queue notifications:
 a backend that blocks (a 9p open waiting on a lease, a read nobody
-answers) stalls its own device and no other, and a stop abandons it."""
+answers) stalls its own device and no other, and a stop abandons it.
+
+A device's modules (its model, back end, transport) are imported in the
+function that makes it, once the configuration asks for one: most guests
+have a few devices of the many, and importing every module was most of
+lkvm's start-up (issue 19).  The annotations name them as strings."""
+
+from __future__ import annotations
 
 import importlib
 import os
@@ -14,10 +21,8 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from disk.core import Disk, open_disk
-from disk.iodelay import IoDelay
 from hw.pci import PciBus
 from ipc.server import SOCK_SUFFIX, socket_path
 from kvm import msg
@@ -26,31 +31,32 @@ from kvm.devices import STUCK_SECONDS
 from kvm.errors import LkvmError
 from kvm.iothread import IoThread, stop_all
 from kvm.irq import IrqRouting
-from net.backend import Backend
-from net.defaults import PREFIX_LEN
-from net.mac import parse_mac
-from net.passt import Passt
-from net.tap import open_tap
-from net.vhost import VhostNet
-from scsi.sbc import BlockLun
-from scsi.target import MAX_LUNS
-from virtio.balloon import Balloon
-from virtio.blk import Blk
-from virtio.console import Console
-from virtio.device import VirtioDevice
-from virtio.mmio import REGION_SIZE, VirtioMmio
-from virtio.net import Net
-from virtio.pci import VirtioPci
-from virtio.rng import Rng
-from virtio.scsi import Scsi, VhostScsi
-from virtio.vhost import Vhost
-from virtio.vsock import make as make_vsock
+
+if TYPE_CHECKING:
+    from disk.core import Disk
+    from net.backend import Backend
+    from net.vhost import VhostNet
+    from virtio.balloon import Balloon
+    from virtio.console import Console
+    from virtio.device import VirtioDevice
+    from virtio.scsi import VhostScsi
+
+
+def virtio_pci(dev: VirtioDevice, ctx: Context, modern: bool) -> object:
+    from virtio.pci import VirtioPci
+    return VirtioPci(dev, ctx, modern=modern)
+
+
+def virtio_mmio(dev: VirtioDevice, ctx: Context, modern: bool) -> object:
+    from virtio.mmio import VirtioMmio
+    return VirtioMmio(dev, ctx, ctx.next_mmio_base(), modern=modern)
+
 
 TRANSPORTS = {
-    "pci": lambda dev, ctx: VirtioPci(dev, ctx, modern=True),
-    "pci-legacy": lambda dev, ctx: VirtioPci(dev, ctx, modern=False),
-    "mmio": lambda dev, ctx: VirtioMmio(dev, ctx, ctx.next_mmio_base(), modern=True),
-    "mmio-legacy": lambda dev, ctx: VirtioMmio(dev, ctx, ctx.next_mmio_base(), modern=False),
+    "pci": partial(virtio_pci, modern=True),
+    "pci-legacy": partial(virtio_pci, modern=False),
+    "mmio": partial(virtio_mmio, modern=True),
+    "mmio-legacy": partial(virtio_mmio, modern=False),
 }
 DISK_FLAGS = {"ro": "readonly", "snapshot": "snapshot", "direct": "direct"}
 # kvmtool's -d scsi:WWPN[:TPGT], a vhost-scsi target set up in configfs;
@@ -78,6 +84,7 @@ class Context:
     name = "virtio"
 
     def next_mmio_base(self) -> int:
+        from virtio.mmio import REGION_SIZE
         base, self.mmio_next = self.mmio_next, self.mmio_next + REGION_SIZE
         return base
 
@@ -129,6 +136,7 @@ def open_all(items: Sequence[T], opener: Callable[[T], C]) -> list[C]:
 
 
 def parse_disk(spec: str, kind: str = "") -> Disk:
+    from disk.core import open_disk
     path, *flags = spec.split(",")
     unknown = [f for f in flags if f not in DISK_FLAGS]
     if not path or unknown:
@@ -139,15 +147,23 @@ def parse_disk(spec: str, kind: str = "") -> Disk:
 def console(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
     if cfg.console != "virtio":
         return []
+    from virtio.console import Console
     ctx.console = Console(ctx.vm.mem, out)
     return [ctx.console]
 
 
 def rng(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
-    return [Rng(ctx.vm.mem)] if cfg.rng else []
+    if not cfg.rng:
+        return []
+    from virtio.rng import Rng
+    return [Rng(ctx.vm.mem)]
 
 
 def blk(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
+    if not cfg.disks:
+        return []
+    from disk.iodelay import IoDelay
+    from virtio.blk import Blk
     disks = open_all(cfg.disks, parse_disk)
     if cfg.debug_iodelay:
         disks = [IoDelay(disk, cfg.debug_iodelay) for disk in disks]
@@ -166,6 +182,8 @@ def vhost_scsi(mem: object, spec: str) -> VhostScsi:
         raise LkvmError(f"{what}: a vhost-scsi target needs {VHOST_SCSI}, which "
                         "this host does not have (modprobe vhost_scsi, then set the target "
                         "up in configfs); -d scsi:FILE serves an image without it")
+    from virtio.scsi import VhostScsi
+    from virtio.vhost import Vhost
     m = VHOST_SCSI_SPEC.fullmatch(spec)
     vhost = Vhost(VHOST_SCSI, what, mem, VhostScsi.vhost_rings)
     try:
@@ -182,6 +200,11 @@ def scsi(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[Virtio
     order of their first option, as the guest names disks in the order it
     finds adapters: with no virtio-blk disk, the first -d scsi: is sda,
     the root."""
+    if not cfg.scsi:
+        return []
+    from scsi.sbc import BlockLun
+    from scsi.target import MAX_LUNS
+    from virtio.scsi import Scsi
     files = [spec for spec in cfg.scsi if not is_vhost_scsi(spec)]
     if len(files) > MAX_LUNS:
         raise LkvmError(f"--disk scsi: at most {MAX_LUNS} LUNs, not {len(files)}")
@@ -213,20 +236,29 @@ def p9(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDe
 def balloon(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[VirtioDevice]:
     if not cfg.balloon:
         return []
+    from virtio.balloon import Balloon
     ctx.balloon = Balloon(ctx.vm.mem)
     return [ctx.balloon]
 
 
 def user_mode(nic: Nic) -> list[Backend]:
+    from net.defaults import PREFIX_LEN
+    from net.passt import Passt
     return [Passt(nic.guest_ip, nic.host_ip, PREFIX_LEN, nic.host_mac)]
 
 
+def tap_mode(nic: Nic) -> list[Backend]:
+    from net.tap import open_tap
+    return open_tap(nic)
+
+
 # Each mode's back end: one per queue pair.
-BACKENDS: dict[str, Callable[[Nic], list[Backend]]] = {"user": user_mode, "tap": open_tap}
+BACKENDS: dict[str, Callable[[Nic], list[Backend]]] = {"user": user_mode, "tap": tap_mode}
 
 
 def vhosts(mem: object, backends: list[Backend]) -> list[VhostNet]:
     """A vhost-net per queue pair; none, and no back end, if one fails."""
+    from net.vhost import VhostNet
     made: list[VhostNet] = []
     try:
         for backend in backends:
@@ -243,6 +275,10 @@ def vhosts(mem: object, backends: list[Backend]) -> list[VhostNet]:
 def net(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> Iterator[VirtioDevice]:
     """One virtio-net per NIC, each handed over as soon as it exists, so
     that a later one failing still ends the back ends started before it."""
+    if not cfg.nics:
+        return
+    from net.mac import parse_mac
+    from virtio.net import Net
     for nic in cfg.nics:
         backends = BACKENDS[nic.mode](nic)
         dev = Net(ctx.vm.mem, backends, parse_mac(nic.guest_mac),
@@ -261,6 +297,7 @@ def vsock(ctx: Context, cfg: Config, out: Callable[[bytes], None]) -> list[Virti
     --vsock-uds, else beside the IPC socket: ~/.lkvm/<name>.vsock."""
     if cfg.vsock is None:
         return []
+    from virtio.vsock import make as make_vsock
     base = socket_path(cfg.name, create_dir=True).removesuffix(SOCK_SUFFIX) + ".vsock"
     dev = make_vsock(ctx.vm.mem, cfg.vsock, cfg.vsock_uds, cfg.vsock_backend, base)
     dev.serve_on(ctx.iothread(dev))

@@ -4,7 +4,6 @@ devices on I/O ports, a BIOS, MP and ACPI tables, and bzImage, vmlinux
 
 import argparse
 import os
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -28,7 +27,6 @@ from x86.cmdline import kernel_cmdline
 from x86.e820 import e820_map
 from x86.firmware import Firmware
 from x86.flat import FlatBinary
-from x86.gdb import X86Gdb
 from x86.headers import UAPI_HEADERS
 from x86.layout import (
     ACPI_START,
@@ -45,6 +43,7 @@ from x86.vmlinux import Vmlinux
 if TYPE_CHECKING:
     from kvm.vcpu import Vcpu
     from kvm.vm import Vm
+    from x86.gdb import X86Gdb
 
 # The PC's four COM ports: (I/O base, ISA IRQ).
 SERIAL_PORTS = ((0x3F8, 4), (0x2F8, 3), (0x3E8, 4), (0x2E8, 3))
@@ -104,7 +103,7 @@ class X86(Arch):
     @classmethod
     def kernel_candidates(cls) -> list[str]:
         """kvmtool's list: a kernel tree's build, then the host's own."""
-        release = platform.release()
+        release = os.uname().release
         return ["./bzImage", "arch/x86/boot/bzImage",
                 os.path.normpath(os.path.join(TOP, "../../arch/x86/boot/bzImage")),
                 f"/boot/vmlinuz-{release}", f"/boot/bzImage-{release}"]
@@ -243,7 +242,8 @@ class X86(Arch):
     def describe_translation(self, vcpu: "Vcpu", addr: int) -> str:
         return cpu.describe_translation(vcpu, addr)
 
-    def gdb_target(self, vm: "Vm") -> X86Gdb:
+    def gdb_target(self, vm: "Vm") -> "X86Gdb":
+        from x86.gdb import X86Gdb  # only --gdb loads the stub's modules
         if not vm.kvm.check_extension(lib.KVM_CAP_SET_GUEST_DEBUG):
             raise LkvmError("--gdb: this host's KVM cannot debug guests (no KVM_SET_GUEST_DEBUG)")
         return X86Gdb(vm.kvm.check_extension(lib.KVM_CAP_SET_GUEST_DEBUG2))
