@@ -100,6 +100,21 @@ class GuestMemory:
             return self._maps[i][off:off + length]
         raise GuestError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
 
+    def views(self, ranges: list[tuple[int, int]]) -> list[memoryview]:
+        """view() of each (gpa, length), checked as view() checks one: a
+        descriptor chain's buffers at once, which mostly lie in one
+        region, looked up again only when a range is not in the last."""
+        out: list[memoryview] = []
+        lo, hi, ram = 0, -1, None
+        for gpa, length in ranges:
+            if gpa < lo or gpa + length > hi or length < 0:
+                i = bisect.bisect_right(self._starts, gpa) - 1
+                if i < 0 or length < 0 or gpa + length > self._ends[i]:
+                    raise GuestError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
+                lo, hi, ram = self._starts[i], self._ends[i], self._maps[i]
+            out.append(ram[gpa - lo:gpa - lo + length])
+        return out
+
     def contains(self, gpa: int, length: int) -> bool:
         try:
             self.region(gpa, length)

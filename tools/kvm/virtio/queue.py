@@ -142,11 +142,11 @@ class Virtqueue:
         self.last_avail = (self.last_avail - count) & 0xFFFF
 
     def _walk(self, head: int) -> Chain:
-        # The loop runs once per descriptor: names it uses are local.
-        table, entries, view, unpack = self._desc, self.size, self.mem.view, DESC.unpack_from
-        readable: list[memoryview] = []
-        writable: list[memoryview] = []
-        readable_size = writable_size = 0
+        # The loop runs once per descriptor: names it uses are local, and
+        # the buffers are looked up in guest memory together at the end.
+        table, entries, unpack = self._desc, self.size, DESC.unpack_from
+        ranges: list[tuple[int, int]] = []
+        readable = writable = readable_size = writable_size = 0
         index, budget, indirect = head, self.size, False
         while True:
             if index >= entries:
@@ -161,26 +161,28 @@ class Virtqueue:
                 if not length or length % DESC_SIZE:
                     raise QueueError(f"indirect table of {length} bytes")
                 try:
-                    table = view(addr, length)
+                    table = self.mem.view(addr, length)
                 except GuestError as e:
                     raise QueueError(str(e)) from None
                 index, entries, indirect = 0, length // DESC_SIZE, True
                 continue
-            try:
-                buf = view(addr, length)
-            except GuestError as e:
-                raise QueueError(str(e)) from None
             if flags & F_WRITE:
-                writable.append(buf)
+                writable += 1
                 writable_size += length
             elif writable:
                 raise QueueError("device-readable descriptor after a writable one")
             else:
-                readable.append(buf)
+                readable += 1
                 readable_size += length
+            ranges.append((addr, length))
             if not flags & F_NEXT:
-                return Chain(head, readable, writable, readable_size, writable_size)
+                break
             index = nxt
+        try:
+            views = self.mem.views(ranges)
+        except GuestError as e:
+            raise QueueError(str(e)) from None
+        return Chain(head, views[:readable], views[readable:], readable_size, writable_size)
 
     def push(self, head: int, written: int) -> None:
         """Give a chain back with the number of bytes the device wrote."""
