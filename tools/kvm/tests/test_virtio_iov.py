@@ -4,7 +4,7 @@ over views of every length, empty ones included."""
 from hypothesis import given
 from hypothesis import strategies as st
 
-from virtio.iov import split, take, total
+from virtio.iov import advance, split, take, total
 
 views_and_cut = st.tuples(st.lists(st.binary(max_size=8), max_size=6), st.integers(-2, 50))
 
@@ -38,3 +38,13 @@ def test_split_leaves_the_callers_list_alone():
     assert [bytes(v) for v in head] == [b"abcd", b"ef"]
     assert [bytes(v) for v in rest] == [b"gh"]
     assert [bytes(v) for v in views] == [b"abcd", b"efgh"]
+
+
+@given(views_and_cut)
+def test_advance_skips_the_first_n_bytes(case):
+    parts, n = case
+    data = b"".join(parts)
+    n = min(max(n, 0), len(data))
+    rest = advance(as_views(parts), n)
+    assert b"".join(rest) == data[n:]
+    assert not rest or len(rest[0])     # no empty view left at the cut

@@ -66,13 +66,13 @@ def drop_last(views: list[memoryview]) -> tuple[memoryview | None, list[memoryvi
 
 
 def advance(views: list[memoryview], n: int) -> list[memoryview]:
-    """The views after the first `n` bytes."""
-    while views and n >= len(views[0]):
-        n -= len(views[0])
-        views = views[1:]
-    if n:
-        views = [views[0][n:], *views[1:]]
-    return views
+    """The views after the first `n` bytes (empty ones at the cut left
+    out)."""
+    for i, v in enumerate(views):
+        if n < len(v):
+            return [v[n:], *views[i + 1:]] if n else views[i:]
+        n -= len(v)
+    return []
 
 
 def split(views: list[memoryview], n: int) -> tuple[list[memoryview], list[memoryview]]:
