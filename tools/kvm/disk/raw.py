@@ -102,10 +102,11 @@ class RawDisk:
         self._io(os.pwritev, views, offset)
 
     def _io(self, op: object, views: list[memoryview], offset: int) -> None:
-        views = [v for v in views if len(v)]
+        views = [v for v in views if v]
         while views:
+            batch = views[:IOV_MAX]
             try:
-                n = op(self.fd, views[:IOV_MAX], offset)
+                n = op(self.fd, batch, offset)
             except OSError as e:
                 if e.errno != errno.EINVAL or not self.direct:
                     raise
@@ -113,7 +114,9 @@ class RawDisk:
             if n == 0:
                 raise OSError(errno.EIO, "short transfer")
             offset += n
-            views = advance(views, n)
+            # Mostly all of it went: a short transfer is rare, and only
+            # then are the views walked to find where to go on from.
+            views = views[IOV_MAX:] if n == total(batch) else advance(views, n)
 
     def _bounce(self, op: object, views: list[memoryview], offset: int) -> None:
         """O_DIRECT wants aligned buffers; guest buffers need not be, so

@@ -47,6 +47,10 @@ class GuestMemory:
             host = int(ffi.cast("uintptr_t", ffi.from_buffer(mm)))
             self.regions.append(Region(gpa, size, mm, host))
         self._starts = [r.gpa for r in self.regions]
+        # view() runs for every descriptor a device reads: its bounds and
+        # views made once, not per call.
+        self._ends = [r.end for r in self.regions]
+        self._maps = [memoryview(r.map) for r in self.regions]
         self.size = sum(r.size for r in self.regions)
 
     @staticmethod
@@ -90,9 +94,26 @@ class GuestMemory:
 
     def view(self, gpa: int, length: int) -> memoryview:
         """A writable view of guest memory, without copying."""
-        r = self.region(gpa, length)
-        off = gpa - r.gpa
-        return memoryview(r.map)[off:off + length]
+        i = bisect.bisect_right(self._starts, gpa) - 1
+        if i >= 0 and length >= 0 and gpa + length <= self._ends[i]:
+            off = gpa - self._starts[i]
+            return self._maps[i][off:off + length]
+        raise GuestError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
+
+    def views(self, ranges: list[tuple[int, int]]) -> list[memoryview]:
+        """view() of each (gpa, length), checked as view() checks one: a
+        descriptor chain's buffers at once, which mostly lie in one
+        region, looked up again only when a range is not in the last."""
+        out: list[memoryview] = []
+        lo, hi, ram = 0, -1, None
+        for gpa, length in ranges:
+            if gpa < lo or gpa + length > hi or length < 0:
+                i = bisect.bisect_right(self._starts, gpa) - 1
+                if i < 0 or length < 0 or gpa + length > self._ends[i]:
+                    raise GuestError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
+                lo, hi, ram = self._starts[i], self._ends[i], self._maps[i]
+            out.append(ram[gpa - lo:gpa - lo + length])
+        return out
 
     def contains(self, gpa: int, length: int) -> bool:
         try:
@@ -124,5 +145,7 @@ class GuestMemory:
         return ffi.from_buffer(ctype + " *", self.view(gpa, ffi.sizeof(ctype)))
 
     def close(self) -> None:
+        for m in self._maps:
+            m.release()         # or the maps refuse to close
         for r in self.regions:
             r.map.close()

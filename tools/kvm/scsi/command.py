@@ -5,7 +5,7 @@ memory; and the rules for moving bytes through them."""
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from virtio.iov import scatter, split, take, total
+from virtio.iov import scatter, split, take
 
 
 class Overrun(Exception):
@@ -19,27 +19,29 @@ class Command:
     cdb: bytes
     data_out: list[memoryview]
     data_in: list[memoryview]
+    out_size: int               # bytes the data-out buffers hold
+    in_size: int                # and the data-in ones
     written: int = 0            # bytes given to the data-in buffers
 
     def reply(self, data: bytes, allocation: int) -> int:
         """Give the initiator `data` cut to its allocation length (SPC-4
         §4.2.5.6: truncating is no error); the bytes moved."""
         data = data[:allocation]
-        if len(data) > total(self.data_in):
+        if len(data) > self.in_size:
             raise Overrun
         self.written = scatter(self.data_in, data)
         return self.written
 
     def data_in_views(self, size: int) -> list[memoryview]:
-        if size > total(self.data_in):
+        if size > self.in_size:
             raise Overrun
         self.written = size
-        return split(self.data_in, size)[0]
+        return self.data_in if size == self.in_size else split(self.data_in, size)[0]
 
     def data_out_views(self, size: int) -> list[memoryview]:
-        if size > total(self.data_out):
+        if size > self.out_size:
             raise Overrun
-        return split(self.data_out, size)[0]
+        return self.data_out if size == self.out_size else split(self.data_out, size)[0]
 
     def parameters(self, size: int) -> bytes:
         """A parameter list of `size` bytes (which the caller bounds)."""

@@ -60,11 +60,12 @@ class Target:
         self.own = {cdb.REPORT_LUNS: self.report_luns, lib.REQUEST_SENSE: self.request_sense}
 
     def execute(self, lun: int | None, raw: bytes, data_out: list[memoryview],
-                data_in: list[memoryview]) -> Result:
+                data_in: list[memoryview], out_size: int, in_size: int) -> Result:
         """Run `raw` (the whole CDB field) on LUN `lun`, None for an
-        address that names none.  Overrun passes through to the transport."""
+        address that names none, with data buffers of the sizes given.
+        Overrun passes through to the transport."""
         try:
-            cmd = Command(self.cdb(raw), data_out, data_in)
+            cmd = Command(self.cdb(raw), data_out, data_in, out_size, in_size)
             moved = self.dispatch(lun, cmd)
             return Result(GOOD, moved=moved, written=cmd.written)
         except CheckCondition as e:

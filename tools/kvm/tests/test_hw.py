@@ -212,14 +212,22 @@ def test_memory_refuses_ranges_outside_ram():
     mem.write(0x1000, b"abc")
     assert mem.read(0x1000, 3) == b"abc"
     assert mem.view((4 << 20) + 10, 4).nbytes == 4
-    for gpa, n in [((1 << 20) - 2, 4),     # runs off the first region
-                   (2 << 20, 1),           # in the hole
-                   (-1, 2),                # before RAM
-                   (5 << 20, 1),           # just past the end
-                   (0, -1),                # a negative length
-                   (2**64 - 1, 2)]:        # an address that wraps
+    outside = [((1 << 20) - 2, 4),     # runs off the first region
+               (2 << 20, 1),           # in the hole
+               (-1, 2),                # before RAM
+               (5 << 20, 1),           # just past the end
+               (0, -1),                # a negative length
+               (2**64 - 1, 2)]         # an address that wraps
+    for gpa, n in outside:
         with pytest.raises(GuestError):
             mem.view(gpa, n)
+        # Many at once, as a descriptor chain's: one bad range after
+        # good ones in either region is refused all the same.
+        with pytest.raises(GuestError):
+            mem.views([(0x1000, 3), ((4 << 20) + 10, 4), (gpa, n)])
+    got = mem.views([(0x1000, 3), ((4 << 20) + 10, 4), (0x1001, 0), ((1 << 20) - 1, 1)])
+    assert [bytes(v) for v in got] == [b"abc", bytes(4), b"", b"\0"]
+    del got
     mem.close()
 
 

@@ -162,3 +162,13 @@ def test_rings_outside_ram_or_unaligned(rng, where, addr):
     setattr(q, where, addr)
     rng.enable_queue(0)
     assert broken(rng)
+
+
+def test_a_chain_carries_the_sizes_of_its_buffers(rng):
+    (q,) = Driver(rng).start()
+    q.add([b"abc", b"de"], [16, 48], indirect=True)
+    q.add([b""], [0, 7])
+    sizes = []
+    while (chain := rng.queues[0].pop()) is not None:
+        sizes.append((chain.readable_size, chain.writable_size))
+    assert sizes == [(5, 64), (0, 7)]

@@ -3,6 +3,7 @@ Linux's virtio_scsi and sd drive them, then as a hostile guest would:
 every command in a table, bad LUNs, CDBs cut short, transfers larger
 than their buffers or the limits, parameter lists that lie."""
 
+import itertools
 import os
 import struct
 
@@ -173,6 +174,32 @@ def test_read_and_write_every_size(adapter, images, read, write, pack):
     assert images[0].read_bytes()[100 * 512:100 * 512 + 4096] == payload
     r = ok(run(adapter, pack(read, 100, 8), in_len=4096))
     assert r.data == payload and r.written == RESP_SIZE + 4096
+
+
+def test_transfers_spanning_many_descriptors(adapter, images):
+    """A command's data in segments of any size, as many as seg_max
+    allows, whole or with buffers to spare: the bytes land in order and
+    the residual is what was left over."""
+    payload = os.urandom(16 * 512)
+    cuts = [0, 1, 512, 513, 4096, 4097, 5000, 8191, len(payload)]
+    pieces = [payload[a:b] for a, b in itertools.pairwise(cuts)]
+    _, queues = adapter
+    q = queues[REQUEST]
+    hdr = lun_field() + bytes(CDB_OFFSET - 8) + rw10(lib.WRITE_10, 40, 16).ljust(32, b"\0")
+    q.add([hdr, *pieces, b"spare"], [RESP_SIZE], indirect=True)
+    q.kick()
+    ((_, _, data),) = q.collect()
+    assert ok(Reply(RESP_SIZE, data)).resid == 5
+    assert images[0].read_bytes()[40 * 512:56 * 512] == payload
+    for spare in (0, 700):
+        sizes = [len(p) for p in pieces] + ([spare] if spare else [])
+        hdr = lun_field() + bytes(CDB_OFFSET - 8) + rw10(lib.READ_10, 40, 16).ljust(32, b"\0")
+        q.add([hdr], [RESP_SIZE, *sizes])
+        q.kick()
+        ((_, written, data),) = q.collect()
+        r = ok(Reply(written, data))
+        assert r.resid == spare and written == RESP_SIZE + len(payload)
+        assert r.data[:len(payload)] == payload
 
 
 def test_read_6_length_0_means_256(adapter):

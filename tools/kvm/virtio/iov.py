@@ -5,19 +5,14 @@ from collections.abc import Iterator
 
 
 def total(views: list[memoryview]) -> int:
-    return sum(len(v) for v in views)
+    return sum(map(len, views))
 
 
 def take(views: list[memoryview], n: int) -> tuple[bytes | None, list[memoryview]]:
     """The first `n` bytes (None if there are fewer) and the views after."""
-    head, rest = bytearray(), list(views)
-    while rest and len(head) < n:
-        v = rest.pop(0)
-        want = n - len(head)
-        head += v[:want]
-        if len(v) > want:
-            rest.insert(0, v[want:])
-    return (bytes(head) if len(head) == n else None), rest
+    head, rest = split(views, n)
+    data = b"".join(head)
+    return (data if len(data) == n else None), rest
 
 
 def prefix(views: list[memoryview], limit: int) -> bytes:
@@ -71,24 +66,24 @@ def drop_last(views: list[memoryview]) -> tuple[memoryview | None, list[memoryvi
 
 
 def advance(views: list[memoryview], n: int) -> list[memoryview]:
-    """The views after the first `n` bytes."""
-    while views and n >= len(views[0]):
-        n -= len(views[0])
-        views = views[1:]
-    if n:
-        views = [views[0][n:], *views[1:]]
-    return views
+    """The views after the first `n` bytes (empty ones at the cut left
+    out)."""
+    for i, v in enumerate(views):
+        if n < len(v):
+            return [v[n:], *views[i + 1:]] if n else views[i:]
+        n -= len(v)
+    return []
 
 
 def split(views: list[memoryview], n: int) -> tuple[list[memoryview], list[memoryview]]:
     """The views of the first `n` bytes and the views after them."""
     head: list[memoryview] = []
-    rest = list(views)
-    while rest and n > 0:
-        v = rest.pop(0)
+    for i, v in enumerate(views):
+        if n <= 0:
+            return head, views[i:]
         if len(v) > n:
-            rest.insert(0, v[n:])
-            v = v[:n]
+            head.append(v[:n])
+            return head, [v[n:], *views[i + 1:]]
         head.append(v)
         n -= len(v)
-    return head, rest
+    return head, []

@@ -49,13 +49,16 @@ class QueueError(GuestError):
     """The driver broke the virtqueue rules; the device needs a reset."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Chain:
     """One request: the head's index and the buffers it names, the
-    device-readable ones first, as guest memory views."""
+    device-readable ones first, as guest memory views, and their sizes
+    (counted once here, not again by each device)."""
     head: int
     readable: list[memoryview]
     writable: list[memoryview]
+    readable_size: int = 0
+    writable_size: int = 0
 
 
 def ring_sizes(size: int) -> tuple[int, int, int]:
@@ -139,9 +142,11 @@ class Virtqueue:
         self.last_avail = (self.last_avail - count) & 0xFFFF
 
     def _walk(self, head: int) -> Chain:
-        table, entries, mem = self._desc, self.size, self.mem
-        readable: list[memoryview] = []
-        writable: list[memoryview] = []
+        # The loop runs once per descriptor: names it uses are local, and
+        # the buffers are looked up in guest memory together at the end.
+        table, entries, unpack = self._desc, self.size, DESC.unpack_from
+        ranges: list[tuple[int, int]] = []
+        readable = writable = readable_size = writable_size = 0
         index, budget, indirect = head, self.size, False
         while True:
             if index >= entries:
@@ -149,31 +154,35 @@ class Virtqueue:
             budget -= 1
             if budget < 0:
                 raise QueueError("descriptor chain is longer than the queue (a loop?)")
-            addr, length, flags, nxt = DESC.unpack_from(table, DESC_SIZE * index)
+            addr, length, flags, nxt = unpack(table, DESC_SIZE * index)
             if flags & F_INDIRECT:
                 if indirect or not self.indirect or flags & F_NEXT:
                     raise QueueError("indirect descriptor where none may be")
                 if not length or length % DESC_SIZE:
                     raise QueueError(f"indirect table of {length} bytes")
                 try:
-                    table = mem.view(addr, length)
+                    table = self.mem.view(addr, length)
                 except GuestError as e:
                     raise QueueError(str(e)) from None
                 index, entries, indirect = 0, length // DESC_SIZE, True
                 continue
-            try:
-                buf = mem.view(addr, length)
-            except GuestError as e:
-                raise QueueError(str(e)) from None
             if flags & F_WRITE:
-                writable.append(buf)
+                writable += 1
+                writable_size += length
             elif writable:
                 raise QueueError("device-readable descriptor after a writable one")
             else:
-                readable.append(buf)
+                readable += 1
+                readable_size += length
+            ranges.append((addr, length))
             if not flags & F_NEXT:
-                return Chain(head, readable, writable)
+                break
             index = nxt
+        try:
+            views = self.mem.views(ranges)
+        except GuestError as e:
+            raise QueueError(str(e)) from None
+        return Chain(head, views[:readable], views[readable:], readable_size, writable_size)
 
     def push(self, head: int, written: int) -> None:
         """Give a chain back with the number of bytes the device wrote."""

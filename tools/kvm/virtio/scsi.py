@@ -19,7 +19,7 @@ from scsi.command import Overrun
 from scsi.sense import GOOD
 from scsi.target import MAX_LUNS, Lun, Result, Target
 from virtio.device import DEFAULT_QUEUE_SIZE, VirtioDevice
-from virtio.iov import scatter, split, take, total
+from virtio.iov import scatter, split, take
 from virtio.queue import Chain, Virtqueue
 from virtio.vhost import Handover, Vhost
 
@@ -77,19 +77,28 @@ class Scsi(VirtioDevice):
             cdb_size=lib.VIRTIO_SCSI_CDB_DEFAULT_SIZE, max_channel=0, max_target=0,
             max_lun=len(luns) - 1))
         self.defaults = bytes(self.config)
+        self._sizes()
         self.handlers = {CONTROL: self._control, REQUEST: self._command}
 
-    # The driver sets the sizes of the CDB and sense fields.
+    # The driver sets the sizes of the CDB and sense fields; every
+    # command needs them, so they are kept as numbers too.
     def _field(self, at: int) -> int:
         return int.from_bytes(self.config[at:at + 4], "little")
+
+    def _sizes(self) -> None:
+        self.sense_size = self._field(SENSE_SIZE_AT)
+        self.req_size = CDB_OFFSET + self._field(CDB_SIZE_AT)
+        self.resp_size = SENSE_OFFSET + self.sense_size
 
     def write_config(self, offset: int, size: int, value: int) -> None:
         limit = {SENSE_SIZE_AT: MAX_SENSE, CDB_SIZE_AT: MAX_CDB}.get(offset)
         if limit is not None and size == 4 and value <= limit:
             self.config[offset:offset + 4] = value.to_bytes(4, "little")
+            self._sizes()
 
     def on_reset(self) -> None:
         self.config[:] = self.defaults
+        self._sizes()
 
     def process(self, index: int, queue: Virtqueue) -> None:
         handler = self.handlers.get(index)
@@ -100,33 +109,33 @@ class Scsi(VirtioDevice):
 
     def _command(self, chain: Chain) -> int:
         """Carry out one command; the bytes written to the guest."""
-        resp_size = SENSE_OFFSET + self._field(SENSE_SIZE_AT)
-        if total(chain.writable) < resp_size:
+        resp_size, req_size = self.resp_size, self.req_size
+        if chain.writable_size < resp_size:
             return 0  # nowhere to say what happened: hand it back untouched
         resp, data_in = split(chain.writable, resp_size)
-        hdr, data_out = take(chain.readable, CDB_OFFSET + self._field(CDB_SIZE_AT))
+        hdr, data_out = take(chain.readable, req_size)
         if hdr is None:
             return self._respond(resp, lib.VIRTIO_SCSI_S_FAILURE)
         exists, lun = address(hdr[:LUN_SIZE])
         if not exists:
             return self._respond(resp, lib.VIRTIO_SCSI_S_BAD_TARGET)
+        out_size, in_size = chain.readable_size - req_size, chain.writable_size - resp_size
         try:
-            result = self.target.execute(lun, hdr[CDB_OFFSET:], data_out, data_in)
+            result = self.target.execute(lun, hdr[CDB_OFFSET:], data_out, data_in, out_size,
+                                         in_size)
         except Overrun:
             return self._respond(resp, lib.VIRTIO_SCSI_S_OVERRUN)
         # No bidirectional commands (VIRTIO_SCSI_F_INOUT): the residual
         # is of whichever buffers the command has.
-        residual = total(data_in) + total(data_out) - result.moved
+        residual = in_size + out_size - result.moved
         return self._respond(resp, lib.VIRTIO_SCSI_S_OK, result, residual) + result.written
 
     def _respond(self, resp: list[memoryview], response: int, result: Result = NO_RESULT,
                  residual: int = 0) -> int:
-        sense = result.sense[:self._field(SENSE_SIZE_AT)]
+        sense = result.sense[:self.sense_size]
         data = RESP.pack(len(sense), min(residual, 0xFFFFFFFF), 0, result.status, response)
-        data += sense
-        size = SENSE_OFFSET + self._field(SENSE_SIZE_AT)
-        scatter(resp, data.ljust(size, b"\0"))
-        return size
+        scatter(resp, (data + sense).ljust(self.resp_size, b"\0"))
+        return self.resp_size
 
     # Task management: commands finish before the next is read, so there
     # is never one in flight to abort or reset.
@@ -143,7 +152,7 @@ class Scsi(VirtioDevice):
 
     def _tmf(self, chain: Chain) -> int:
         req, _ = take(chain.readable, TMF_REQ_SIZE)
-        if req is None or not total(chain.writable):
+        if req is None or not chain.writable_size:
             return 0
         _, subtype, _ = TMF_REQ.unpack(req)
         exists, _ = address(req[LUN_OFFSET:LUN_OFFSET + LUN_SIZE])
@@ -158,7 +167,7 @@ class Scsi(VirtioDevice):
     def _an(self, chain: Chain) -> int:
         """No asynchronous events are reported, so none is ever granted."""
         req, _ = take(chain.readable, AN_REQ_SIZE)
-        if req is None or total(chain.writable) < AN_RESP.size:
+        if req is None or chain.writable_size < AN_RESP.size:
             return 0
         return scatter(chain.writable, AN_RESP.pack(0, lib.VIRTIO_SCSI_S_OK))
 

@@ -42,7 +42,7 @@ from kvm.cstruct import packer, to_bytes
 from kvm.errors import GuestError, LkvmError
 from kvm.iothread import IoThread
 from virtio.device import VirtioDevice
-from virtio.iov import prefix, scatter, total
+from virtio.iov import prefix, scatter, split, total
 from virtio.queue import Chain, QueueError, Virtqueue
 from virtio.vhost import Handover, Vhost
 
@@ -64,6 +64,8 @@ OP = {name: getattr(lib, f"VIRTIO_VSOCK_OP_{name}") for name in
       ("REQUEST", "RESPONSE", "RST", "SHUTDOWN", "RW", "CREDIT_UPDATE", "CREDIT_REQUEST")}
 SHUT_RCV, SHUT_SEND = lib.VIRTIO_VSOCK_SHUTDOWN_RCV, lib.VIRTIO_VSOCK_SHUTDOWN_SEND
 SHUT_BOTH = SHUT_RCV | SHUT_SEND
+OPS = frozenset(OP.values())
+RW = OP["RW"]
 
 
 def check_cid(cid: int) -> int:
@@ -216,25 +218,31 @@ class Vsock(Cid):
 
     # Packets from the guest.
     def _packet(self, chain: Chain) -> None:
-        size = total(chain.readable)
-        head = prefix(chain.readable, HDR.size)
+        first = chain.readable[0] if chain.readable else b""
+        # Linux gives the header a descriptor of its own: read it there.
+        head = first if len(first) >= HDR.size else prefix(chain.readable, HDR.size)
         if chain.writable or len(head) < HDR.size:
             self.dropped += 1
             return
         (src_cid, dst_cid, src_port, dst_port, length, kind, op, flags, buf_alloc,
-         fwd_cnt) = HDR.unpack(head)
+         fwd_cnt) = HDR.unpack_from(head)
         if src_cid != self.cid or dst_cid != HOST_CID:
             self.dropped += 1   # not the guest's to send: no answer either
             return
         key = (src_port, dst_port)
         conn = self.conns.get(key)
         if (kind != lib.VIRTIO_VSOCK_TYPE_STREAM or length > MAX_PAYLOAD or
-                size < HDR.size + length or op not in OP.values()):
+                chain.readable_size < HDR.size + length or op not in OPS):
             self._reset(key, conn)
             return
         if conn is not None:
             conn.peer_buf_alloc, conn.peer_fwd_cnt = buf_alloc, fwd_cnt
-        if op == OP["REQUEST"]:
+        if op == RW and conn is not None and conn.state == "open":
+            # The stream's payload, as views of guest memory: it goes to
+            # the host socket from there.
+            payload, _ = split(split(chain.readable, HDR.size)[1], length)
+            self._data(conn, payload, length)
+        elif op == OP["REQUEST"]:
             self._guest_connects(key, conn, buf_alloc, fwd_cnt)
         elif op == OP["RST"]:
             if conn is not None:
@@ -243,8 +251,6 @@ class Vsock(Cid):
             self._reset(key, conn)
         elif op == OP["RESPONSE"]:
             self._guest_accepts(conn)
-        elif op == OP["RW"]:
-            self._data(conn, prefix(chain.readable, HDR.size + length)[HDR.size:])
         elif op == OP["SHUTDOWN"]:
             conn.guest_shut |= flags & SHUT_BOTH
             self._flush(conn)
@@ -279,15 +285,14 @@ class Vsock(Cid):
         conn.greeting = f"OK {conn.host_port}\n".encode()
         self._flush(conn)
 
-    def _data(self, conn: Conn, data: bytes) -> None:
+    def _data(self, conn: Conn, payload: list[memoryview], length: int) -> None:
         # Its credit is what it heard of: at most BUF_ALLOC past told_fwd
         # (so never more than that held here, as fwd_cnt >= told_fwd).
-        if conn.guest_shut & SHUT_SEND or conn.rx_cnt + len(data) - conn.told_fwd > BUF_ALLOC:
+        if conn.guest_shut & SHUT_SEND or conn.rx_cnt + length - conn.told_fwd > BUF_ALLOC:
             self._reset(conn.key, conn)     # past its credit, or after saying it was done
             return
-        conn.rx_cnt += len(data)
-        conn.to_host += data
-        self._flush(conn)
+        conn.rx_cnt += length
+        self._flush(conn, payload)
 
     def _reset(self, key: tuple[int, int], conn: Conn | None) -> None:
         if conn is not None:
@@ -423,9 +428,11 @@ class Vsock(Cid):
             self._put(q, chain, self._conn_hdr(conn, OP["RW"], len(data)), data)
             conn.tx_cnt = (conn.tx_cnt + len(data)) & U32
 
-    def _flush(self, conn: Conn) -> None:
+    def _flush(self, conn: Conn, payload: list[memoryview] | None = None) -> None:
         """Write what the guest sent to the host socket, as far as it takes
-        it; tell the guest of the room made once it is worth a packet."""
+        it: what waits here first, then `payload` straight from guest
+        memory, of which only what the socket refuses is copied to wait;
+        tell the guest of the room made when it runs short."""
         try:
             if conn.greeting:
                 conn.greeting = conn.greeting[conn.sock.send(conn.greeting):]
@@ -433,6 +440,10 @@ class Vsock(Cid):
                 n = conn.sock.send(conn.to_host)
                 del conn.to_host[:n]
                 conn.fwd_cnt += n
+            if payload and not conn.to_host and not conn.greeting:
+                n = conn.sock.sendmsg(payload)
+                conn.fwd_cnt += n
+                payload = split(payload, n)[1]
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as e:
@@ -440,9 +451,15 @@ class Vsock(Cid):
                 msg.warning(f"virtio-vsock: host port {conn.host_port}: {e.strerror}")
             self._reset(conn.key, conn)
             return
-        # A guest out of credit has BUF_ALLOC in flight as it last heard:
-        # once a quarter of it is through, it hears again.
-        if conn.fwd_cnt - conn.told_fwd >= BUF_ALLOC // 4:
+        if payload:
+            conn.to_host += b"".join(payload)
+        # Like Linux's transport, only when the guest runs short: an update
+        # once it has, by what it last heard, less than half its credit
+        # left and a quarter of it has gone through since.  A guest out
+        # of credit hears as soon as that much is through, so it never
+        # waits for ever; one with credit left sends without waiting.
+        if conn.rx_cnt - conn.told_fwd > BUF_ALLOC // 2 and \
+                conn.fwd_cnt - conn.told_fwd >= BUF_ALLOC // 4:
             conn.ops[OP["CREDIT_UPDATE"]] = 0
         if not conn.to_host and conn.guest_shut & SHUT_SEND:
             try:
