@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from include.uapi import lib
 from ipc.protocol import (
     BALLOON,
     DEBUG,
@@ -40,6 +41,7 @@ from ipc.protocol import (
 )
 from kvm import msg
 from kvm.errors import LkvmError
+from kvm.ioctl import ioctl
 
 CLOSE_TIMEOUT = 10.0  # close() waits this long for the thread
 # Connections waiting to be accepted while the thread serves another: a
@@ -400,10 +402,6 @@ class IpcServer:
 def kvmclock_ctrl(vcpu: object) -> None:
     """KVM_KVMCLOCK_CTRL: the guest will see it was stopped, not stuck.
     Hosts or guests without kvmclock refuse it, which is fine."""
-    # The KVM bindings, imported here: the clients (lkvm list, stop ...)
-    # share this module's protocol and have no VM to drive.
-    from include.uapi import lib
-    from kvm.ioctl import ioctl
     try:
         ioctl(vcpu.fd, lib.KVM_KVMCLOCK_CTRL, 0)
     except OSError as e:
