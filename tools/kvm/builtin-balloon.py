@@ -2,7 +2,7 @@
 
 from cli.cmd import Parser
 from ipc.client import connect
-from ipc.server import BALLOON, S32
+from ipc.protocol import BALLOON, S32
 from kvm.errors import LkvmError, UsageError
 
 

@@ -5,7 +5,7 @@ import os
 import sys
 
 from ipc.client import Guest, for_each, instance_parser
-from ipc.server import (
+from ipc.protocol import (
     DEBUG,
     DEBUG_DUMP,
     DEBUG_NMI,

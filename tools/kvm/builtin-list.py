@@ -5,7 +5,7 @@ import os
 
 from cli.cmd import Parser
 from ipc.client import GuestGone, connect, guest_names
-from ipc.server import VMSTATE_PAUSED
+from ipc.protocol import VMSTATE_PAUSED
 from kvm import msg
 from kvm.errors import LkvmError
 from util.home import lkvm_dir

@@ -2,7 +2,7 @@
 are stopped."""
 
 from ipc.client import Guest, for_each, instance_parser
-from ipc.server import PAUSE, VMSTATE_PAUSED
+from ipc.protocol import PAUSE, VMSTATE_PAUSED
 
 
 def pause(guest: Guest) -> None:

@@ -1,7 +1,7 @@
 """lkvm resume: let a paused guest's vCPUs run again."""
 
 from ipc.client import Guest, for_each, instance_parser
-from ipc.server import RESUME, VMSTATE_RUNNING
+from ipc.protocol import RESUME, VMSTATE_RUNNING
 
 
 def resume(guest: Guest) -> None:

@@ -5,7 +5,7 @@ import json
 
 from include.uapi import ffi, lib
 from ipc.client import Guest, for_each, instance_parser
-from ipc.server import STAT
+from ipc.protocol import STAT
 from kvm.errors import LkvmError, UsageError
 
 # The statistics kvmtool's builtin-stat.c names, in its order (which is

@@ -2,7 +2,7 @@
 once the guest has let go of its socket."""
 
 from ipc.client import Guest, for_each, instance_parser
-from ipc.server import STOP
+from ipc.protocol import STOP
 
 
 def stop(guest: Guest) -> None:

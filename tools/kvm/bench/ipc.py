@@ -24,7 +24,7 @@ KVMDIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, KVMDIR)
 
 from ipc.client import connect  # noqa: E402
-from ipc.server import PAUSE, RESUME  # noqa: E402
+from ipc.protocol import PAUSE, RESUME  # noqa: E402
 
 LKVM = os.path.join(os.path.dirname(os.path.dirname(KVMDIR)), "lkvm")
 GUESTS = os.path.join(KVMDIR, "tests", "guests")

@@ -1,4 +1,4 @@
-"""The client side of the guests' IPC sockets (ipc/server.py): find running
+"""The client side of the guests' IPC sockets (ipc/protocol.py): find running
 guests, send a request, read the framed reply.  lkvm's own commands use
 it; anything that speaks the protocol in Documentation/lkvm-ipc.txt can."""
 
@@ -11,7 +11,7 @@ import struct
 from collections.abc import Callable
 
 from cli.cmd import Parser
-from ipc.server import HEADER, MAX_PAYLOAD, PID, SOCK_SUFFIX, U32, VMSTATE, socket_path
+from ipc.protocol import HEADER, MAX_PAYLOAD, PID, SOCK_SUFFIX, U32, VMSTATE, socket_path
 from kvm import msg
 from kvm.errors import KVMTOOL_DIE, LkvmError, UsageError
 from util.home import lkvm_dir

@@ -1,12 +1,6 @@
-"""The IPC socket of a running guest: how `lkvm list`, `pause`, `stop`,
-`debug` ... reach it.
-
-One AF_UNIX stream socket per guest, ~/.lkvm/<name>.sock, served by one
-thread.  Requests are kvmtool's: u32 type, u32 length, payload, in host
-(little-endian) order.  Every request gets a framed reply, u32 status
-(0 or an errno value), u32 length, payload (the answer, or a one-line
-message when status is not 0): a client learns that a pause took effect,
-or why a request failed.  Documentation/lkvm-ipc.txt has the details.
+"""The server of a guest's IPC socket (the protocol is ipc/protocol.py's):
+one thread serves ~/.lkvm/<name>.sock for `lkvm list`, `pause`, `stop`,
+`debug` ...; a table maps each message type to its handler.
 """
 
 import errno
@@ -14,30 +8,41 @@ import os
 import selectors
 import socket
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable
 
+from include.uapi import lib
+from ipc.protocol import (
+    BALLOON,
+    DEBUG,
+    DEBUG_DUMP,
+    DEBUG_NMI,
+    DEBUG_PARAMS,
+    DEBUG_SYSRQ,
+    HEADER,
+    MAX_PAYLOAD,
+    PAUSE,
+    PID,
+    RESUME,
+    S32,
+    STAT,
+    STOP,
+    TRANSLATE,
+    TRANSLATE_PARAMS,
+    U32,
+    VMSTATE,
+    VMSTATE_PAUSED,
+    VMSTATE_RUNNING,
+    Handler,
+    IpcError,
+    is_live,
+    socket_path,
+)
 from kvm import msg
 from kvm.errors import LkvmError
-from util.home import lkvm_dir
+from kvm.ioctl import ioctl
 
-# Message types, kvmtool's numbers (include/kvm/kvm-ipc.h).
-BALLOON, DEBUG, STAT, PAUSE, RESUME, STOP, PID, VMSTATE = range(1, 9)
-TRANSLATE = 9  # lkvm's own: u32 cpu, u32 padding, u64 guest virtual address
-TRANSLATE_PARAMS = struct.Struct("<I4xQ")
-VMSTATE_RUNNING, VMSTATE_PAUSED = 0, 1
-
-HEADER = struct.Struct("<II")  # requests: type, length; replies: status, length
-U32 = struct.Struct("<I")
-S32 = struct.Struct("<i")
-# kvmtool's struct debug_cmd_params: u32 dbg_type, u32 cpu, char sysrq,
-# padded to 12 bytes.
-DEBUG_PARAMS = struct.Struct("<IIc3x")
-DEBUG_DUMP, DEBUG_NMI, DEBUG_SYSRQ = 1 << 0, 1 << 1, 1 << 2
-
-MAX_PAYLOAD = 4096  # far above any request; a bigger length is garbage
 CLOSE_TIMEOUT = 10.0  # close() waits this long for the thread
 # Connections waiting to be accepted while the thread serves another: a
 # `lkvm list` loop over many guests, or 100 scripts at once, must queue,
@@ -46,38 +51,6 @@ BACKLOG = socket.SOMAXCONN
 # Out of fds, the listener cannot accept and stays readable: it is left
 # out of the select this long, so the thread waits instead of spinning.
 ACCEPT_BACKOFF = 0.5
-SOCK_SUFFIX = ".sock"
-SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
-
-
-class IpcError(Exception):
-    """A request the guest cannot carry out: sent back as status `errno`
-    with the message."""
-
-    def __init__(self, err: int, message: str) -> None:
-        super().__init__(message)
-        self.errno = err
-
-
-def socket_path(name: str, create_dir: bool = False) -> str:
-    if not name or "/" in name or name.startswith(".") or "\0" in name:
-        raise LkvmError(f"'{name}' is not a usable guest name")
-    path = os.path.join(lkvm_dir(create_dir), name + SOCK_SUFFIX)
-    if len(os.fsencode(path)) > SUN_PATH_MAX:
-        raise LkvmError(f"socket path {path} is longer than a unix socket allows "
-                        f"({SUN_PATH_MAX} bytes): use a shorter name or HOME")
-    return path
-
-
-def is_live(path: str) -> bool:
-    """Does a guest answer on this socket?  Refused means a dead guest's
-    leftover."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as s:
-        try:
-            s.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            return False
-    return True
 
 
 def _bind(path: str, name: str) -> socket.socket:
@@ -115,9 +88,6 @@ def _bind(path: str, name: str) -> socket.socket:
     except LkvmError:
         sock.close()
         raise
-
-
-Handler = Callable[[bytes], bytes]
 
 
 class _Conn:
@@ -432,10 +402,6 @@ class IpcServer:
 def kvmclock_ctrl(vcpu: object) -> None:
     """KVM_KVMCLOCK_CTRL: the guest will see it was stopped, not stuck.
     Hosts or guests without kvmclock refuse it, which is fine."""
-    # The KVM bindings, imported here: the clients (lkvm list, stop ...)
-    # share this module's protocol and have no VM to drive.
-    from include.uapi import lib
-    from kvm.ioctl import ioctl
     try:
         ioctl(vcpu.fd, lib.KVM_KVMCLOCK_CTRL, 0)
     except OSError as e:

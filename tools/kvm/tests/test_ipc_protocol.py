@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+from ipc import protocol
 from ipc import server as ipc_server
 from ipc.client import connect
 from kvm.errors import LkvmError
@@ -95,12 +96,12 @@ def test_socket_is_private(server, lkvm_home):
 def test_round_trips(server):
     with connect("fake") as g:
         assert g.pid() == os.getpid()
-        assert g.vmstate() == ipc_server.VMSTATE_RUNNING
-        assert g.request(ipc_server.PAUSE) == b""
-        assert server.vm.paused and g.vmstate() == ipc_server.VMSTATE_PAUSED
-        assert g.request(ipc_server.RESUME) == b""
-        assert g.vmstate() == ipc_server.VMSTATE_RUNNING
-        assert g.request(ipc_server.STOP) == b""
+        assert g.vmstate() == protocol.VMSTATE_RUNNING
+        assert g.request(protocol.PAUSE) == b""
+        assert server.vm.paused and g.vmstate() == protocol.VMSTATE_PAUSED
+        assert g.request(protocol.RESUME) == b""
+        assert g.vmstate() == protocol.VMSTATE_RUNNING
+        assert g.request(protocol.STOP) == b""
     assert server.vm.exit_status == 0
 
 
@@ -145,7 +146,7 @@ def test_handlers_given_at_start_serve_the_first_client(lkvm_home):
     """A device's handlers are in place before the socket exists: no
     client can catch the server answering for a device it has."""
     with ipc_server.IpcServer(FakeVm(), "early", handlers={
-            ipc_server.BALLOON: (lambda p: b"", ipc_server.S32.size)}):
+            protocol.BALLOON: (lambda p: b"", protocol.S32.size)}):
         assert run_lkvm("balloon", "-n", "early", "-i", "1").returncode == 0
         assert "no balloon device" in fatal(run_lkvm("stat", "-n", "early", "-m"))
 
@@ -154,14 +155,14 @@ def test_balloon_and_stat_plumbing(server):
     """What the balloon device will register: the clients' side works."""
     from include.uapi import ffi, lib
     asked: list[bytes] = []
-    server.register(ipc_server.BALLOON, lambda p: asked.append(p) or b"", ipc_server.S32.size)
+    server.register(protocol.BALLOON, lambda p: asked.append(p) or b"", protocol.S32.size)
     stats = ffi.new("struct virtio_balloon_stat[2]")
     stats[0].tag, stats[0].val = lib.VIRTIO_BALLOON_S_MEMFREE, 1 << 20
     stats[1].tag, stats[1].val = lib.VIRTIO_BALLOON_S_MEMTOT, 1 << 24
-    server.register(ipc_server.STAT, lambda p: bytes(ffi.buffer(stats)), 0)
+    server.register(protocol.STAT, lambda p: bytes(ffi.buffer(stats)), 0)
     assert run_lkvm("balloon", "-n", "fake", "-d", "16").returncode == 0
     assert run_lkvm("balloon", "-n", "fake", "-i", "32").returncode == 0
-    assert [ipc_server.S32.unpack(p)[0] for p in asked] == [-16, 32]
+    assert [protocol.S32.unpack(p)[0] for p in asked] == [-16, 32]
     r = run_lkvm("stat", "-n", "fake", "-m", "--json")
     assert json.loads(r.stdout) == {"name": "fake", "memory": {"free": 1 << 20,
                                                                "total": 1 << 24}}
@@ -170,10 +171,10 @@ def test_balloon_and_stat_plumbing(server):
 
 
 @pytest.mark.parametrize("garbage", [
-    b"\xff" * 64,                                   # a length far beyond any message
-    ipc_server.HEADER.pack(99, 0),                         # an unknown type
-    ipc_server.HEADER.pack(ipc_server.PAUSE, 3) + b"abc",         # a payload PAUSE does not take
-    ipc_server.HEADER.pack(ipc_server.DEBUG, 2) + b"\1\0",        # a short DEBUG
+    b"\xff" * 64,                                        # a length far beyond any message
+    protocol.HEADER.pack(99, 0),                         # an unknown type
+    protocol.HEADER.pack(protocol.PAUSE, 3) + b"abc",    # a payload PAUSE does not take
+    protocol.HEADER.pack(protocol.DEBUG, 2) + b"\1\0",   # a short DEBUG
 ])
 def test_garbage_closes_only_that_connection(server, garbage):
     with connect("fake") as g:
@@ -183,8 +184,8 @@ def test_garbage_closes_only_that_connection(server, garbage):
             bad.sendall(garbage)
             reply = b"".join(iter(lambda: bad.recv(4096), b""))  # until the server closes
         if reply:
-            status, length = ipc_server.HEADER.unpack_from(reply)
-            assert status == errno.EINVAL and len(reply) == ipc_server.HEADER.size + length
+            status, length = protocol.HEADER.unpack_from(reply)
+            assert status == errno.EINVAL and len(reply) == protocol.HEADER.size + length
         assert g.pid() == os.getpid()
         g.pid()  # a second round trip: whatever was pending before the first is handled
         assert fd_count() == before
@@ -193,11 +194,11 @@ def test_garbage_closes_only_that_connection(server, garbage):
 
 def test_a_silent_peer_does_not_block_others(server):
     with raw(server.path) as slow:
-        slow.sendall(ipc_server.HEADER.pack(ipc_server.PID, 0)[:5])
+        slow.sendall(protocol.HEADER.pack(protocol.PID, 0)[:5])
         with connect("fake") as g:
-            assert g.vmstate() == ipc_server.VMSTATE_RUNNING
-        slow.sendall(ipc_server.HEADER.pack(ipc_server.PID, 0)[5:])
-        assert ipc_server.HEADER.unpack(slow.recv(ipc_server.HEADER.size)) == (0, 4)
+            assert g.vmstate() == protocol.VMSTATE_RUNNING
+        slow.sendall(protocol.HEADER.pack(protocol.PID, 0)[5:])
+        assert protocol.HEADER.unpack(slow.recv(protocol.HEADER.size)) == (0, 4)
 
 
 def test_name_in_use(server):
@@ -323,7 +324,7 @@ def test_unwritable_home(monkeypatch):
 def test_socket_path_too_long(monkeypatch):
     monkeypatch.setenv("HOME", "/tmp/" + "h" * 100)
     with pytest.raises(LkvmError, match="longer than a unix socket allows"):
-        ipc_server.socket_path("guest")
+        protocol.socket_path("guest")
 
 
 # Issue 11 item 6: the server under load and under fd pressure.
@@ -338,7 +339,7 @@ def test_a_hundred_clients_at_once_all_get_answers(server):
     server.register(BIG, lambda p: (busy.set(), release.wait(30), b"")[-1], 0)
     guests = []
     with raw(server.path) as blocker:
-        blocker.sendall(ipc_server.HEADER.pack(BIG, 0))
+        blocker.sendall(protocol.HEADER.pack(BIG, 0))
         try:
             assert busy.wait(10)
             for _ in range(100):
@@ -353,12 +354,12 @@ def test_a_hundred_clients_at_once_all_get_answers(server):
 
 
 def test_a_client_that_never_reads_does_not_stall_others(server):
-    server.register(BIG, lambda p: b"x" * ipc_server.MAX_PAYLOAD, 0)
+    server.register(BIG, lambda p: b"x" * protocol.MAX_PAYLOAD, 0)
     with raw(server.path) as hog:
         # Far more replies than the socket holds; hog reads none of them.
         hog.setblocking(False)
         sent = 0
-        request = ipc_server.HEADER.pack(BIG, 0) * 64
+        request = protocol.HEADER.pack(BIG, 0) * 64
         for _ in range(400):
             try:
                 sent += hog.send(request)
@@ -408,7 +409,7 @@ def test_out_of_fds_a_client_is_told_and_the_thread_does_not_spin(server, few_fd
         for c in clients:
             c.settimeout(10)
             c.connect(server.path)      # no fd needed on our side: the server's accept fails
-        status, length = ipc_server.HEADER.unpack(clients[0].recv(ipc_server.HEADER.size))
+        status, length = protocol.HEADER.unpack(clients[0].recv(protocol.HEADER.size))
         assert status == errno.EMFILE
         assert b"out of file descriptors" in clients[0].recv(length)
         # The others wait in the backlog; the thread sleeps meanwhile.
@@ -424,8 +425,8 @@ def test_out_of_fds_a_client_is_told_and_the_thread_does_not_spin(server, few_fd
 
 def test_list_shows_a_guest_that_cannot_answer(server):
     def failing(payload: bytes) -> bytes:
-        raise ipc_server.IpcError(errno.EMFILE, "lkvm is out of file descriptors")
-    server.register(ipc_server.PID, failing, 0)
+        raise protocol.IpcError(errno.EMFILE, "lkvm is out of file descriptors")
+    server.register(protocol.PID, failing, 0)
     r = run_lkvm("list", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == [{"pid": None, "name": "fake", "state": "unknown"}]

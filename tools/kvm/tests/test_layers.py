@@ -1,7 +1,9 @@
 """The VM core (kvm/) stands apart from the user's side of lkvm: it
 imports no command-line, IPC, rootfs or terminal code, not even through
-another of lkvm's packages.  Read from the sources' import statements,
-so an import made only for type checking counts too."""
+another of lkvm's packages.  Devices and the IPC client speak the IPC
+protocol (ipc/protocol.py) without the server behind it.  Read from the
+sources' import statements, so an import made only for type checking
+counts too."""
 
 import ast
 import os
@@ -11,6 +13,14 @@ import pytest
 from tests.helpers import KVMDIR
 
 CORE = "kvm"
+# The IPC server: builtin-run starts it; nothing else needs it.
+IPC_SERVER = "ipc.server"
+# Packages and modules that register against or speak the IPC protocol
+# and must not pull the server (its threads, its KVM ioctls) in with it:
+# the devices, the client and every command but the one that serves.
+PROTOCOL_ONLY = ("virtio", "hw", "disk", "net", "scsi", "ipc.client", *sorted(
+    f[:-3] for f in os.listdir(KVMDIR)
+    if f.startswith("builtin-") and f.endswith(".py") and f != "builtin-run.py"))
 # The user's side, by package: what each holds.
 USER_SIDE = {
     "cli": "option parsing, usage and the command table",
@@ -46,9 +56,13 @@ def imports(path: str) -> set[str]:
     return names
 
 
-def core_modules() -> list[str]:
+def modules(name: str) -> list[str]:
+    """The module NAME, or every module of the package NAME."""
+    top = os.path.join(KVMDIR, *name.split("."))
+    if not os.path.isdir(top):
+        return [name]
     found = []
-    for dirpath, _, files in os.walk(os.path.join(KVMDIR, CORE)):
+    for dirpath, _, files in os.walk(top):
         package = os.path.relpath(dirpath, KVMDIR).replace(os.sep, ".")
         found += [f"{package}.{f[:-3]}" for f in sorted(files) if f.endswith(".py")]
     return found
@@ -73,9 +87,17 @@ def test_user_side_package(package: str) -> None:
     assert module_file(package), f"tools/kvm/{package}/ ({USER_SIDE[package]}) is missing"
 
 
-@pytest.mark.parametrize("module", core_modules())
+@pytest.mark.parametrize("module", modules(CORE))
 def test_core_imports_no_user_side(module: str) -> None:
     bad = {name: by for name, by in reached(module).items()
            if name.split(".")[0] in USER_SIDE}
     assert not bad, f"{module} reaches the user side: " + ", ".join(
         f"{name} (imported by {by})" for name, by in sorted(bad.items()))
+
+
+@pytest.mark.parametrize("module", [m for name in PROTOCOL_ONLY for m in modules(name)])
+def test_protocol_users_import_no_ipc_server(module: str) -> None:
+    seen = reached(module)
+    assert IPC_SERVER not in seen, (
+        f"{module} reaches {IPC_SERVER} (imported by {seen[IPC_SERVER]}): "
+        "import the protocol's pieces from ipc.protocol")

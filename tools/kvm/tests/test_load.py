@@ -13,7 +13,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from ipc import server
+from ipc import protocol
 from ipc.client import connect
 from rootfs import tree
 from tests.helpers import TINY_TIMEOUT, run_lkvm
@@ -29,19 +29,19 @@ IO_TIMEOUT = 30     # one request, or one guest's answer to garbage
 
 # Requests a guest must answer, and garbage it must survive.
 VALID = [
-    (server.PID, b""), (server.VMSTATE, b""), (server.PAUSE, b""), (server.RESUME, b""),
-    (server.STAT, b""), (server.BALLOON, server.S32.pack(16)),
-    (server.DEBUG, server.DEBUG_PARAMS.pack(server.DEBUG_DUMP, 0, b"\0")),
+    (protocol.PID, b""), (protocol.VMSTATE, b""), (protocol.PAUSE, b""), (protocol.RESUME, b""),
+    (protocol.STAT, b""), (protocol.BALLOON, protocol.S32.pack(16)),
+    (protocol.DEBUG, protocol.DEBUG_PARAMS.pack(protocol.DEBUG_DUMP, 0, b"\0")),
 ]
 # (garbage, whether the guest must answer it by closing the connection):
 # else we hang up ourselves, mid-request.
 GARBAGE = [
     (lambda r: r.randbytes(r.randint(1, 64)), False),
-    (lambda r: server.HEADER.pack(server.PID, server.MAX_PAYLOAD + 1), True),
-    (lambda r: server.HEADER.pack(r.randint(9, (1 << 32) - 1), 0), True),
-    (lambda r: server.HEADER.pack(server.PAUSE, 3) + b"abc", True),
-    (lambda r: server.HEADER.pack(server.DEBUG, 12)[:r.randint(1, 7)], False),
-    (lambda r: server.HEADER.pack(server.DEBUG, 12) + bytes(r.randint(0, 11)), False),
+    (lambda r: protocol.HEADER.pack(protocol.PID, protocol.MAX_PAYLOAD + 1), True),
+    (lambda r: protocol.HEADER.pack(r.randint(9, (1 << 32) - 1), 0), True),
+    (lambda r: protocol.HEADER.pack(protocol.PAUSE, 3) + b"abc", True),
+    (lambda r: protocol.HEADER.pack(protocol.DEBUG, 12)[:r.randint(1, 7)], False),
+    (lambda r: protocol.HEADER.pack(protocol.DEBUG, 12) + bytes(r.randint(0, 11)), False),
 ]
 
 
@@ -87,8 +87,8 @@ def settled(name: str, pid: int) -> tuple[int, int]:
     every earlier client's hang-up handled: the guest answered twice on
     it since they hung up."""
     with connect(name) as g:
-        g.request(server.PAUSE)
-        g.request(server.RESUME)
+        g.request(protocol.PAUSE)
+        g.request(protocol.RESUME)
         g.pid()
         g.pid()
         return fds(pid), threads(pid)

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from include.uapi import ffi, lib
-from ipc.server import BALLOON, S32, STAT, IpcError, IpcServer
+from ipc.protocol import BALLOON, S32, STAT, IpcError
+from ipc.server import IpcServer
 from kvm.config import Config
 from tests.fakevm import FakeVm, context
 from tests.helpers import run_lkvm

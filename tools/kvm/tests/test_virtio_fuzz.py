@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from disk.core import open_disk
 from disk.raw import RawDisk
 from include.uapi import lib
-from ipc.server import BALLOON, STAT, U32, IpcError
+from ipc.protocol import BALLOON, STAT, U32, IpcError
 from tests.helpers import record_fuzz_cases
 from tests.test_net_ctrl import OffloadBackend
 from tests.test_virtio_net import MAC

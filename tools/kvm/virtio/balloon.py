@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 
 from include.uapi import ffi, lib
-from ipc.server import BALLOON, S32, STAT, Handler, IpcError
+from ipc.protocol import BALLOON, S32, STAT, Handler, IpcError
 from kvm import msg
 from kvm.cstruct import CODES, to_bytes
 from kvm.errors import GuestError

@@ -24,7 +24,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from hw.pci import PciBus
-from ipc.server import SOCK_SUFFIX, socket_path
+from ipc.protocol import SOCK_SUFFIX, socket_path
 from kvm import msg
 from kvm.config import Config, Nic
 from kvm.devices import STUCK_SECONDS

@@ -36,7 +36,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from include.uapi import ffi, lib
-from ipc.server import is_live
+from ipc.protocol import is_live
 from kvm import msg
 from kvm.cstruct import packer, to_bytes
 from kvm.errors import GuestError, LkvmError
