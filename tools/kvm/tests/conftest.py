@@ -14,6 +14,7 @@ from tests.p9share import Share
 from tests.testhost.fixture import (
     kvmconfig_bzimage,
     l2host,
+    l2host_backports,
     note_last_users,
     order_by_host,
     release_hosts,
@@ -22,7 +23,7 @@ from tests.testhost.fixture import (
 from tests.testhost.hosts import HOSTS
 from tests.testhost.runner import RERUNS, arm64_host, ppc64_host
 
-__all__ = ["kvmconfig_bzimage", "l2host"]
+__all__ = ["kvmconfig_bzimage", "l2host", "l2host_backports"]
 
 
 @pytest.fixture

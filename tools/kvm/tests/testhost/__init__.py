@@ -12,6 +12,7 @@ from .cache import TestHostError
 from .hosts import HostConfig
 from .l2 import (
     arm64_guest_kernel,
+    backports_guest_kernel,
     guest_kernel,
     guest_vmlinux,
     kvmconfig_kernel,
@@ -26,10 +27,11 @@ def prepare() -> None:
     """Fill the cache with everything L1 and the L2 guests need."""
     l1.prepare()
     guest_kernel()
+    backports_guest_kernel()
 
 
 __all__ = [
     "HostConfig", "L1Died", "L1Error", "Result", "Session", "TestHostError",
-    "arm64_guest_kernel", "guest_kernel", "guest_vmlinux", "kvmconfig_kernel", "make_initrd",
-    "needed", "ppc64_guest_kernel", "prepare", "run",
+    "arm64_guest_kernel", "backports_guest_kernel", "guest_kernel", "guest_vmlinux",
+    "kvmconfig_kernel", "make_initrd", "needed", "ppc64_guest_kernel", "prepare", "run",
 ]  # fmt: skip

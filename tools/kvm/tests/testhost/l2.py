@@ -36,6 +36,15 @@ def guest_kernel() -> Path:
     return bzimage
 
 
+def backports_guest_kernel() -> Path:
+    """bookworm-backports' cloud kernel's bzImage (6.12), unpacked: lkvm
+    is lock-stepped to no kernel, so the tier boots the newer one too."""
+    with cache.locked():
+        kernel = debs.unpacked(KERNELS["amd64"], suite=debs.BACKPORTS)
+    (bzimage,) = (kernel / "boot").glob("vmlinuz-*")
+    return bzimage
+
+
 def arm64_guest_kernel() -> Path:
     """Debian's arm64 Image (its vmlinuz is a raw Image), unpacked."""
     (image,) = (_packages("arm64")[0] / "boot").glob("vmlinuz-*")
