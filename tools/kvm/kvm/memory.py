@@ -84,21 +84,22 @@ class GuestMemory:
         """(guest physical address, size) of each region, lowest first."""
         return [(r.gpa, r.size) for r in self.regions]
 
-    def region(self, gpa: int, length: int) -> Region:
+    def _index(self, gpa: int, length: int) -> int:
+        """The index of the region that holds all of gpa+length: the one
+        check every guest address goes through."""
         i = bisect.bisect_right(self._starts, gpa) - 1
-        if i >= 0 and length >= 0:
-            r = self.regions[i]
-            if gpa + length <= r.end:
-                return r
-        raise GuestError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
+        if i < 0 or length < 0 or gpa + length > self._ends[i]:
+            raise GuestError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
+        return i
+
+    def region(self, gpa: int, length: int) -> Region:
+        return self.regions[self._index(gpa, length)]
 
     def view(self, gpa: int, length: int) -> memoryview:
         """A writable view of guest memory, without copying."""
-        i = bisect.bisect_right(self._starts, gpa) - 1
-        if i >= 0 and length >= 0 and gpa + length <= self._ends[i]:
-            off = gpa - self._starts[i]
-            return self._maps[i][off:off + length]
-        raise GuestError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
+        i = self._index(gpa, length)
+        off = gpa - self._starts[i]
+        return self._maps[i][off:off + length]
 
     def views(self, ranges: list[tuple[int, int]]) -> list[memoryview]:
         """view() of each (gpa, length), checked as view() checks one: a
@@ -108,9 +109,7 @@ class GuestMemory:
         lo, hi, ram = 0, -1, None
         for gpa, length in ranges:
             if gpa < lo or gpa + length > hi or length < 0:
-                i = bisect.bisect_right(self._starts, gpa) - 1
-                if i < 0 or length < 0 or gpa + length > self._ends[i]:
-                    raise GuestError(f"guest range {gpa:#x}+{length:#x} is outside RAM")
+                i = self._index(gpa, length)
                 lo, hi, ram = self._starts[i], self._ends[i], self._maps[i]
             out.append(ram[gpa - lo:gpa - lo + length])
         return out
