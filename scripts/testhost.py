@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         sys.exit("testhost run: no command given")
-    config = testhost.HostConfig(arch=args.arch, cpus=args.cpus, mem=args.mem)
+    config = testhost.HostConfig(arch=args.arch, cpus=args.cpus, mem=args.mem, qemu=args.qemu)
     with testhost.Session(config) as session:
         print(f"testhost: L1 booted in {session.boot_seconds:.1f} s", file=sys.stderr)
         start = time.monotonic()
@@ -79,7 +79,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     if not cmd:
         sys.exit("testhost console: no command given")
     print("testhost: booting the nested host (L1) ...", file=sys.stderr)
-    config = testhost.HostConfig(cpus=args.cpus, mem=args.mem)
+    config = testhost.HostConfig(cpus=args.cpus, mem=args.mem, qemu=args.qemu)
     with testhost.Session(config, interactive=True) as session:
         return session.run(cmd, args.timeout).returncode
 
@@ -201,6 +201,11 @@ def main() -> int:
     arch = argparse.ArgumentParser(add_help=False)
     arch.add_argument("--arch", choices=sorted(HOSTS), default=DEFAULT,
                       help=f"the L1 test host's architecture (default {DEFAULT})")
+    # As for the e2e tier's host: LKVM_TESTHOST_QEMU picks L1's QEMU for
+    # `make run` too.
+    qemu_option = dict(choices=sorted(qemu.SOURCES), default=os.environ.get("LKVM_TESTHOST_QEMU"),
+                       help="the Debian suite of L1's QEMU (default: $LKVM_TESTHOST_QEMU, "
+                            "else the host's own)")
     prepare = sub.add_parser("prepare", help="fill the cache", parents=[arch])
     prepare.set_defaults(func=cmd_prepare)
     sub.add_parser("needed", help="probe /dev/kvm").set_defaults(func=cmd_needed)
@@ -208,12 +213,14 @@ def main() -> int:
     run.add_argument("-t", "--timeout", type=float, default=600.0)
     run.add_argument("-c", "--cpus", type=int, help="L1's CPUs (default: 2)")
     run.add_argument("-m", "--mem", help="L1's memory (default: 4G on amd64, 2G on arm64)")
+    run.add_argument("--qemu", **qemu_option)
     run.add_argument("cmd", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
     console = sub.add_parser("console", help="run a command in L1 on this terminal")
     console.add_argument("-t", "--timeout", type=float, default=24 * 3600.0)
     console.add_argument("-c", "--cpus", type=int, help="L1's CPUs (default: 2)")
     console.add_argument("-m", "--mem", default="4G")
+    console.add_argument("--qemu", **qemu_option)
     console.add_argument("cmd", nargs=argparse.REMAINDER)
     console.set_defaults(func=cmd_console)
     kernel = sub.add_parser("guest-kernel", help="print the L2 kernel's path")
