@@ -109,10 +109,10 @@ echo "soak: ok cpus=$(grep -c ^processor /proc/cpuinfo)"
 SOAK_BOOT_TIMEOUT = 300  # generous: the soak looks for hangs of L1, not slow boots
 
 
-def _soak_script(boots: int) -> str:
+def _soak_script(boots: int, params: str) -> str:
     run = [LKVM, "run", "-k", str(testhost.guest_kernel()),
            "-i", str(testhost.make_initrd(SOAK_GUEST)), "-m", "256", "-c", "2", "--rng",
-           "-p", "console=ttyS0 quiet"]
+           "-p", f"console=ttyS0 quiet {params}".strip()]
     lines = ["d=$(mktemp -d)", "truncate -s 8M $d/disk.img"]
     for i in range(boots):
         lines += [f"echo '@@@ boot {i}'",
@@ -127,11 +127,11 @@ def cmd_soak(args: argparse.Namespace) -> int:
     times: a session passes when every boot printed its marker, fails when
     one did not, and hangs when L1 died or the job outlived its limit."""
     config = _config(args)
-    script = _soak_script(args.boots)
+    script = _soak_script(args.boots, args.params)
     limit = args.boots * (SOAK_BOOT_TIMEOUT + 20)
     counts = {"pass": 0, "fail": 0, "hang": 0}
     times = []
-    print(f"soak: {config}", flush=True)
+    print(f"soak: {config}, guest parameters {args.params!r}", flush=True)
     for n in range(1, args.sessions + 1):
         start = time.monotonic()
         try:
@@ -150,7 +150,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
         counts[verdict] += 1
         times.append(took)
         print(f"session {n}/{args.sessions}: {verdict} in {took:.0f} s: {detail}", flush=True)
-    summary = {"config": dataclasses.asdict(config), "sessions": args.sessions, **counts,
+    summary = {"config": dataclasses.asdict(config), "params": args.params,
+               "sessions": args.sessions, **counts,
                "median_s": round(statistics.median(times), 1)}
     print(json.dumps(summary), flush=True)
     return 0 if counts["pass"] == args.sessions else 1
@@ -241,6 +242,8 @@ def main() -> int:
                       default=testhost.HostConfig.kernel)
     soak.add_argument("--qemu", choices=sorted(qemu.SOURCES),
                       help="the Debian suite of L1's QEMU (default: the host's own choice)")
+    soak.add_argument("-p", "--params", default="",
+                      help="more kernel parameters for the guests, to test what they change")
     soak.add_argument("-v", "--verbose", action="store_true")
     soak.set_defaults(func=cmd_soak)
     soak_e2e = sub.add_parser("soak-e2e", help="the e2e tier N times")
