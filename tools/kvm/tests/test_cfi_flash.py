@@ -1,9 +1,12 @@
 """The CFI flash (-F/--flash) through its MMIO handlers, as a guest's
 driver drives it: every command of the Intel/Sharp set, the bad ones,
 what reaches the file, the offsets at its end, and the read-only memory
-slot that is there exactly while the flash reads as an array."""
+slot that is there exactly while the flash reads as an array; then a
+tiny guest on /dev/kvm driving it through KVM."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +15,7 @@ from hypothesis import strategies as st
 from hw import cfi_flash
 from hw.cfi_flash import BLOCK_SIZE, CfiFlash
 from kvm.errors import LkvmError
+from tests.helpers import KVMDIR, TINY_TIMEOUT, guest
 
 SIZE = 4 * BLOCK_SIZE           # four erase blocks
 FILL = 0xA5
@@ -291,3 +295,39 @@ def test_a_file_that_shrank(image):
     os.truncate(image, BLOCK_SIZE)
     with pytest.raises(LkvmError, match="the file shrank below 262144 bytes"):
         CfiFlash(str(image), SIZE)
+
+
+# lkvm.py ARGS on x86 with the flash window arm64 has, put where the
+# flash guest looks for it, and each read that reaches the device while
+# the flash reads as an array (which the memory slot should take) said.
+WITH_FLASH = """
+import os, runpy, sys
+sys.path.insert(0, os.path.dirname(sys.argv[1]))
+from hw import cfi_flash
+from x86.arch import X86
+X86.FLASH = (0xC0000000, 1 << 24)
+bus_read = cfi_flash.CfiFlash.read
+def read(self, offset, size):
+    if self.mode is cfi_flash.Mode.ARRAY:
+        print(f"array read exit at {offset:#x}", file=sys.stderr)
+    return bus_read(self, offset, size)
+cfi_flash.CfiFlash.read = read
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_guest_programs_the_flash_through_kvm(tmp_path):
+    path = tmp_path / "flash.img"
+    path.write_bytes(b"\xff" * BLOCK_SIZE)
+    r = subprocess.run([sys.executable, "-c", WITH_FLASH, f"{KVMDIR}/lkvm.py",
+                        "run", "-c", "1", "-m", "16", "-F", str(path), guest("flash")],
+                       capture_output=True, stdin=subprocess.DEVNULL, timeout=TINY_TIMEOUT)
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    # "Q" read in query mode, "ok" read back as an array, and no read of
+    # the array exited: the read-only slot took them.
+    assert b"Qok\n" in r.stdout, r.stdout
+    assert "array read exit" not in err and "Warning" not in err, err
+    assert path.read_bytes()[:8] == b"\xff" * 4 + b"ok\n\x00"
+    assert os.path.getsize(path) == BLOCK_SIZE
