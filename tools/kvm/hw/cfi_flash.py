@@ -190,11 +190,7 @@ class CfiFlash:
         self.extent = 0                 # bytes of the buffer written, from its start
         self.writes = 0                 # bytes written into the buffer
         self.closed = False
-        try:
-            self._sync_slot()
-        except LkvmError:
-            self.mem.close()
-            raise
+        self._sync_slot()
 
     # The bus's side.
     def read(self, offset: int, size: int) -> int:
@@ -341,7 +337,16 @@ class CfiFlash:
     def _sync_slot(self) -> None:
         """The array's memory slot there exactly while it reads as an array."""
         want = self.mode is Mode.ARRAY
-        if self.map_array is not None and want != self.mapped:
+        if self.map_array is None or want == self.mapped:
+            return
+        try:
             self.map_array(int(ffi.cast("uintptr_t", ffi.from_buffer(self.mem)))
                            if want else None)
-            self.mapped = want
+        except LkvmError as e:
+            # A guest's command must not end lkvm.  Without the slot every
+            # access exits, slower and as right (but for a slot KVM would
+            # not remove, through which the array still reads).
+            msg.warning(f"flash: {e}; every access to it exits from now on")
+            self.map_array = None
+            return
+        self.mapped = want

@@ -235,6 +235,19 @@ def test_array_is_a_memory_slot_only_while_it_reads_as_an_array(image):
     dev.read(0, 4), dev.write(0, 4, 0x98)              # after close: no exception
 
 
+def test_a_slot_kvm_refuses(image, capsys):
+    """Then every access exits: a warning, and the flash works on."""
+    def refuse(host: int | None) -> None:
+        raise LkvmError("cannot give 0 MiB to the guest at 0x2000000: Invalid argument")
+
+    dev = CfiFlash(str(image), SIZE, refuse)
+    assert "every access to it exits from now on" in capsys.readouterr().err
+    assert dev.read(0, 1) == FILL
+    command(dev, 0x98)
+    assert query(dev, 0x10) == ord("Q")
+    dev.close()
+
+
 OPS = st.lists(st.tuples(st.integers(0, SIZE - 1), st.sampled_from([1, 2, 3, 4, 8]),
                          st.one_of(st.sampled_from([0x01, 0x10, 0x20, 0x40, 0x50, 0x60, 0x70,
                                                     0x90, 0x98, 0xD0, 0xE8, 0xFF]),
