@@ -185,7 +185,7 @@ def test_bad_images(data, message):
         Arm64.boots_linux(data)
 
 
-@pytest.mark.parametrize("name", ["hello", "gdb"])
+@pytest.mark.parametrize("name", ["hello", "gdb", "flash"])
 def test_guests_share_one_image_header(name):
     """Every arm64 test guest takes its Image header from image.inc (as
     the x86 guests share puts.inc), and what make built from it is one
