@@ -9,6 +9,7 @@ import stat
 import sys
 
 from cli.cmd import Parser, size_mib
+from hw import cfi_flash
 from hw.vesa import VIDMODE, Vesa
 from include.uapi import lib
 from ipc.server import IpcServer
@@ -156,6 +157,8 @@ def parser() -> Parser:
                    help="kernel command line additions")
     p.add_argument("-f", "--firmware", metavar="firmware",
                    help="firmware image to boot instead of a kernel")
+    p.add_argument("-F", "--flash", metavar="flash",
+                   help="Flash image to present to virtual machine")
     p.add_argument("--console", choices=["serial", "virtio", "hv"], default="serial",
                    metavar="serial, virtio or hv", help="the guest's console")
     p.add_argument("--rng", action="store_true", help="a virtio-rng device")
@@ -270,6 +273,7 @@ def configure(argv: list[str], params: str = "") -> Config:
     arch.check_transports([("--virtio-transport ", args.virtio_transport),
                            *(("-n trans=", nic.trans) for nic in nics if nic.trans)])
     check_vsock(args)
+    flash_size = check_flash(arch, args.flash)
     kernel = args.firmware or args.image or args.kernel or find_kernel(arch)
     image = read_file(kernel, "firmware" if args.firmware else "kernel", ram << 20)
     linux = not args.firmware and arch.boots_linux(image)
@@ -295,11 +299,24 @@ def configure(argv: list[str], params: str = "") -> Config:
         debug_exits=args.debug_exits,
         dev=args.dev, nodefaults=args.nodefaults, loglevel=args.loglevel,
         debug_iodelay=args.debug_iodelay, firmware=bool(args.firmware),
+        flash=args.flash if flash_size else None, flash_size=flash_size,
         ttys=tuple(dict.fromkeys(args.tty)), single_step=args.debug_single_step,
         vnc=args.vnc,
         gdb=gdb_address(args.gdb or GDB_DEFAULT) if args.gdb or args.gdb_wait else None,
         gdb_wait=args.gdb_wait,
         arch=arch.configure(args))
+
+
+def check_flash(arch: type[Arch], path: str | None) -> int:
+    """-F/--flash: how much of the file the guest sees; 0 for none.  An
+    arch without a flash ignores the option, as kvmtool (which builds the
+    device for arm only) does, but says so."""
+    if path is None:
+        return 0
+    if arch.FLASH is None:
+        msg.warning(f"--flash {path}: this architecture's guests have no CFI flash; ignored")
+        return 0
+    return cfi_flash.image_size(path, arch.FLASH[1])
 
 
 def check_vsock(args: object) -> None:
@@ -371,6 +388,24 @@ def attach_vnc(vm: Vm, name: str, devices: Registry) -> None:
     devices.add(Level.LATE, Hooks("vnc", server.close, server.start))
 
 
+def attach_flash(vm: Vm, base: int, cfg: Config, devices: Registry) -> None:
+    """-F/--flash: the CFI flash at the arch's window, its array a
+    read-only memory slot where KVM has them (else every read exits)."""
+    slot = vm.next_slot
+    vm.next_slot += 1
+    readonly = vm.kvm.check_extension(lib.KVM_CAP_READONLY_MEM)
+
+    def map_array(host: int | None) -> None:
+        # No size deletes the slot.
+        vm.set_memory_slot(slot, base, cfg.flash_size if host else 0, host or 0,
+                           lib.KVM_MEM_READONLY)
+
+    flash = cfi_flash.CfiFlash(cfg.flash, cfg.flash_size, map_array if readonly else None)
+    devices.add(Level.DEV, Hooks("flash", flash.close))
+    vm.mmio.register(base, cfg.flash_size, flash)
+    vm.flash = (base, cfg.flash_size)
+
+
 def build(cfg: Config, devices: Registry) -> Vm:
     """The VM and its devices, each registered at its level as soon as it
     exists, so that a failure part way tears down what was made."""
@@ -384,6 +419,8 @@ def build(cfg: Config, devices: Registry) -> Vm:
     term = PtyTerminal(0, lambda why: vm.stop(1, why)) if 0 in cfg.ttys else \
         Terminal(on_quit=lambda: vm.stop(0))
     serial = arch.add_platform_devices(vm, term.write)
+    if cfg.flash is not None:
+        attach_flash(vm, arch.FLASH[0], cfg, devices)
     for n in cfg.ttys:
         if n:
             attach_tty(vm, arch, n, devices)

@@ -18,6 +18,8 @@ from arm.gic import GICS, NR_SPIS, PRIVATE_IRQS, GicV3
 from arm.headers import UAPI_HEADERS
 from arm.image import Image
 from arm.layout import (
+    FLASH_BASE,
+    FLASH_MAX_SIZE,
     PCI_ECAM,
     PCI_MMIO_END,
     PCI_MMIO_START,
@@ -63,6 +65,7 @@ class Arm64(Arch):
     PCI_MMIO = (PCI_MMIO_START, PCI_MMIO_END)
     PCI_CONFIG = Ecam(PCI_ECAM)
     VIRTIO_MMIO_START = VIRTIO_MMIO_START
+    FLASH = (FLASH_BASE, FLASH_MAX_SIZE)
 
     config: ArmConfig
 
@@ -139,7 +142,7 @@ class Arm64(Arch):
         blob = dtb.build(dtb.Machine(
             ram=tuple((r.gpa, r.size) for r in vm.mem.regions), cpus=len(vm.vcpus),
             gic=self.gic, cmdline=boot.cmdline, uart_irq=UART_SPI, rtc_irq=RTC_SPI,
-            initrd=boot.initrd, virtio_mmio=tuple(vm.virtio_mmio),
+            initrd=boot.initrd, virtio_mmio=tuple(vm.virtio_mmio), flash=vm.flash,
             pci_slots=tuple(vm.pci.intx_slots()) if vm.pci else ()))
         fdt.dump(self.config.dump_dtb, blob)
         vm.mem.write(boot.dtb, blob)

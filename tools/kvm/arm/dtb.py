@@ -1,6 +1,7 @@
 """The device tree of lkvm's arm64 machine: its RAM, CPUs (brought up with
-PSCI), GIC and timer, the UART and RTC, the virtio-mmio devices and the
-PCI host bridge (ECAM) with the INTx lines of its slots."""
+PSCI), GIC and timer, the UART and RTC, the CFI flash (-F), the
+virtio-mmio devices and the PCI host bridge (ECAM) with the INTx lines
+of its slots."""
 
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from arm.layout import (
     UART_SIZE,
 )
 from arm.vcpu import mpidr_affinity
+from hw.cfi_flash import BANK_WIDTH
 from kvm.fdt import DeviceTree, chosen_and_memory, u64_cells
 
 # The architected timer's PPIs: secure and non-secure physical, virtual,
@@ -50,6 +52,7 @@ class Machine:
     initrd: tuple[int, int] | None = None
     virtio_mmio: tuple[tuple[int, int, int], ...] = ()   # (base, size, SPI)
     pci_slots: tuple[tuple[int, int], ...] = ()          # (slot, SPI) of INTA#
+    flash: tuple[int, int] | None = None                 # the CFI flash's (base, size)
 
 
 def spi(line: int) -> list[int]:
@@ -91,6 +94,12 @@ def build(m: Machine) -> bytes:
             "compatible": ["arm,pl031", "arm,primecell"], "reg": u64_cells(RTC_BASE, RTC_SIZE),
             "interrupts": spi(m.rtc_irq), "clocks": PHANDLE_APB_CLOCK,
             "clock-names": "apb_pclk"})
+        if m.flash is not None:
+            base, size = m.flash
+            # EDK2 finds its variable store by this compatible and label.
+            dt.leaf(f"flash@{base:x}", {
+                "compatible": "cfi-flash", "reg": u64_cells(base, size),
+                "bank-width": BANK_WIDTH, "label": "System-firmware"})
         for base, size, line in m.virtio_mmio:
             dt.leaf(f"virtio_mmio@{base:x}", {
                 "compatible": "virtio,mmio", "dma-coherent": b"",

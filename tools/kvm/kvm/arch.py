@@ -62,6 +62,9 @@ class Arch(ABC):
     PCI_CONFIG: ClassVar["ConfigAccess"]
     # Where virtio-mmio devices go, one region after another.
     VIRTIO_MMIO_START: ClassVar[int]
+    # The CFI flash's window (-F/--flash): its base and largest size; None
+    # where the arch's guests have none (kvmtool builds it for arm only).
+    FLASH: ClassVar[tuple[int, int] | None] = None
     # Whether the in-kernel controller takes MSI routes (KVM_SET_GSI_ROUTING):
     # without, MSI-X vectors get GSIs and irqfds that nothing routes.
     MSI_ROUTES: ClassVar[bool] = True

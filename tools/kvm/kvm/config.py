@@ -77,6 +77,8 @@ class Config:
     loglevel: str = "info"          # kvm.msg's LEVELS
     debug_iodelay: int = 0          # ms before each disk read, as kvmtool's
     firmware: bool = False          # the image is -f/--firmware's, not a kernel
+    flash: str | None = None        # -F/--flash: the CFI flash's backing file
+    flash_size: int = 0             # how much of it the guest sees
     single_step: bool = False       # a register dump after every guest instruction
     vnc: bool = False               # a VESA framebuffer served over VNC
     ttys: tuple[int, ...] = ()      # terminals on a pty of their own (--tty): 0 the console

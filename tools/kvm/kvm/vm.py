@@ -78,12 +78,16 @@ class Vm:
         # A linear framebuffer's guest address and pixels (--vnc), for the
         # arch to tell a kernel about.
         self.framebuffer: tuple[int, Framebuffer] | None = None
+        # The CFI flash's (base, size) (-F/--flash), for the arch to describe.
+        self.flash: tuple[int, int] | None = None
 
-    def set_memory_slot(self, slot: int, gpa: int, size: int, host: int) -> None:
+    def set_memory_slot(self, slot: int, gpa: int, size: int, host: int,
+                        flags: int = 0) -> None:
         """Back [gpa, gpa + size) with host memory at `host`: the guest's
-        accesses there never exit.  Again with another gpa, it moves."""
+        accesses there never exit (with KVM_MEM_READONLY, its writes still
+        do, as MMIO).  Again with another gpa, it moves."""
         region = ffi.new("struct kvm_userspace_memory_region *", {
-            "slot": slot, "guest_phys_addr": gpa, "memory_size": size,
+            "slot": slot, "flags": flags, "guest_phys_addr": gpa, "memory_size": size,
             "userspace_addr": host})
         try:
             ioctl(self.fd, lib.KVM_SET_USER_MEMORY_REGION, region)

@@ -17,6 +17,8 @@ from arm.gic import NR_SPIS, GicV2, GicV3
 from arm.image import Image
 from arm.layout import (
     FDT_MAX_SIZE,
+    FLASH_BASE,
+    FLASH_MAX_SIZE,
     GIC_DIST,
     GIC_REDIST,
     GIC_REDIST_END,
@@ -127,6 +129,23 @@ def test_dt_gicv2_and_no_initrd():
     assert cells(dt["timer"]["interrupts"])[2] == 0x704
     assert "linux,initrd-start" not in dt["chosen"]
     assert "interrupt-map" not in dt[f"pci@{PCI_ECAM:x}"]
+    assert not any(node.startswith("flash") for node in dt)    # no -F, no flash
+
+
+def test_dt_flash():
+    """-F/--flash: the node EDK2 finds its variable store by, with the
+    flash's size (the file's, cut to a power of two) and a 32-bit bus."""
+    dt = decompile(dtb.build(machine(flash=(FLASH_BASE, 2 * MIB))))
+    flash = dt[f"flash@{FLASH_BASE:x}"]
+    assert flash["compatible"] == '"cfi-flash"'
+    assert cells(flash["reg"]) == [0, FLASH_BASE, 0, 2 * MIB]
+    assert cells(flash["bank-width"]) == [4]
+    assert flash["label"] == '"System-firmware"'
+    # dtc, as the kernel's build runs it, finds nothing to warn about.
+    r = subprocess.run(["dtc", "-I", "dtb", "-O", "dts", "-o", "/dev/null"],
+                       input=dtb.build(machine(flash=(FLASH_BASE, FLASH_MAX_SIZE))),
+                       capture_output=True, timeout=30)
+    assert r.returncode == 0 and b"flash" not in r.stderr, r.stderr
 
 
 def test_dt_that_does_not_fit():
@@ -166,7 +185,7 @@ def test_bad_images(data, message):
         Arm64.boots_linux(data)
 
 
-@pytest.mark.parametrize("name", ["hello", "gdb"])
+@pytest.mark.parametrize("name", ["hello", "gdb", "flash"])
 def test_guests_share_one_image_header(name):
     """Every arm64 test guest takes its Image header from image.inc (as
     the x86 guests share puts.inc), and what make built from it is one
@@ -217,6 +236,7 @@ def test_memory_map():
     regions = sorted([
         (GIC_DIST, GIC_DIST + 0x10000), (GIC_REDIST, GIC_REDIST_END),
         (UART_BASE, UART_BASE + 0x1000), (RTC_BASE, RTC_BASE + 0x1000),
+        (FLASH_BASE, FLASH_BASE + FLASH_MAX_SIZE),
         (VIRTIO_MMIO_START, VIRTIO_MMIO_START + 0x200 * len(Arm64.LEGACY_IRQS)),
         (PCI_MMIO_START, PCI_MMIO_END), (PCI_ECAM, PCI_ECAM + PCI_ECAM_SIZE),
         (RAM_START, RAM_START + 512 * MIB)])

@@ -49,6 +49,28 @@ def test_tiny_arm64_guest(arm64host) -> None:
     assert "Hello from arm64, a device tree in x0" in r.stdout, r.stdout + r.stderr
 
 
+FLASH_HOST = """
+python3 -c 'import sys; open(sys.argv[1], "wb").write(b"\\xff" * 65536)' "$HOME/flash" || exit 1
+python3 {lkvm} run -k {guest} -i {guest} -m 16 -c 1 -F "$HOME/flash" </dev/null
+echo "HOST rc=$?"
+echo "HOST flash=$(od -An -v -tx1 -N 8 "$HOME/flash" | tr -d ' \\n')"
+"""
+
+
+def test_tiny_arm64_guest_programs_the_flash(arm64host) -> None:
+    """-F/--flash: the flash guest reads the CFI query (an exit), programs
+    a word (a store to the array's read-only slot: an exit too) and reads
+    it back through the slot; the file keeps it."""
+    guest = os.path.join(GUESTS, "arm64", "flash.bin")
+    assert os.path.exists(guest), "run make"
+    r, marks = run_script(arm64host, FLASH_HOST.format(lkvm=LKVM, guest=guest),
+                          "arm64 flash guest", timeout=TINY_TIMEOUT)
+    out = r.stdout + r.stderr
+    assert marks.get("HOST rc") == "0", out
+    assert "Qok\n" in r.stdout, out
+    assert marks.get("HOST flash") == "ffffffff6f6b0a00", out
+
+
 # What the Linux guest's init prints: the marker, and what lkvm told it.
 LINUX_SCRIPT = r"""
 echo "MARK booted"
