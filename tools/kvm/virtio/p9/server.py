@@ -3,9 +3,10 @@
 Server.serve() answers the T-message a transport's readable buffers hold
 with an R-message written into its writable ones (virtio-9p hands it the
 guest's buffers); Server.handle() does the same for a message in hand.
-Requests are parsed by the layout wire.LAYOUTS gives their type, handed
-to the handler OPS names, and the fields the handler returns are packed
-by the reply's layout.  Tread and Twrite (DATA_OPS) skip that: their data
+Requests are parsed by the layout wire.LAYOUTS gives their type (through
+the codecs compiled from it, wire.CODECS), handed to the handler OPS
+names, and the fields the handler returns are packed by the reply's
+layout.  Tread and Twrite (DATA_OPS) skip that: their data
 moves between the file and the buffers by preadv/pwritev, never copied
 through Python.  Every failure, a malformed message included, becomes an
 Rlerror with a Linux errno: nothing raises to the caller.
@@ -23,7 +24,7 @@ from virtio import iov
 
 from . import fs, wire
 from .fids import Fid, FidTable
-from .wire import LAYOUTS, Msg
+from .wire import Msg
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,8 @@ class Server:
             fs.fail(errno.EROFS)
 
     def _dispatch(self, mtype: int, tag: int, request: bytes) -> bytes:
-        req_layout, reply_layout = LAYOUTS[mtype]
-        fields = wire.unpack(req_layout, memoryview(request)[wire.HEADER.size:])
-        reply = wire.message(mtype + 1, tag, wire.pack(reply_layout, *OPS[mtype](self, *fields)))
+        decode, encode = wire.CODECS[mtype]
+        reply = encode(mtype + 1, tag, OPS[mtype](self, *decode(request)))
         if len(reply) > self.msize:
             fs.fail(errno.EMSGSIZE)
         return reply
@@ -309,7 +309,7 @@ class Server:
         out = []
         for i in range(min(offset, len(f.dirents)), len(f.dirents)):
             q, t, name = f.dirents[i]
-            ent = wire.pack(wire.DIRENT, q, i + 1, t, name)
+            ent = wire.dirent(q, i + 1, t, name)
             if len(ent) > budget:
                 break
             budget -= len(ent)
