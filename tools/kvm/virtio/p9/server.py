@@ -50,6 +50,8 @@ SET_ATIME_SET = 0x80
 SET_MTIME_SET = 0x100
 
 GETATTR_BASIC = 0x7FF           # mode..blocks: everything stat() gives
+NS = 1_000_000_000
+U64 = (1 << 64) - 1             # times before 1970 go out as two's complement
 AT_REMOVEDIR = 0x200
 LOCK_TYPES = (0, 1, 2)          # rdlck, wrlck, unlck
 LOCK_UNLCK = 2
@@ -62,9 +64,9 @@ def _id(n: int) -> int:
 
 
 def _ns(sec: int, nsec: int) -> int:
-    if nsec >= 1_000_000_000:
+    if nsec >= NS:
         fs.fail(errno.EINVAL)
-    return (sec - (1 << 64) if sec >> 63 else sec) * 1_000_000_000 + nsec
+    return (sec - (1 << 64) if sec >> 63 else sec) * NS + nsec
 
 
 class Server:
@@ -177,7 +179,8 @@ class Server:
         src = self.fids.get(fid)
         if newfid != fid:
             self.fids.check_free(newfid)
-        fd, path, qids = os.dup(src.fd), src.path, []
+        fd, path, qids = src.fd, src.path, []
+        owned = False           # fd is src's own until a name is walked
         try:
             for name in names:
                 if name == b"..":
@@ -186,25 +189,27 @@ class Server:
                 else:
                     nfd = fs.lookup(fd, name)
                     path += (name,)
-                os.close(fd)
-                fd = nfd
+                if owned:
+                    os.close(fd)
+                fd, owned = nfd, True
                 qids.append(fs.qid(os.stat(fd)))
         except OSError:
-            os.close(fd)
+            if owned:
+                os.close(fd)
             if not qids:
                 raise
             return (qids,)          # a partial walk creates no fid
-        self.fids.put(newfid, Fid(fd, path, src.uid))
+        self.fids.put(newfid, Fid(fd if owned else os.dup(fd), path, src.uid))
         return (qids,)
 
     def getattr(self, fid, mask):
         st = os.stat(self.fids.get(fid).fd)
-        m = 0xFFFFFFFFFFFFFFFF
+        atime, atime_ns = divmod(st.st_atime_ns, NS)
+        mtime, mtime_ns = divmod(st.st_mtime_ns, NS)
+        ctime, ctime_ns = divmod(st.st_ctime_ns, NS)
         return (GETATTR_BASIC, fs.qid(st), st.st_mode, st.st_uid, st.st_gid,
-                st.st_nlink, st.st_rdev & m, st.st_size, st.st_blksize, st.st_blocks,
-                *(t & m for t in divmod(st.st_atime_ns, 1_000_000_000)),
-                *(t & m for t in divmod(st.st_mtime_ns, 1_000_000_000)),
-                *(t & m for t in divmod(st.st_ctime_ns, 1_000_000_000)),
+                st.st_nlink, st.st_rdev & U64, st.st_size, st.st_blksize, st.st_blocks,
+                atime & U64, atime_ns, mtime & U64, mtime_ns, ctime & U64, ctime_ns,
                 0, 0, 0, 0)
 
     def setattr(self, fid, valid, mode, uid, gid, size, asec, ansec, msec, mnsec):
