@@ -96,13 +96,17 @@ class Server:
         """
         tag = wire.NOTAG
         try:
-            size, mtype, tag = wire.header(iov.prefix(readable, wire.HEADER.size))
+            # The header, and all of a Tread, Twrite's fixed fields or a
+            # short message (Tclunk, Tgetattr ...) in one copy.
+            head = iov.prefix(readable, IO_HEADER)
+            size, mtype, tag = wire.header(head)
             self.fids.trim()
             self._admit(mtype, size, iov.total(readable))
             direct = DATA_OPS.get(mtype)
             if direct is not None:
-                return direct(self, tag, size, readable, writable)
-            reply = self._dispatch(mtype, tag, iov.prefix(readable, size))
+                return direct(self, tag, size, head, readable, writable)
+            request = head if size <= len(head) else iov.prefix(readable, size)
+            reply = self._dispatch(mtype, tag, request)
         except OSError as e:
             reply = wire.rlerror(tag, e.errno or errno.EIO)
         except (OverflowError, ValueError):
@@ -139,9 +143,8 @@ class Server:
         return reply
 
     @staticmethod
-    def _io_fields(readable: list[memoryview]) -> tuple[int, int, int]:
+    def _io_fields(head: bytes) -> tuple[int, int, int]:
         """fid, offset and count of a Tread or Twrite."""
-        head = iov.prefix(readable, IO_HEADER)
         if len(head) < IO_HEADER:
             raise wire.ProtocolError("message too short")
         return IO_FIELDS.unpack_from(head, wire.HEADER.size)
@@ -278,24 +281,24 @@ class Server:
             fs.fail(errno.EBADF)
         return f.file
 
-    def read(self, tag, size, readable, writable) -> int:
+    def read(self, tag, size, head, readable, writable) -> int:
         """Tread: the file's bytes go straight into the buffers after
         Rread's header, as many as the count, msize and the buffers allow."""
         if size != IO_HEADER:
             raise wire.ProtocolError("Tread of the wrong size")
-        fid, offset, count = self._io_fields(readable)
+        fid, offset, count = self._io_fields(head)
         fd = self._open_file(fid)
-        head, into = iov.split(writable, RREAD_HEADER)
+        rhead, into = iov.split(writable, RREAD_HEADER)
         count = min(count, self.msize - RREAD_HEADER)
         if iov.total(into) > count:     # Linux gives no more than it asks for
             into, _ = iov.split(into, count)
         n = os.preadv(fd, into, fs.offset(offset))     # no more views than the queue has
-        return iov.scatter(head, RREAD.pack(RREAD_HEADER + n, Msg.TREAD + 1, tag, n)) + n
+        return iov.scatter(rhead, RREAD.pack(RREAD_HEADER + n, Msg.TREAD + 1, tag, n)) + n
 
-    def write(self, tag, size, readable, writable) -> int:
+    def write(self, tag, size, head, readable, writable) -> int:
         """Twrite: the data goes from the buffers after its fixed fields
         straight to the file."""
-        fid, offset, count = self._io_fields(readable)
+        fid, offset, count = self._io_fields(head)
         if count != size - IO_HEADER:
             raise wire.ProtocolError("Twrite count disagrees with message")
         fd = self._open_file(fid)
