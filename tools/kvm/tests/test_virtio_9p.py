@@ -151,6 +151,16 @@ def test_write_spans_descriptors(mounted):
     assert mounted.path.read_bytes() == DATA[:300] + payload + DATA[10300:]
 
 
+def test_write_of_exactly_msize(mounted):
+    msize = 128 * 1024
+    for extra, want in ((0, [msize - 23]), (1, [errno.EMSGSIZE])):
+        msg = mounted.message(Msg.TWRITE, 1, 0, DATA[:msize - 23 + extra])
+        written, data = mounted.request([msg[:23]] + [msg[i:i + 4096] for i in
+                                                      range(23, len(msg), 4096)], [11])
+        assert parse(data[:written])[2] == want
+    assert mounted.path.read_bytes() == DATA
+
+
 def test_write_count_must_match(mounted):
     msg = bytearray(mounted.message(Msg.TWRITE, 1, 0, b"x" * 100))
     msg[19:23] = (99).to_bytes(4, "little")
