@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from tests.helpers import record_fuzz_cases
 from tests.p9share import SECRET, Share
+from virtio.p9 import wire
 from virtio.p9.client import Client, parse
-from virtio.p9.wire import HEADER, LAYOUTS, NOFID, NOTAG, Msg, message, pack
+from virtio.p9.wire import HEADER, LAYOUTS, NOFID, NOTAG, Msg, message, pack, unpack
 
 FUZZ = settings(deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -210,3 +211,40 @@ def test_every_message_type(request, share, mtype):
         exchange(share, seeded_request(r, mtype))
     share.check()
     record_fuzz_cases(request.config, f"9p {Msg(mtype).name}", SLOW_CASES)
+
+
+# The compiled codecs the server uses against the generic pack/unpack.
+QIDS = st.tuples(FIELDS["b"], st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1))
+REPLY_FIELDS = {**FIELDS, "Q": QIDS, "A": st.lists(QIDS, max_size=16)}
+LAYOUT_PAIRS = sorted({(mtype, layout) for mtype, pair in LAYOUTS.items() for layout in pair})
+
+
+def decoded(layout: str, msg: bytes) -> tuple[list | int, list | int]:
+    """What decoder() and unpack() make of msg: fields or an errno, each."""
+    def outcome(decode) -> list | int:
+        try:
+            return list(decode(msg))
+        except wire.ProtocolError as e:
+            return e.errno
+    return outcome(wire.decoder(layout)), outcome(lambda m: unpack(layout, m[HEADER.size:]))
+
+
+@settings(FUZZ, max_examples=1000)
+@given(pair=st.sampled_from(LAYOUT_PAIRS), tag=FIELDS["w"], data=st.data())
+def test_codecs_agree_with_pack(pair, tag, data):
+    mtype, layout = pair
+    fields = [data.draw(REPLY_FIELDS[c]) for c in layout]
+    msg = message(mtype, tag, pack(layout, *fields))
+    assert wire.encoder(layout)(mtype, tag, tuple(fields)) == msg
+    if "Q" not in layout:               # no request carries a qid
+        got, want = decoded(layout, msg)
+        assert got == want
+
+
+@settings(FUZZ, max_examples=1000)
+@given(pair=st.sampled_from(LAYOUT_PAIRS), msg=st.binary(min_size=HEADER.size, max_size=80))
+def test_codecs_refuse_as_unpack_does(pair, msg):
+    _, layout = pair
+    if "Q" not in layout:
+        got, want = decoded(layout, msg)
+        assert got == want

@@ -68,6 +68,35 @@ def test_walk_partial_creates_no_fid(c):
         c.walk(0, 1, b"nope")
 
 
+def test_walks_hold_one_fd_per_fid(c, share):
+    # Whole, partial, failed and empty walks, onto new fids and onto
+    # themselves: once clunked, no descriptor is left behind.
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    os.mkdir(path(share, "dir", "sub"))
+    before = open_fds()
+    c.walk(0, 1)
+    c.walk(0, 2, b"dir", b"sub", b"..", b"..")
+    c.walk(2, 2, b"file")
+    assert len(c.walk(0, 3, b"dir", b"sub", b"nope")) == 2
+    with pytest.raises(FileNotFoundError):
+        c.walk(1, 3, b"nope")
+    with pytest.raises(OSError):
+        c.walk(1, 3, b"a/b")
+    assert open_fds() == before + 2
+    c.rpc(Msg.TCLUNK, 1)
+    c.rpc(Msg.TCLUNK, 2)
+    assert open_fds() == before
+
+
+def test_getattr_times_before_1970(c, share):
+    os.utime(path(share, "file"), ns=(-1_500_000_000, -2))
+    c.walk(0, 1, b"file")
+    r = c.rpc(Msg.TGETATTR, 1, ALL)
+    assert r[10:14] == [2**64 - 2, 500_000_000, 2**64 - 1, 999_999_998]
+
+
 def test_getattr(c, share):
     c.walk(0, 1, b"file")
     st = os.stat(path(share, "file"))

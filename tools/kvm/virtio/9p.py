@@ -1,16 +1,16 @@
 """virtio-9p: a host directory shared with the guest under a mount tag
 (mount -t 9p -o trans=virtio TAG /mnt).  A request's device-readable
 buffers, joined, are one T-message for the 9P2000.L server; its reply is
-written into the device-writable buffers.  The server refuses a message
-longer than msize, so no more than msize + 1 bytes are ever copied out of
-the guest: its buffers may name all of its RAM, many times over."""
+written into the device-writable buffers.  The server takes the buffers
+themselves, so file data moves between them and the file without a copy
+in Python, and copies no more of a request than msize: the buffers may
+name all of the guest's RAM, many times over."""
 
 import os
 
 from include.uapi import ffi, lib
 from kvm.errors import LkvmError
 from virtio.device import VirtioDevice
-from virtio.iov import prefix
 from virtio.p9 import Server
 from virtio.queue import Virtqueue
 
@@ -37,14 +37,9 @@ class P9(VirtioDevice):
         self.server = Server(root, readonly)
 
     def process(self, index: int, queue: Virtqueue) -> None:
+        serve = self.server.serve
         while (chain := queue.pop()) is not None:
-            reply = self.server.handle(prefix(chain.readable, self.server.msize + 1))
-            written = 0
-            for buf in chain.writable:
-                n = min(len(buf), len(reply) - written)
-                buf[:n] = reply[written:written + n]
-                written += n
-            queue.push(chain.head, written)
+            queue.push(chain.head, serve(chain.readable, chain.writable))
 
     def close(self) -> None:
         self.server.close()

@@ -106,10 +106,11 @@ class Fid:
             fs.fail(errno.ESTALE)       # the name now leads somewhere else
         return fd
 
-    def release(self) -> int:
-        """Close the fds held, remembering what they named; how many."""
+    def release(self, remember: bool = True) -> int:
+        """Close the fds held, remembering what they named unless the fid
+        is going away; how many."""
         held = [fd for fd in (self._fd, self._file) if fd >= 0]
-        if held and self.inode is None:
+        if remember and held and self.inode is None:
             st = os.stat(held[0])
             self.inode = st.st_dev, st.st_ino
         for fd in held:
@@ -168,7 +169,7 @@ class FidTable:
 
     def _drop(self, fid: Fid) -> None:
         self._holding.pop(fid, None)
-        self.held -= fid.release()
+        self.held -= fid.release(remember=False)
 
     def clunk(self, n: int) -> None:
         self._drop(self.get(n))

@@ -1,24 +1,30 @@
 """A 9P2000.L file server over a host directory.
 
-Server.handle() takes one whole T-message and returns one whole R-message;
-the transport (virtio-9p) only moves bytes.  Requests are parsed by the
-layout wire.LAYOUTS gives their type, handed to the handler OPS names, and
-the fields the handler returns are packed by the reply's layout.  Every
-failure, a malformed message included, becomes an Rlerror with a Linux
-errno: nothing raises to the caller.
+Server.serve() answers the T-message a transport's readable buffers hold
+with an R-message written into its writable ones (virtio-9p hands it the
+guest's buffers); Server.handle() does the same for a message in hand.
+Requests are parsed by the layout wire.LAYOUTS gives their type (through
+the codecs compiled from it, wire.CODECS), handed to the handler OPS
+names, and the fields the handler returns are packed by the reply's
+layout.  Tread and Twrite (DATA_OPS) skip that: their data
+moves between the file and the buffers by preadv/pwritev, never copied
+through Python.  Every failure, a malformed message included, becomes an
+Rlerror with a Linux errno: nothing raises to the caller.
 """
 
 import errno
 import logging
 import os
 import stat
+import struct
 import time
 
 from include.uapi import lib
+from virtio import iov
 
 from . import fs, wire
 from .fids import Fid, FidTable
-from .wire import LAYOUTS, Msg
+from .wire import Msg
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,12 @@ VERSION = b"9P2000.L"
 MIN_MSIZE = 4096                # Linux's own floor; also fits a PATH_MAX readlink
 MAX_MSIZE = 512 * 1024
 RREAD_HEADER = wire.HEADER.size + 4     # size type tag count
+# The fixed part of Tread and Twrite (fid offset count), and the whole of
+# Rread's header and of Rwrite.
+IO_FIELDS = struct.Struct("<IQI")
+IO_HEADER = wire.HEADER.size + IO_FIELDS.size
+RREAD = struct.Struct("<IBHI")
+RWRITE = struct.Struct("<IBHI")
 
 # Tsetattr valid bits.
 SET_MODE = 0x1
@@ -38,6 +50,8 @@ SET_ATIME_SET = 0x80
 SET_MTIME_SET = 0x100
 
 GETATTR_BASIC = 0x7FF           # mode..blocks: everything stat() gives
+NS = 1_000_000_000
+U64 = (1 << 64) - 1             # times before 1970 go out as two's complement
 AT_REMOVEDIR = 0x200
 LOCK_TYPES = (0, 1, 2)          # rdlck, wrlck, unlck
 LOCK_UNLCK = 2
@@ -50,9 +64,9 @@ def _id(n: int) -> int:
 
 
 def _ns(sec: int, nsec: int) -> int:
-    if nsec >= 1_000_000_000:
+    if nsec >= NS:
         fs.fail(errno.EINVAL)
-    return (sec - (1 << 64) if sec >> 63 else sec) * 1_000_000_000 + nsec
+    return (sec - (1 << 64) if sec >> 63 else sec) * NS + nsec
 
 
 class Server:
@@ -64,6 +78,7 @@ class Server:
         self.fids = FidTable(self.root)
         self.msize = MAX_MSIZE
         self.ready = False      # no requests but Tversion until negotiated
+        self._reply: memoryview | None = None   # handle()'s buffer: no reply is longer
         # Reading the umask means setting it; done once, before any I/O thread.
         self.umask = os.umask(0o22)
         os.umask(self.umask)
@@ -72,41 +87,67 @@ class Server:
         self.fids.clear()
         os.close(self.root)
 
-    def handle(self, request: bytes | memoryview) -> bytes:
-        """Answer one T-message with one R-message, never raising."""
+    def serve(self, readable: list[memoryview], writable: list[memoryview]) -> int:
+        """Answer the T-message in `readable` with an R-message written
+        into `writable`; the bytes written.  Never raises.
+
+        Of the request no more than msize bytes are copied, and of a
+        Tread or Twrite only the fixed fields, whatever the buffers name.
+        """
         tag = wire.NOTAG
         try:
-            size, mtype, tag = wire.header(request)
+            # The header, and all of a Tread, Twrite's fixed fields or a
+            # short message (Tclunk, Tgetattr ...) in one copy.
+            head = iov.prefix(readable, IO_HEADER)
+            size, mtype, tag = wire.header(head)
             self.fids.trim()
-            return self._dispatch(mtype, tag, size, request)
+            self._admit(mtype, size, iov.total(readable))
+            direct = DATA_OPS.get(mtype)
+            if direct is not None:
+                return direct(self, tag, size, head, readable, writable)
+            request = head if size <= len(head) else iov.prefix(readable, size)
+            reply = self._dispatch(mtype, tag, request)
         except OSError as e:
-            err = e.errno or errno.EIO
+            reply = wire.rlerror(tag, e.errno or errno.EIO)
         except (OverflowError, ValueError):
-            err = errno.EINVAL          # a guest number the host can't hold
+            reply = wire.rlerror(tag, errno.EINVAL)   # a guest number the host can't hold
         except Exception:
             log.exception("9p: request failed")
-            err = errno.EIO
-        return wire.rlerror(tag, err)
+            reply = wire.rlerror(tag, errno.EIO)
+        return iov.scatter(writable, reply)
 
-    def _dispatch(self, mtype: int, tag: int, size: int, request) -> bytes:
-        if size != len(request):
+    def handle(self, request: bytes | memoryview) -> bytes:
+        """serve() for one whole T-message in hand: its R-message."""
+        if self._reply is None:     # made on first use: the device never needs it
+            self._reply = memoryview(bytearray(MAX_MSIZE))
+        return bytes(self._reply[:self.serve([memoryview(request)], [self._reply])])
+
+    def _admit(self, mtype: int, size: int, total: int) -> None:
+        """Refuse a request its header alone rules out."""
+        if size != total:
             raise wire.ProtocolError("size field disagrees with message")
         if size > self.msize:
             fs.fail(errno.EMSGSIZE)
-        op = OPS.get(mtype)
-        if op is None:
+        if mtype not in OPS and mtype not in DATA_OPS:
             fs.fail(errno.EOPNOTSUPP)
-        handler, writes = op
         if not self.ready and mtype != Msg.TVERSION:
             raise wire.ProtocolError("no version negotiated")
-        if writes and self.readonly:
+        if mtype in WRITES and self.readonly:
             fs.fail(errno.EROFS)
-        req_layout, reply_layout = LAYOUTS[mtype]
-        fields = wire.unpack(req_layout, memoryview(request)[wire.HEADER.size:])
-        reply = wire.message(mtype + 1, tag, wire.pack(reply_layout, *handler(self, *fields)))
+
+    def _dispatch(self, mtype: int, tag: int, request: bytes) -> bytes:
+        decode, encode = wire.CODECS[mtype]
+        reply = encode(mtype + 1, tag, OPS[mtype](self, *decode(request)))
         if len(reply) > self.msize:
             fs.fail(errno.EMSGSIZE)
         return reply
+
+    @staticmethod
+    def _io_fields(head: bytes) -> tuple[int, int, int]:
+        """fid, offset and count of a Tread or Twrite."""
+        if len(head) < IO_HEADER:
+            raise wire.ProtocolError("message too short")
+        return IO_FIELDS.unpack_from(head, wire.HEADER.size)
 
     # Session
 
@@ -141,7 +182,8 @@ class Server:
         src = self.fids.get(fid)
         if newfid != fid:
             self.fids.check_free(newfid)
-        fd, path, qids = os.dup(src.fd), src.path, []
+        fd, path, qids = src.fd, src.path, []
+        owned = False           # fd is src's own until a name is walked
         try:
             for name in names:
                 if name == b"..":
@@ -150,25 +192,27 @@ class Server:
                 else:
                     nfd = fs.lookup(fd, name)
                     path += (name,)
-                os.close(fd)
-                fd = nfd
+                if owned:
+                    os.close(fd)
+                fd, owned = nfd, True
                 qids.append(fs.qid(os.stat(fd)))
         except OSError:
-            os.close(fd)
+            if owned:
+                os.close(fd)
             if not qids:
                 raise
             return (qids,)          # a partial walk creates no fid
-        self.fids.put(newfid, Fid(fd, path, src.uid))
+        self.fids.put(newfid, Fid(fd if owned else os.dup(fd), path, src.uid))
         return (qids,)
 
     def getattr(self, fid, mask):
         st = os.stat(self.fids.get(fid).fd)
-        m = 0xFFFFFFFFFFFFFFFF
+        atime, atime_ns = divmod(st.st_atime_ns, NS)
+        mtime, mtime_ns = divmod(st.st_mtime_ns, NS)
+        ctime, ctime_ns = divmod(st.st_ctime_ns, NS)
         return (GETATTR_BASIC, fs.qid(st), st.st_mode, st.st_uid, st.st_gid,
-                st.st_nlink, st.st_rdev & m, st.st_size, st.st_blksize, st.st_blocks,
-                *(t & m for t in divmod(st.st_atime_ns, 1_000_000_000)),
-                *(t & m for t in divmod(st.st_mtime_ns, 1_000_000_000)),
-                *(t & m for t in divmod(st.st_ctime_ns, 1_000_000_000)),
+                st.st_nlink, st.st_rdev & U64, st.st_size, st.st_blksize, st.st_blocks,
+                atime & U64, atime_ns, mtime & U64, mtime_ns, ctime & U64, ctime_ns,
                 0, 0, 0, 0)
 
     def setattr(self, fid, valid, mode, uid, gid, size, asec, ansec, msec, mnsec):
@@ -237,12 +281,29 @@ class Server:
             fs.fail(errno.EBADF)
         return f.file
 
-    def read(self, fid, offset, count):
+    def read(self, tag, size, head, readable, writable) -> int:
+        """Tread: the file's bytes go straight into the buffers after
+        Rread's header, as many as the count, msize and the buffers allow."""
+        if size != IO_HEADER:
+            raise wire.ProtocolError("Tread of the wrong size")
+        fid, offset, count = self._io_fields(head)
+        fd = self._open_file(fid)
+        rhead, into = iov.split(writable, RREAD_HEADER)
         count = min(count, self.msize - RREAD_HEADER)
-        return (os.pread(self._open_file(fid), count, fs.offset(offset)),)
+        if iov.total(into) > count:     # Linux gives no more than it asks for
+            into, _ = iov.split(into, count)
+        n = os.preadv(fd, into, fs.offset(offset))     # no more views than the queue has
+        return iov.scatter(rhead, RREAD.pack(RREAD_HEADER + n, Msg.TREAD + 1, tag, n)) + n
 
-    def write(self, fid, offset, data):
-        return (os.pwrite(self._open_file(fid), data, fs.offset(offset)),)
+    def write(self, tag, size, head, readable, writable) -> int:
+        """Twrite: the data goes from the buffers after its fixed fields
+        straight to the file."""
+        fid, offset, count = self._io_fields(head)
+        if count != size - IO_HEADER:
+            raise wire.ProtocolError("Twrite count disagrees with message")
+        fd = self._open_file(fid)
+        n = os.pwritev(fd, iov.advance(readable, IO_HEADER), fs.offset(offset))
+        return iov.scatter(writable, RWRITE.pack(RWRITE.size, Msg.TWRITE + 1, tag, n))
 
     def fsync(self, fid, datasync):
         (os.fdatasync if datasync else os.fsync)(self._open_file(fid))
@@ -256,7 +317,7 @@ class Server:
         out = []
         for i in range(min(offset, len(f.dirents)), len(f.dirents)):
             q, t, name = f.dirents[i]
-            ent = wire.pack(wire.DIRENT, q, i + 1, t, name)
+            ent = wire.dirent(q, i + 1, t, name)
             if len(ent) > budget:
                 break
             budget -= len(ent)
@@ -387,34 +448,54 @@ class Server:
         fs.fail(errno.EOPNOTSUPP)
 
 
-# message type -> (handler, whether a read-only share refuses it).  Tauth is
-# not here: there is no authentication, and unknown types get EOPNOTSUPP.
+# message type -> handler of its fields.  Tauth is not here: there is no
+# authentication, and unknown types get EOPNOTSUPP.
 OPS = {
-    Msg.TVERSION: (Server.version, False),
-    Msg.TATTACH: (Server.attach, False),
-    Msg.TFLUSH: (Server.flush, False),
-    Msg.TCLUNK: (Server.clunk, False),
-    Msg.TWALK: (Server.walk, False),
-    Msg.TGETATTR: (Server.getattr, False),
-    Msg.TSETATTR: (Server.setattr, True),
-    Msg.TREADLINK: (Server.readlink, False),
-    Msg.TSTATFS: (Server.statfs, False),
-    Msg.TLOPEN: (Server.lopen, False),
-    Msg.TLCREATE: (Server.lcreate, True),
-    Msg.TREAD: (Server.read, False),
-    Msg.TWRITE: (Server.write, True),
-    Msg.TFSYNC: (Server.fsync, False),
-    Msg.TREADDIR: (Server.readdir, False),
-    Msg.TLOCK: (Server.lock, False),
-    Msg.TGETLOCK: (Server.getlock, False),
-    Msg.TMKDIR: (Server.mkdir, True),
-    Msg.TSYMLINK: (Server.symlink, True),
-    Msg.TMKNOD: (Server.mknod, True),
-    Msg.TLINK: (Server.link, True),
-    Msg.TRENAME: (Server.rename, True),
-    Msg.TRENAMEAT: (Server.renameat, True),
-    Msg.TUNLINKAT: (Server.unlinkat, True),
-    Msg.TREMOVE: (Server.remove, True),
-    Msg.TXATTRWALK: (Server.xattrwalk, False),
-    Msg.TXATTRCREATE: (Server.xattrcreate, True),
+    Msg.TVERSION: Server.version,
+    Msg.TATTACH: Server.attach,
+    Msg.TFLUSH: Server.flush,
+    Msg.TCLUNK: Server.clunk,
+    Msg.TWALK: Server.walk,
+    Msg.TGETATTR: Server.getattr,
+    Msg.TSETATTR: Server.setattr,
+    Msg.TREADLINK: Server.readlink,
+    Msg.TSTATFS: Server.statfs,
+    Msg.TLOPEN: Server.lopen,
+    Msg.TLCREATE: Server.lcreate,
+    Msg.TFSYNC: Server.fsync,
+    Msg.TREADDIR: Server.readdir,
+    Msg.TLOCK: Server.lock,
+    Msg.TGETLOCK: Server.getlock,
+    Msg.TMKDIR: Server.mkdir,
+    Msg.TSYMLINK: Server.symlink,
+    Msg.TMKNOD: Server.mknod,
+    Msg.TLINK: Server.link,
+    Msg.TRENAME: Server.rename,
+    Msg.TRENAMEAT: Server.renameat,
+    Msg.TUNLINKAT: Server.unlinkat,
+    Msg.TREMOVE: Server.remove,
+    Msg.TXATTRWALK: Server.xattrwalk,
+    Msg.TXATTRCREATE: Server.xattrcreate,
 }
+
+# Tread and Twrite: handlers of the buffers themselves.
+DATA_OPS = {
+    Msg.TREAD: Server.read,
+    Msg.TWRITE: Server.write,
+}
+
+# What a read-only share refuses.
+WRITES = frozenset({
+    Msg.TSETATTR,
+    Msg.TLCREATE,
+    Msg.TMKDIR,
+    Msg.TSYMLINK,
+    Msg.TMKNOD,
+    Msg.TLINK,
+    Msg.TRENAME,
+    Msg.TRENAMEAT,
+    Msg.TUNLINKAT,
+    Msg.TREMOVE,
+    Msg.TXATTRCREATE,
+    Msg.TWRITE,
+})

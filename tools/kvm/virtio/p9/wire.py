@@ -19,6 +19,7 @@ import errno
 import functools
 import re
 import struct
+from collections.abc import Callable
 
 NOTAG = 0xFFFF
 NOFID = 0xFFFFFFFF
@@ -28,6 +29,7 @@ DIRENT = "Qqbs"                 # one Rreaddir entry: qid offset type name
 
 HEADER = struct.Struct("<IBH")
 QID = struct.Struct("<BIQ")
+DIRENT_HEAD = struct.Struct("<BIQQBH")  # an Rreaddir entry up to its name's bytes
 
 
 class Msg(enum.IntEnum):
@@ -98,6 +100,7 @@ LAYOUTS: dict[int, tuple[str, str]] = {
 }
 
 _INTS = {"b": "B", "w": "H", "d": "I", "q": "Q"}
+_FIXED = {**_INTS, "Q": "BIQ"}          # a qid is three integers
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 
@@ -226,3 +229,63 @@ def message(mtype: int, tag: int, body: bytes) -> bytes:
 
 def rlerror(tag: int, err: int) -> bytes:
     return message(Msg.RLERROR, tag, _U32.pack(err))
+
+
+def dirent(qid: tuple[int, int, int], offset: int, dtype: int, name: bytes) -> bytes:
+    """One Rreaddir entry; name is a directory entry's, so well under 64 KiB."""
+    return DIRENT_HEAD.pack(*qid, offset, dtype, len(name)) + name
+
+
+# A server parses and builds a message per request, so what it can it
+# does in one struct call: a layout of fixed-size fields only (most
+# requests, and most replies once a qid counts as three integers) becomes
+# one Struct with the header in it.
+
+Decoder = Callable[[bytes | memoryview], tuple | list]
+Encoder = Callable[[int, int, tuple], bytes]
+
+
+def _fixed(layout: str, head: str = "<") -> struct.Struct | None:
+    """head and then the layout's fields as one Struct, if they are all
+    fixed-size."""
+    if not set(layout) <= _FIXED.keys():
+        return None
+    return struct.Struct(head + "".join(_FIXED[c] for c in layout))
+
+
+def decoder(layout: str) -> Decoder:
+    """A function giving the fields of a whole message (header and all)
+    laid out as layout; the message must be exactly that long."""
+    body = _fixed(layout) if "Q" not in layout else None
+    if body is None:
+        return lambda msg: unpack(layout, memoryview(msg)[HEADER.size:])
+    size = HEADER.size + body.size
+
+    def decode(msg: bytes | memoryview) -> tuple:
+        if len(msg) != size:
+            raise ProtocolError("message too short" if len(msg) < size
+                                else "trailing bytes in message")
+        return body.unpack_from(msg, HEADER.size)
+    return decode
+
+
+def encoder(layout: str) -> Encoder:
+    """A function giving the whole message (type, tag, fields) for fields
+    laid out as layout."""
+    whole = _fixed(layout, HEADER.format)
+    if whole is None:
+        return lambda mtype, tag, fields: message(mtype, tag, pack(layout, *fields))
+    if "Q" not in layout:
+        return lambda mtype, tag, fields: whole.pack(whole.size, mtype, tag, *fields)
+    at = layout.index("Q")
+    if "Q" in layout[at + 1:]:
+        raise ValueError(f"layout {layout!r}: one qid at most")   # no message has two
+
+    def encode(mtype: int, tag: int, fields: tuple) -> bytes:
+        return whole.pack(whole.size, mtype, tag, *fields[:at], *fields[at], *fields[at + 1:])
+    return encode
+
+
+# Per message type: (request decoder, reply encoder).
+CODECS: dict[int, tuple[Decoder, Encoder]] = {
+    mtype: (decoder(req), encoder(reply)) for mtype, (req, reply) in LAYOUTS.items()}
