@@ -5,20 +5,12 @@
  * program "ok\n" at offset 4 (a store to the read-only slot still exits,
  * as a command), read it back as an array (through the slot, no exit),
  * print it and reset. */
+	.include "unreal_es.inc"
 	.code16
 	.globl	_start
 _start:
 	cli
-	lgdtl	gdt_desc		/* ES gets a flat 4 GiB data segment... */
-	mov	%cr0, %eax
-	or	$1, %al
-	mov	%eax, %cr0
-	mov	$8, %cx
-	mov	%cx, %es
-	and	$0xfe, %al		/* ...and keeps its limit back in real mode */
-	mov	%eax, %cr0
-	xor	%cx, %cx
-	mov	%cx, %es
+	UNREAL_ES
 
 	mov	$0xc0000000, %ebx
 	mov	$0x3f8, %dx
@@ -40,9 +32,4 @@ _start:
 2:	hlt
 	jmp	2b
 
-	.p2align 3
-gdt:	.quad	0
-	.quad	0x00cf92000000ffff	/* flat data, 4 GiB */
-gdt_desc:
-	.word	gdt_desc - gdt - 1
-	.long	0x10000 + gdt		/* linear: the guest runs at 1000:0000 */
+	UNREAL_GDT

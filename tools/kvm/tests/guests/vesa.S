@@ -3,6 +3,7 @@
  * the screen 0x336699 with one red pixel at (10, 20), say so on ttyS0
  * and idle, so that a VNC client can look. */
 	.include "idle.inc"
+	.include "unreal_es.inc"
 	.code16
 	.globl	_start
 _start:
@@ -31,16 +32,7 @@ _start:
 	and	$0xfffffff0, %eax
 	mov	%eax, %ebx
 
-	lgdtl	gdt_desc		/* ES gets a flat 4 GiB data segment... */
-	mov	%cr0, %eax
-	or	$1, %al
-	mov	%eax, %cr0
-	mov	$8, %cx
-	mov	%cx, %es
-	and	$0xfe, %al		/* ...and keeps its limit back in real mode */
-	mov	%eax, %cr0
-	xor	%cx, %cx
-	mov	%cx, %es
+	UNREAL_ES
 
 	mov	%ebx, %edi
 	mov	$640 * 480, %ecx
@@ -60,12 +52,7 @@ say:	mov	$0x3f8, %dx
 	jmp	3b
 4:	IDLE_FOREVER
 
-	.p2align 3
-gdt:	.quad	0
-	.quad	0x00cf92000000ffff	/* flat data, 4 GiB */
-gdt_desc:
-	.word	gdt_desc - gdt - 1
-	.long	0x10000 + gdt		/* linear: the guest runs at 1000:0000 */
+	UNREAL_GDT
 
 drawn:	.asciz	"drawn\n"
 nofb:	.asciz	"no framebuffer\n"
