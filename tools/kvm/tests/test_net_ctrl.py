@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from include.uapi import lib
+from net.backend import LinkDown
 from net.features import GUEST_OFFLOADS, HOST_OFFLOADS, STATUS_OFFSET, bit
 from tests.test_virtio_net import MAC, FakeBackend
 from virtio.mock import Driver, mock_memory
@@ -44,6 +45,30 @@ def mrg(hdr: bytes, num_buffers: int = 0) -> bytes:
 
 
 # Offloads.
+class GoneTap(OffloadBackend):
+    """A tap that is deleted under lkvm: from then on it refuses every
+    setting."""
+    gone = False
+
+    def set_offloads(self, offloads: int) -> None:
+        if self.gone:
+            raise LinkDown("tap lkvm0 is gone")
+        super().set_offloads(offloads)
+
+
+def test_a_back_end_refusing_the_drivers_settings_takes_the_link_down(capsys):
+    """The driver's feature negotiation, on its vCPU, tells the back end
+    the offloads it took; a tap gone meanwhile ends the link, with one
+    warning, and not lkvm."""
+    tap = GoneTap()
+    dev = Net(mock_memory(), [tap], MAC)
+    drv = Driver(dev)
+    tap.gone = True
+    drv.start()
+    assert dev.read_config(6, 2) & lib.VIRTIO_NET_S_LINK_UP == 0
+    assert capsys.readouterr().err.count("tap lkvm0 is gone; the guest's link is down") == 1
+
+
 def test_offloads_are_offered_only_over_a_back_end_that_takes_them():
     plain = Net(mock_memory(), [FakeBackend()], MAC).offered()
     tap = Net(mock_memory(), [OffloadBackend()], MAC).offered()

@@ -37,7 +37,7 @@ then, which also takes their fds out of the I/O thread's epoll set.
 """
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from include.uapi import lib
 from kvm import msg
@@ -167,8 +167,8 @@ class Net(VirtioDevice):
         """What the back end may hand the guest: its checksums left partial,
         its segments whole (VIRTIO_NET_F_GUEST_*)."""
         self.guest_offloads = offloads
-        if self.link_up and self.backends[0].offloads:
-            self.backends[0].set_offloads(offloads)
+        if self.backends[0].offloads:
+            self._tell(self.backends[0].set_offloads, offloads)
 
     def set_pairs(self, pairs: int) -> None:
         """Serve the first `pairs` queue pairs; the back end stops sending
@@ -177,8 +177,18 @@ class Net(VirtioDevice):
         for p, backend in enumerate(self.backends[1:], 1):
             if p >= pairs:
                 self.pending[p].clear()
-            if self.link_up:
-                backend.enable(p < pairs)
+            self._tell(backend.enable, p < pairs)
+
+    def _tell(self, setting: Callable[[int], None], value: int) -> None:
+        """Give the back end a setting of the driver's (on the vCPU that
+        wrote it).  One it can no longer take (a tap deleted under lkvm)
+        takes the link down, as a failed send does, not lkvm."""
+        if not self.link_up:
+            return
+        try:
+            setting(value)
+        except LinkDown as e:
+            self._link_down(str(e))
 
     def process(self, index: int, queue: Virtqueue) -> None:
         if index == self.ctrl_index:
