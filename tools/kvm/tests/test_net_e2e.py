@@ -112,6 +112,9 @@ echo "host: lkvm $?"
 {"chmod $mode /dev/kvm" if user else ""}
 kill $server
 rm -rf $d
+# A guest that died before its own rm leaves its blob in the default
+# rootfs, which the other sandbox tests in this host share.
+rm -f $HOME/.lkvm/default/tmp/blob
 """
 
 
