@@ -9,7 +9,6 @@ import stat
 import sys
 
 from cli.cmd import Parser, size_mib
-from hw import cfi_flash
 from hw.vesa import VIDMODE, Vesa
 from include.uapi import lib
 from ipc.server import IpcServer
@@ -316,6 +315,7 @@ def check_flash(arch: type[Arch], path: str | None) -> int:
     if arch.FLASH is None:
         msg.warning(f"--flash {path}: this architecture's guests have no CFI flash; ignored")
         return 0
+    from hw import cfi_flash  # only -F loads the flash
     return cfi_flash.image_size(path, arch.FLASH[1])
 
 
@@ -400,6 +400,7 @@ def attach_flash(vm: Vm, base: int, cfg: Config, devices: Registry) -> None:
         vm.set_memory_slot(slot, base, cfg.flash_size if host else 0, host or 0,
                            lib.KVM_MEM_READONLY)
 
+    from hw import cfi_flash
     flash = cfi_flash.CfiFlash(cfg.flash, cfg.flash_size, map_array if readonly else None)
     devices.add(Level.DEV, Hooks("flash", flash.close))
     vm.mmio.register(base, cfg.flash_size, flash)

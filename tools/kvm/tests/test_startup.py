@@ -28,7 +28,7 @@ DEVICE_MODULES = (
     "virtio.9p", "virtio.p9.", "virtio.balloon", "virtio.blk", "virtio.console",
     "virtio.net", "virtio.rng", "virtio.scsi", "virtio.vsock", "virtio.vhost",
     "net.passt", "net.tap", "net.vhost", "scsi.", "disk.", "kvm.gdb.", "x86.gdb",
-    "ui.vnc", "kvm.exitstats",
+    "ui.vnc", "kvm.exitstats", "hw.cfi_flash",
 )
 # Standard modules that cost milliseconds to import and that nothing a
 # trivial guest needs calls for.
